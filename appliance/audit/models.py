@@ -1,0 +1,184 @@
+"""ORM models of the audit and state database.
+
+`audit_events` is append-only: the ORM refuses updates and deletes, and the migration installs
+database triggers that refuse them too.
+"""
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, Mapper, mapped_column
+
+UID = String(64)
+AE = String(16)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Association(Base):
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(AE)
+    called_ae: Mapped[str] = mapped_column(AE)
+    peer_host: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    instances_stored: Mapped[int] = mapped_column(Integer, default=0)
+    instances_failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    patient_name: Mapped[str | None] = mapped_column(String(324), nullable=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    study_date: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    study_description: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    calling_ae: Mapped[str] = mapped_column(AE)
+    called_ae: Mapped[str] = mapped_column(AE)
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    complete_after: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    deadline_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    completion_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+    __table_args__ = (Index("ix_studies_due", "state", "complete_after"),)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    series_description: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    body_part_examined: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    received_instances: Mapped[int] = mapped_column(Integer, default=0)
+    expected_instances: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    all_multiframe: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"), nullable=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    path: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (UniqueConstraint("study_id", "study_version"),)
+
+
+class AuditEvent(Base):
+    """One audit message (PS3.15 A.5): who did what to which object, when, with what outcome."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    event_type: Mapped[str] = mapped_column(String(32), index=True)
+    event_id_code: Mapped[str] = mapped_column(String(16))
+    event_id_scheme: Mapped[str] = mapped_column(String(16))
+    event_id_meaning: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(1))
+    outcome: Mapped[int] = mapped_column(SmallInteger)
+    actor: Mapped[str] = mapped_column(String(64))
+    actor_host: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True, index=True)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID, nullable=True)
+    association_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    study_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AuditEventImmutable(Exception):
+    """Raised when code tries to change or delete an audit event."""
+
+
+@event.listens_for(AuditEvent, "before_update")
+@event.listens_for(AuditEvent, "before_delete")
+def _refuse_audit_change(
+    mapper: Mapper[AuditEvent], connection: object, target: AuditEvent
+) -> None:
+    raise AuditEventImmutable("audit events are append-only")

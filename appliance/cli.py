@@ -1,0 +1,194 @@
+"""The `appliance` command."""
+
+import json
+import sys
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from appliance.config import Settings, SettingsError, load_settings
+
+EXIT_BAD_SETTINGS = 2
+EXIT_NOT_FOUND = 3
+EXIT_REFUSED = 4
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Settings YAML file (default: $APPLIANCE_CONFIG, else built-in defaults).",
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """DICOM-native clinical inference appliance."""
+    try:
+        ctx.obj = load_settings(config_path)
+    except SettingsError as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+
+
+@main.command()
+@click.pass_context
+def serve(ctx: click.Context) -> None:
+    """Run every role in one process on the configured (by default embedded) services."""
+    from appliance.runtime import run
+
+    run(_settings(ctx), listen=True, sweep=True, migrate=True)
+
+
+@main.command()
+@click.pass_context
+def listen(ctx: click.Context) -> None:
+    """Run the DICOM listener only (the schema must be current)."""
+    from appliance.runtime import run
+
+    run(_settings(ctx), listen=True, sweep=False, migrate=False)
+
+
+@main.command()
+@click.pass_context
+def sweep(ctx: click.Context) -> None:
+    """Run the study sweeper only: complete quiet studies and queue their jobs."""
+    from appliance.runtime import run
+
+    run(_settings(ctx), listen=False, sweep=True, migrate=False)
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply pending migrations (idempotent)."""
+    from appliance.audit.db import create_db_engine, upgrade
+
+    upgrade(create_db_engine(_settings(ctx).database.url))
+    click.echo("database schema is current")
+
+
+@main.group()
+def studies() -> None:
+    """Inspect and act on studies."""
+
+
+@studies.command("list")
+@click.option("--state", type=click.Choice(["receiving", "complete"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def studies_list(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """Most recently active studies first."""
+    from appliance.audit.studies import StudyService
+    from appliance.domain.assembly import StudyState
+    from appliance.runtime import open_database
+
+    service = StudyService(open_database(_settings(ctx), migrate=False))
+    rows = service.list_studies(limit, StudyState(state) if state else None)
+    if as_json:
+        _print_json([asdict(row) for row in rows])
+        return
+    click.echo(
+        f"{'ID':>5}  {'STATE':<10} {'VER':>3} {'SERIES':>6} {'INST':>6}  "
+        f"{'LAST RECEIVED (UTC)':<19}  STUDY INSTANCE UID"
+    )
+    for row in rows:
+        click.echo(
+            f"{row.id:>5}  {row.state:<10} {row.version:>3} {row.series_count:>6} "
+            f"{row.instance_count:>6}  {row.last_received_at:%Y-%m-%d %H:%M:%S}  "
+            f"{row.study_instance_uid}"
+        )
+
+
+@studies.command("show")
+@click.argument("study_instance_uid")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def studies_show(ctx: click.Context, study_instance_uid: str, as_json: bool) -> None:
+    """One study with its series and jobs."""
+    from appliance.audit.studies import StudyService, UnknownStudy
+    from appliance.runtime import open_database
+
+    service = StudyService(open_database(_settings(ctx), migrate=False))
+    try:
+        detail = service.show(study_instance_uid)
+    except UnknownStudy:
+        click.echo(f"no study {study_instance_uid}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    if as_json:
+        _print_json(asdict(detail))
+        return
+    study = detail.study
+    click.echo(f"study {study.study_instance_uid} (id {study.id})")
+    click.echo(
+        f"  state {study.state}, version {study.version}, "
+        f"{study.instance_count} instances from {study.calling_ae}"
+    )
+    if study.completed_at:
+        click.echo(
+            f"  completed {study.completed_at:%Y-%m-%d %H:%M:%S} ({study.completion_reason})"
+        )
+    elif study.complete_after:
+        click.echo(f"  complete after {study.complete_after:%Y-%m-%d %H:%M:%S} unless more arrive")
+    for series in detail.series:
+        expected = f"/{series.expected_instances}" if series.expected_instances else ""
+        click.echo(
+            f"  series {series.series_number or '-'} {series.modality or '?'} "
+            f"{series.received_instances}{expected}  {series.series_description or ''}"
+        )
+    for job in detail.jobs:
+        click.echo(f"  job {job.id} version {job.study_version}: {job.state}")
+
+
+@studies.command("force-complete")
+@click.argument("study_instance_uid")
+@click.option("--operator", default="cli", show_default=True, help="Who is acting, for the audit.")
+@click.pass_context
+def studies_force_complete(ctx: click.Context, study_instance_uid: str, operator: str) -> None:
+    """Complete a receiving study now and queue its job."""
+    from appliance.audit.studies import StudyService, UnknownStudy
+    from appliance.runtime import open_database
+
+    service = StudyService(open_database(_settings(ctx), migrate=False))
+    try:
+        done = service.force_complete(study_instance_uid, datetime.now(UTC), f"operator:{operator}")
+    except UnknownStudy:
+        click.echo(f"no study {study_instance_uid}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    except ValueError as exc:
+        click.echo(f"not completed: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"study {done.study_id} version {done.version} complete: job {done.job_id} queued")
+
+
+@main.group()
+def config() -> None:
+    """Settings."""
+
+
+@config.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the settings and print them as resolved."""
+    click.echo(yaml.safe_dump(_settings(ctx).model_dump(mode="json"), sort_keys=False), nl=False)
+    click.echo("# settings are valid", err=True)

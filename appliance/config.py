@@ -1,0 +1,239 @@
+"""Typed settings: one YAML file plus `APPLIANCE_*` environment overrides, validated at start.
+
+An environment variable names a field path with double underscores, for example
+``APPLIANCE_LISTENER__PORT=11112`` or ``APPLIANCE_DATABASE__URL=postgresql+psycopg://...``; its
+value is read as YAML, so numbers, booleans and lists work. A bad value stops start-up with a
+message that names the field.
+"""
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from appliance.domain.policy import DuplicatePolicy
+
+ENV_PREFIX = "APPLIANCE_"
+ENV_SEPARATOR = "__"
+CONFIG_ENV = "APPLIANCE_CONFIG"
+
+AeTitle = Annotated[
+    str, Field(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[^ ][ -\[\]-~]*$")
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PeerSettings(_Section):
+    """A trusted sender (usually the PACS)."""
+
+    ae_title: AeTitle = Field(description="Calling AE title of the sender.")
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or networks (CIDR) it may call from; empty means any.",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _networks(cls, hosts: list[str]) -> list[str]:
+        for entry in hosts:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return hosts
+
+
+class TlsSettings(_Section):
+    """DICOM TLS (PS3.15 Annex B, BCP 195 profile) on the listener."""
+
+    enabled: bool = Field(default=False, description="Accept only TLS connections.")
+    certificate: Path | None = Field(default=None, description="PEM server certificate chain.")
+    private_key: Path | None = Field(default=None, description="PEM private key.")
+    ca_certificates: Path | None = Field(
+        default=None, description="PEM bundle of CAs that sign client certificates."
+    )
+    require_client_certificate: bool = Field(
+        default=False, description="Mutual TLS: refuse clients without a trusted certificate."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> "TlsSettings":
+        if self.enabled and (self.certificate is None or self.private_key is None):
+            raise ValueError("certificate and private_key are required when TLS is enabled")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("ca_certificates is required when client certificates are required")
+        return self
+
+
+class ListenerSettings(_Section):
+    """The DICOM C-STORE/C-ECHO listener."""
+
+    ae_title: AeTitle = Field(default="APPLIANCE", description="Called AE title the PACS uses.")
+    host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104
+    port: int = Field(default=11112, ge=1, le=65535, description="TCP port.")
+    peers: list[PeerSettings] = Field(
+        default_factory=lambda: [PeerSettings(ae_title="STORESCU", hosts=["127.0.0.1"])],
+        description="Trusted senders. The default trusts dcmtk's storescu on this machine only.",
+    )
+    max_associations: int = Field(
+        default=16, ge=1, le=1000, description="Concurrent associations accepted per process."
+    )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Listener processes sharing the port (SO_REUSEPORT), for more throughput.",
+    )
+    duplicate_policy: DuplicatePolicy = Field(
+        default=DuplicatePolicy.KEEP_FIRST,
+        description="Handling of an already stored SOP Instance.",
+    )
+    acse_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for ACSE.")
+    dimse_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for DIMSE.")
+    network_timeout: float = Field(default=60.0, gt=0, description="Idle connection timeout.")
+    extra_sop_classes: list[str] = Field(
+        default_factory=list,
+        description="Storage SOP Class UIDs accepted beyond the built-in imaging, SEG and SR set.",
+    )
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+
+class SpoolSettings(_Section):
+    """Durable storage of received instances."""
+
+    path: Path = Field(default=Path("var/spool"), description="Spool directory.")
+    disk_watermark_percent: float = Field(
+        default=90.0,
+        gt=0,
+        le=100,
+        description="Refuse instances (Out of Resources) while the disk is fuller than this.",
+    )
+
+
+class DatabaseSettings(_Section):
+    """The audit and state database."""
+
+    url: str = Field(
+        default="sqlite:///var/appliance.db",
+        description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://user@host/db.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql")):
+            raise ValueError("only sqlite and postgresql URLs are supported")
+        return value
+
+
+class StudySettings(_Section):
+    """Study assembly."""
+
+    quiet_period_seconds: float = Field(
+        default=30.0, gt=0, description="A study is complete after this long without instances."
+    )
+    hint_settle_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="Wait after count hints say every series is whole, for a further series.",
+    )
+    sweep_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often the sweeper looks for complete studies."
+    )
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class LoggingSettings(_Section):
+    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    format: LogFormat = Field(default=LogFormat.TEXT)
+
+
+class Settings(_Section):
+    """The whole settings tree."""
+
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    study: StudySettings = Field(default_factory=StudySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; the message names every bad field."""
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SettingsError(f"{'.'.join(path)}: {key} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
+        try:
+            value = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{name}: not valid YAML ({exc.__class__.__name__})") from exc
+        _set_path(overrides, path, value)
+    return overrides
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(root)"
+        lines.append(f"{where}: {item['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from `path` (or $APPLIANCE_CONFIG) and the environment."""
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(CONFIG_ENV):
+        path = Path(environ[CONFIG_ENV])
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    tree = _merge(tree, _environment_overrides(environ))
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None

@@ -1,0 +1,1 @@
+"""The DICOM network edge: listener (Storage SCP), spool (durable storage), and later the sender."""

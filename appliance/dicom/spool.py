@@ -1,0 +1,140 @@
+"""Durable storage of received instances as DICOM Part 10 files (PS3.10 section 7).
+
+An instance is durable once: its bytes are written to a temporary file and fsync'd, the file is
+renamed to its final name, and the directory is fsync'd. Only then may the listener commit its
+database row and acknowledge. The data set bytes are written exactly as received.
+"""
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from appliance import __version__
+from appliance.domain.ingest import StoredFile
+from appliance.domain.instance import InstanceRecord
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1537.1"
+IMPLEMENTATION_VERSION_NAME = f"APPLIANCE_{__version__}"[:16]
+_DIRECTORY_MODE = 0o750
+_FILE_MODE = 0o640
+
+
+class SpoolFull(OSError):
+    """The spool's disk is above its watermark, or out of space."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    total_bytes: int
+    used_bytes: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.used_bytes / self.total_bytes if self.total_bytes else 100.0
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def encode_file_meta(record: InstanceRecord, source_ae_title: str) -> bytes:
+    """File Meta Information group (0002) for a received instance."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(record.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(record.sop_instance_uid)
+    meta.TransferSyntaxUID = UID(record.transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    meta.SourceApplicationEntityTitle = source_ae_title
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+class Spool:
+    """A directory of received instances, laid out by study, series and instance UID."""
+
+    def __init__(self, root: Path, watermark_percent: float) -> None:
+        self.root = root
+        self.watermark_percent = watermark_percent
+        self._staging = root / ".incoming"
+        self._staging.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
+
+    def usage(self) -> DiskUsage:
+        usage = shutil.disk_usage(self.root)
+        return DiskUsage(usage.total, usage.used)
+
+    def has_room(self) -> bool:
+        return self.usage().percent < self.watermark_percent
+
+    def relative_path(self, record: InstanceRecord) -> Path:
+        return (
+            Path(record.study_instance_uid)
+            / record.series_instance_uid
+            / f"{record.sop_instance_uid}.dcm"
+        )
+
+    def store(self, record: InstanceRecord, file_meta: bytes, dataset: bytes) -> StoredFile:
+        """Write the instance durably; an existing file of the same instance is replaced."""
+        if not self.has_room():
+            raise SpoolFull(f"spool disk above {self.watermark_percent}% watermark")
+        relative = self.relative_path(record)
+        final = self.root / relative
+        staging = self._staging / f"{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256(dataset)
+        try:
+            with open(staging, "xb") as handle:
+                os.fchmod(handle.fileno(), _FILE_MODE)
+                handle.write(PREAMBLE)
+                handle.write(file_meta)
+                handle.write(dataset)
+                handle.flush()
+                os.fsync(handle.fileno())
+            created = self._make_directories(final.parent)
+            os.replace(staging, final)
+            _fsync_directory(final.parent)
+            for directory in created:
+                _fsync_directory(directory.parent)
+        except OSError:
+            staging.unlink(missing_ok=True)
+            raise
+        size = len(PREAMBLE) + len(file_meta) + len(dataset)
+        return StoredFile(path=str(relative), size_bytes=size, sha256=digest.hexdigest())
+
+    def discard(self, relative_path: str) -> None:
+        """Remove a stored file whose database row could not be committed."""
+        (self.root / relative_path).unlink(missing_ok=True)
+
+    def clear_staging(self) -> int:
+        """Remove partial files left by a crash; they were never acknowledged."""
+        removed = 0
+        for leftover in self._staging.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def _make_directories(self, directory: Path) -> list[Path]:
+        """Create missing directories below the root, returning those created (top first)."""
+        missing = []
+        current = directory
+        while not current.exists() and current != self.root:
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            path.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
+        return list(reversed(missing))

@@ -1,0 +1,43 @@
+"""Job state machine. The database holds job state; these transitions are the only legal moves."""
+
+from enum import StrEnum
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    ENCODED = "encoded"
+    DELIVERING = "delivering"
+    DONE = "done"
+    FAILED = "failed"
+    DEAD_LETTER = "dead_letter"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # A running job whose lease expired goes back to QUEUED; an operator retry likewise.
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset(
+        {JobState.ENCODED, JobState.QUEUED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.ENCODED: frozenset({JobState.DELIVERING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.DELIVERING: frozenset(
+        {JobState.DONE, JobState.DEAD_LETTER, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.DONE: frozenset({JobState.DELIVERING}),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.DEAD_LETTER: frozenset({JobState.DELIVERING, JobState.QUEUED}),
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),
+}
+
+
+class InvalidJobTransition(ValueError):
+    def __init__(self, current: JobState, target: JobState) -> None:
+        super().__init__(f"job cannot go from {current.value} to {target.value}")
+        self.current = current
+        self.target = target
+
+
+def check_transition(current: JobState, target: JobState) -> None:
+    if target not in TRANSITIONS[current]:
+        raise InvalidJobTransition(current, target)
