@@ -181,13 +181,14 @@ class StudyService:
             if state is not None:
                 query = query.where(Study.state == state)
             studies = list(session.scalars(query))
-            counts = dict(
-                session.execute(
+            counts: dict[int, int] = {
+                study_id: count
+                for study_id, count in session.execute(
                     select(Series.study_id, func.count())
                     .where(Series.study_id.in_([s.id for s in studies]))
                     .group_by(Series.study_id)
-                ).tuples()
-            )
+                )
+            }
             return [_summary(s, counts.get(s.id, 0)) for s in studies]
 
     def show(self, study_instance_uid: str) -> StudyDetail:

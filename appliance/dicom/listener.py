@@ -8,6 +8,7 @@ failure status (Out of Resources when the sender should retry), never a silent s
 import hashlib
 import logging
 import socket
+import socketserver
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,6 +131,13 @@ class _Server(ThreadedAssociationServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def shutdown(self) -> None:
+        """Stop accepting, close the socket and abort associations still open."""
+        socketserver.TCPServer.shutdown(self)
+        self.server_close()
+        for association in self.active_associations:
+            association.abort()
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         client, address = self.socket.accept()
@@ -216,14 +224,16 @@ class Listener:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
             self._server = None
 
     def _peer(self, assoc: Association) -> AssociationPeer:
         requestor = assoc.requestor
+        primitive = requestor.primitive
+        calling = primitive.calling_ae_title if primitive else requestor.ae_title
+        called = primitive.called_ae_title if primitive else ""
         return AssociationPeer(
-            calling_ae=requestor.ae_title.strip(),
-            called_ae=requestor.primitive.called_ae_title.strip() if requestor.primitive else "",
+            calling_ae=str(calling).strip(),
+            called_ae=str(called).strip(),
             host=str(requestor.address),
             port=int(requestor.port),
             tls=self._options.ssl_context is not None,
@@ -234,14 +244,15 @@ class Listener:
         refusal = self._options.policy.refusal(peer.calling_ae, peer.called_ae, peer.host)
         if refusal is None:
             return
-        event.assoc.acse.send_reject(
-            RejectResult.PERMANENT, RejectSource.SERVICE_USER, _REFUSAL_DIAGNOSTICS[refusal]
-        )
         LOG.warning("refused association from %s@%s: %s", peer.calling_ae, peer.host, refusal)
         try:
             self._ledger.association_refused(peer, refusal.value, self._clock())
         except LedgerUnavailable:
             LOG.error("could not record refused association from %s", peer.host)
+        event.assoc.acse.send_reject(
+            RejectResult.PERMANENT, RejectSource.SERVICE_USER, _REFUSAL_DIAGNOSTICS[refusal]
+        )
+        event.assoc.kill()  # waits until the A-ASSOCIATE-RJ is on the wire, as pynetdicom does
 
     def _on_accepted(self, event: Event) -> None:
         peer = self._peer(event.assoc)

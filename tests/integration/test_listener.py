@@ -1,0 +1,194 @@
+"""The listener against real peers: dcmtk storescu/echoscu and a pynetdicom SCU."""
+
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, RTPlanStorage  # type: ignore[attr-defined]
+from sqlalchemy import Engine, func, select
+
+from appliance.audit.models import AuditEvent, Instance, Study
+from appliance.dicom.status import StoreStatus
+from tests.conftest import echoscu, storescu
+from tests.factory import ct_slice, dataset_bytes, new_series, write_series
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+
+
+def audit_rows(engine: Engine, event_type: str) -> list[AuditEvent]:
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        return list(
+            session.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type))
+        )
+
+
+def count(engine: Engine, model: type) -> int:
+    from sqlalchemy.orm import Session
+
+    with Session(engine) as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def pynetdicom_send(port: int, paths: list[Path], calling: str = "PYSCU") -> list[int]:
+    """Send each file's data set bytes exactly as stored (no decoding) and return the statuses."""
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", port, ae_title="APPLIANCE")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in paths]
+    finally:
+        assoc.release()
+
+
+def test_storescu_instances_land_byte_identical_with_audit_rows(start, tmp_path: Path) -> None:
+    running = start()
+    spec = new_series(12)
+    files = write_series(spec, tmp_path / "in")
+
+    result = storescu(running.port, files)
+
+    assert result.returncode == 0, result.stderr
+    stored = sorted(running.spool.rglob("*.dcm"))
+    assert len(stored) == 12
+    by_name = {path.name: path for path in stored}
+    for source in files:
+        target = by_name[source.name]
+        assert dataset_bytes(target) == dataset_bytes(source)
+        meta = dcmread(target, stop_before_pixels=True).file_meta
+        assert meta.SourceApplicationEntityTitle == "STORESCU"
+    assert count(running.engine, Instance) == 12
+    assert len(audit_rows(running.engine, "instance_stored")) == 12
+    ended = audit_rows(running.engine, "association_ended")
+    assert len(ended) == 1 and "12 stored, 0 failed" in (ended[0].detail or "")
+
+
+def test_echo_and_unknown_calling_ae_refused_with_audit(start, tmp_path: Path) -> None:
+    running = start()
+    assert echoscu(running.port).returncode == 0
+
+    refused = storescu(running.port, write_series(new_series(1), tmp_path), calling="INTRUDER")
+
+    assert refused.returncode != 0
+    assert "Calling AE Title Not Recognized" in refused.stderr
+    events = audit_rows(running.engine, "association_refused")
+    assert [e.actor for e in events] == ["INTRUDER"]
+    assert "calling AE title not recognised" in (events[0].detail or "")
+    assert not list(running.spool.rglob("*.dcm"))
+
+
+def test_wrong_called_ae_and_wrong_host_refused(start, tmp_path: Path) -> None:
+    running = start()
+    files = write_series(new_series(1), tmp_path)
+
+    wrong_called = storescu(running.port, files, called="SOMEONE")
+    wrong_host = storescu(running.port, files, calling="FARAWAY")
+
+    assert "Called AE Title Not Recognized" in wrong_called.stderr
+    assert "Calling AE Title Not Recognized" in wrong_host.stderr
+    reasons = sorted(e.detail or "" for e in audit_rows(running.engine, "association_refused"))
+    assert reasons[0].startswith("called AE title not recognised")
+    assert reasons[1].startswith("calling AE title not allowed from this host")
+    assert echoscu(running.port).returncode == 0
+
+
+def test_above_disk_watermark_answers_out_of_resources_and_keeps_serving(
+    start, tmp_path: Path
+) -> None:
+    running = start(spool={"path": str(tmp_path / "spool"), "disk_watermark_percent": 0.001})
+    files = write_series(new_series(2), tmp_path / "in")
+
+    statuses = pynetdicom_send(running.port, files)
+
+    assert statuses == [StoreStatus.OUT_OF_RESOURCES] * 2
+    assert not list(running.spool.rglob("*.dcm"))
+    assert count(running.engine, Instance) == 0
+    rejected = audit_rows(running.engine, "instance_rejected")
+    assert len(rejected) == 2 and "watermark" in (rejected[0].detail or "")
+    assert echoscu(running.port).returncode == 0
+
+
+@pytest.mark.parametrize("policy", ["keep_first", "replace"])
+def test_duplicates_follow_policy(start, tmp_path: Path, policy: str) -> None:
+    running = start(listener={"duplicate_policy": policy})
+    spec = new_series(1)
+    uid = "1.2.826.0.1.3680043.10.1537.99.1"
+    first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
+    original = ct_slice(spec, 0, uid)
+    original.save_as(first, enforce_file_format=True)
+    changed = ct_slice(spec, 0, uid)
+    changed.SeriesDescription = "changed"
+    changed.save_as(second, enforce_file_format=True)
+
+    statuses = pynetdicom_send(running.port, [first, first, second])
+
+    assert statuses == [StoreStatus.SUCCESS] * 3
+    (stored,) = list(running.spool.rglob("*.dcm"))
+    expected = first if policy == "keep_first" else second
+    assert dataset_bytes(stored) == dataset_bytes(expected)
+    assert count(running.engine, Instance) == 1
+    if policy == "keep_first":
+        details = [e.detail for e in audit_rows(running.engine, "instance_duplicate")]
+        assert details == [
+            "identical copy ignored",
+            "different content under a stored SOP Instance UID; first copy kept",
+        ]
+    else:
+        assert len(audit_rows(running.engine, "instance_replaced")) == 2
+
+
+def test_bad_input_gets_failure_status_and_audit_then_echo_works(start, tmp_path: Path) -> None:
+    running = start()
+    spec = new_series(3)
+    whole = tmp_path / "whole.dcm"
+    ct_slice(spec, 0).save_as(whole, enforce_file_format=True)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(whole.read_bytes()[:-1000])
+    no_uid = tmp_path / "no_uid.dcm"
+    ds = ct_slice(spec, 1)
+    del ds.SOPInstanceUID
+    ds.save_as(no_uid, enforce_file_format=True)
+
+    statuses = pynetdicom_send(running.port, [truncated, no_uid, whole])
+
+    assert statuses[0] == StoreStatus.CANNOT_UNDERSTAND
+    assert statuses[1] in (StoreStatus.CANNOT_UNDERSTAND,)
+    assert statuses[2] == StoreStatus.SUCCESS
+    reasons = [e.detail or "" for e in audit_rows(running.engine, "instance_rejected")]
+    assert any("truncated" in r for r in reasons)
+    assert any("SOPInstanceUID is missing" in r for r in reasons)
+    assert count(running.engine, Instance) == 1
+    assert echoscu(running.port).returncode == 0
+
+
+def test_unsupported_sop_class_refused_with_audit(start, tmp_path: Path) -> None:
+    running = start()
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(RTPlanStorage)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", running.port, ae_title="APPLIANCE")
+    assert assoc.is_established
+    assert [str(c.abstract_syntax) for c in assoc.rejected_contexts] == [RTPlanStorage]
+    assoc.release()
+    events = audit_rows(running.engine, "context_refused")
+    assert len(events) == 1 and "1.2.840.10008.5.1.4.1.1.481.5" in (events[0].detail or "")
+    assert echoscu(running.port).returncode == 0
+
+
+def test_study_rows_hold_patient_data_but_logs_do_not(start, tmp_path: Path, caplog) -> None:
+    from sqlalchemy.orm import Session
+
+    from tests.factory import PATIENT_ID, PATIENT_NAME
+
+    running = start()
+    caplog.set_level("DEBUG")
+    storescu(running.port, write_series(new_series(2), tmp_path))
+    with Session(running.engine) as session:
+        study = session.scalars(select(Study)).one()
+    assert study.patient_id == PATIENT_ID and study.instance_count == 2
+    assert PATIENT_ID not in caplog.text
+    assert "Recognisable" not in caplog.text and PATIENT_NAME not in caplog.text
