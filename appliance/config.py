@@ -78,9 +78,7 @@ class ListenerSettings(_Section):
 
     ae_title: AeTitle = Field(default="APPLIANCE", description="Called AE title the PACS uses.")
     host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104
-    port: int = Field(
-        default=11112, ge=0, le=65535, description="TCP port; 0 picks a free one."
-    )
+    port: int = Field(default=11112, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     peers: list[PeerSettings] = Field(
         default_factory=lambda: [PeerSettings(ae_title="STORESCU", hosts=["127.0.0.1"])],
         description="Trusted senders. The default trusts dcmtk's storescu on this machine only.",

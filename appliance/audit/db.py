@@ -1,8 +1,9 @@
 """Engines, sessions and migrations for SQLite (embedded) and PostgreSQL (production).
 
 SQLite runs in WAL mode with synchronous=FULL, so a committed row survives a crash or power loss,
-and every write transaction starts with BEGIN IMMEDIATE, so concurrent writers (several listener
-processes) queue on the busy timeout instead of failing on lock upgrades.
+and every write transaction starts with BEGIN IMMEDIATE (reads marked `read_only` do not), so
+concurrent writers (several listener processes) queue on the busy timeout instead of failing on
+lock upgrades.
 """
 
 from pathlib import Path
@@ -33,7 +34,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def create_db_engine(url: str) -> Engine:

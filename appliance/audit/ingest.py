@@ -7,16 +7,18 @@ answer success.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.audit.db import session_factory
-from appliance.audit.events import record_event
-from appliance.audit.models import Association, Instance, Series, Study
+from appliance.audit.events import event_row, record_event
+from appliance.audit.models import Association, AuditEvent, Instance, Series, Study
 from appliance.domain.assembly import (
     CompletionPolicy,
     SeriesProgress,
@@ -34,18 +36,29 @@ from appliance.domain.ingest import (
 )
 from appliance.domain.instance import InstanceRecord
 
+SERIES_CONFLICT = "Series Instance UID already belongs to another study"
 
-def _insert_ignoring_conflict(
-    session: Session, model: type[Study] | type[Series], **values: object
-) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(**values).on_conflict_do_nothing())
+studies = cast(Table, Study.__table__)
+series_table = cast(Table, Series.__table__)
+instances = cast(Table, Instance.__table__)
+audit_events = cast(Table, AuditEvent.__table__)
 
 
-def _series_conflict(series: Series | None, study: Study | None) -> str | None:
-    if series is not None and (study is None or series.study_id != study.id):
-        return "Series Instance UID already belongs to another study"
+@dataclass(frozen=True, slots=True)
+class _StudyRow:
+    id: int
+    state: str
+    version: int
+
+
+def _insert(connection: Connection) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (SQLite and PostgreSQL)."""
+    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+
+
+def _series_conflict(owner_study_uid: str | None, record: InstanceRecord) -> str | None:
+    if owner_study_uid is not None and owner_study_uid != record.study_instance_uid:
+        return SERIES_CONFLICT
     return None
 
 
@@ -53,6 +66,7 @@ class DatabaseIngestLedger:
     """Implements the listener's ledger protocol on the audit database."""
 
     def __init__(self, engine: Engine, policy: CompletionPolicy) -> None:
+        self._engine = engine
         self._sessions: sessionmaker[Session] = session_factory(engine)
         self._policy = policy
 
@@ -150,23 +164,23 @@ class DatabaseIngestLedger:
             )
 
     def admission(self, record: InstanceRecord) -> Admission:
-        with self._translated(), self._sessions() as session:
-            known = session.execute(
-                select(Instance.path, Instance.sha256).where(
-                    Instance.sop_instance_uid == record.sop_instance_uid
+        with self._translated(), self._engine.connect() as connection:
+            connection = connection.execution_options(read_only=True)
+            known = connection.execute(
+                select(instances.c.path, instances.c.sha256).where(
+                    instances.c.sop_instance_uid == record.sop_instance_uid
                 )
             ).first()
-            series = session.scalars(
-                select(Series).where(Series.series_instance_uid == record.series_instance_uid)
-            ).first()
-            study = session.scalars(
-                select(Study).where(Study.study_instance_uid == record.study_instance_uid)
-            ).first()
+            owner = connection.execute(
+                select(studies.c.study_instance_uid)
+                .join(series_table, series_table.c.study_id == studies.c.id)
+                .where(series_table.c.series_instance_uid == record.series_instance_uid)
+            ).scalar()
             return Admission(
                 known=KnownInstance(record.sop_instance_uid, known.path, known.sha256)
                 if known
                 else None,
-                conflict=_series_conflict(series, study),
+                conflict=_series_conflict(owner, record),
             )
 
     def instance_stored(
@@ -177,77 +191,69 @@ class DatabaseIngestLedger:
         stored: StoredFile,
         at: datetime,
     ) -> None:
-        """Commit the rows for a newly stored or replacing instance, with its audit event."""
-        with self._transaction() as session:
-            study = self._study_for_update(session, record, peer, at)
+        """Commit the rows for a newly stored or replacing instance, with its audit event.
+
+        Written with SQLAlchemy Core: this runs once per received instance, before the
+        acknowledgement, so its statement count is the listener's database cost.
+        """
+        with self._translated(), self._engine.begin() as connection:
+            study = self._upsert_study(connection, record, peer, at)
             if study.state == StudyState.COMPLETE:
-                study.state = StudyState.RECEIVING
-                study.version += 1
-                study.completed_at = None
-                study.completion_reason = None
-                record_event(
-                    session,
-                    AuditEventType.STUDY_REOPENED,
-                    occurred_at=at,
-                    actor=peer.calling_ae,
-                    actor_host=peer.host,
-                    action=EventAction.UPDATE,
-                    study_instance_uid=record.study_instance_uid,
+                study = self._reopen(connection, study, association_id, peer, record, at)
+            series_id = self._upsert_series(connection, record, study.id)
+            inserted = connection.execute(
+                _insert(connection)(instances)
+                .values(
+                    sop_instance_uid=record.sop_instance_uid,
+                    sop_class_uid=record.sop_class_uid,
+                    transfer_syntax_uid=record.transfer_syntax_uid,
                     study_id=study.id,
+                    series_id=series_id,
                     association_id=association_id,
-                    detail=f"instance arrived after completion; version {study.version}",
+                    study_version=study.version,
+                    instance_number=record.instance_number,
+                    number_of_frames=record.number_of_frames,
+                    path=stored.path,
+                    size_bytes=stored.size_bytes,
+                    sha256=stored.sha256,
+                    received_at=at,
                 )
-            series = self._series_for_update(session, record, study)
-            existing = session.scalars(
-                select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid)
+                .on_conflict_do_nothing()
+                .returning(instances.c.id)
             ).first()
-            if existing is None:
-                progress = SeriesProgress(
-                    series.received_instances, series.expected_instances, series.all_multiframe
-                ).with_instance(record)
-                series.received_instances = progress.received_instances
-                series.expected_instances = progress.expected_instances
-                series.all_multiframe = progress.all_multiframe
-                study.instance_count += 1
-                session.add(
-                    Instance(
-                        sop_instance_uid=record.sop_instance_uid,
-                        sop_class_uid=record.sop_class_uid,
-                        transfer_syntax_uid=record.transfer_syntax_uid,
-                        study_id=study.id,
-                        series_id=series.id,
-                        association_id=association_id,
-                        study_version=study.version,
-                        instance_number=record.instance_number,
-                        number_of_frames=record.number_of_frames,
+            if inserted is not None:
+                self._count_instance(connection, record, series_id, study.id)
+                event_type, action = AuditEventType.INSTANCE_STORED, EventAction.CREATE
+            else:
+                connection.execute(
+                    update(instances)
+                    .where(instances.c.sop_instance_uid == record.sop_instance_uid)
+                    .values(
                         path=stored.path,
                         size_bytes=stored.size_bytes,
                         sha256=stored.sha256,
+                        transfer_syntax_uid=record.transfer_syntax_uid,
+                        association_id=association_id,
+                        study_version=study.version,
                         received_at=at,
                     )
                 )
-                event_type = AuditEventType.INSTANCE_STORED
-            else:
-                existing.path = stored.path
-                existing.size_bytes = stored.size_bytes
-                existing.sha256 = stored.sha256
-                existing.transfer_syntax_uid = record.transfer_syntax_uid
-                existing.association_id = association_id
-                existing.study_version = study.version
-                existing.received_at = at
-                event_type = AuditEventType.INSTANCE_REPLACED
-            self._refresh_deadline(session, study, at)
-            record_event(
-                session,
-                event_type,
-                occurred_at=at,
-                actor=peer.calling_ae,
-                actor_host=peer.host,
-                action=EventAction.CREATE if existing is None else EventAction.UPDATE,
-                study_instance_uid=record.study_instance_uid,
-                sop_instance_uid=record.sop_instance_uid,
-                association_id=association_id,
-                study_id=study.id,
+                event_type, action = AuditEventType.INSTANCE_REPLACED, EventAction.UPDATE
+            self._refresh_deadline(connection, study.id, at)
+            connection.execute(
+                insert(audit_events).values(
+                    event_row(
+                        event_type,
+                        occurred_at=at,
+                        actor=peer.calling_ae,
+                        actor_host=peer.host,
+                        action=action,
+                        study_instance_uid=record.study_instance_uid,
+                        sop_instance_uid=record.sop_instance_uid,
+                        association_id=association_id,
+                        study_id=study.id,
+                    )
+                )
             )
 
     def instance_duplicate(
@@ -297,63 +303,147 @@ class DatabaseIngestLedger:
                 detail=reason,
             )
 
-    def _study_for_update(
-        self, session: Session, record: InstanceRecord, peer: AssociationPeer, at: datetime
-    ) -> Study:
+    def _upsert_study(
+        self, connection: Connection, record: InstanceRecord, peer: AssociationPeer, at: datetime
+    ) -> _StudyRow:
         patient = record.patient
-        _insert_ignoring_conflict(
-            session,
-            Study,
-            study_instance_uid=record.study_instance_uid,
-            state=StudyState.RECEIVING.value,
-            version=1,
-            patient_id=patient.patient_id,
-            patient_name=patient.patient_name,
-            patient_birth_date=patient.patient_birth_date,
-            accession_number=patient.accession_number,
-            study_date=record.study_date,
-            study_description=record.study_description,
-            calling_ae=peer.calling_ae,
-            called_ae=peer.called_ae,
-            instance_count=0,
-            first_received_at=at,
-            last_received_at=at,
+        connection.execute(
+            _insert(connection)(studies)
+            .values(
+                study_instance_uid=record.study_instance_uid,
+                state=StudyState.RECEIVING.value,
+                version=1,
+                patient_id=patient.patient_id,
+                patient_name=patient.patient_name,
+                patient_birth_date=patient.patient_birth_date,
+                accession_number=patient.accession_number,
+                study_date=record.study_date,
+                study_description=record.study_description,
+                calling_ae=peer.calling_ae,
+                called_ae=peer.called_ae,
+                instance_count=0,
+                first_received_at=at,
+                last_received_at=at,
+            )
+            .on_conflict_do_nothing()
         )
-        return session.scalars(
-            select(Study)
-            .where(Study.study_instance_uid == record.study_instance_uid)
-            .with_for_update()
-        ).one()
-
-    def _series_for_update(self, session: Session, record: InstanceRecord, study: Study) -> Series:
-        _insert_ignoring_conflict(
-            session,
-            Series,
-            study_id=study.id,
-            series_instance_uid=record.series_instance_uid,
-            modality=record.modality,
-            series_number=record.series_number,
-            series_description=record.series_description,
-            body_part_examined=record.body_part_examined,
-            received_instances=0,
-            all_multiframe=True,
+        return _StudyRow(
+            *connection.execute(
+                select(studies.c.id, studies.c.state, studies.c.version)
+                .where(studies.c.study_instance_uid == record.study_instance_uid)
+                .with_for_update()
+            ).one()
         )
-        series = session.scalars(
-            select(Series)
-            .where(Series.series_instance_uid == record.series_instance_uid)
-            .with_for_update()
-        ).one()
-        conflict = _series_conflict(series, study)
-        if conflict:
-            raise IngestConflict(conflict)
-        return series
 
-    def _refresh_deadline(self, session: Session, study: Study, at: datetime) -> None:
-        study.last_received_at = max(study.last_received_at, at)
+    def _reopen(
+        self,
+        connection: Connection,
+        study: _StudyRow,
+        association_id: int,
+        peer: AssociationPeer,
+        record: InstanceRecord,
+        at: datetime,
+    ) -> _StudyRow:
+        version = study.version + 1
+        connection.execute(
+            update(studies)
+            .where(studies.c.id == study.id)
+            .values(
+                state=StudyState.RECEIVING.value,
+                version=version,
+                completed_at=None,
+                completion_reason=None,
+            )
+        )
+        connection.execute(
+            insert(audit_events).values(
+                event_row(
+                    AuditEventType.STUDY_REOPENED,
+                    occurred_at=at,
+                    actor=peer.calling_ae,
+                    actor_host=peer.host,
+                    action=EventAction.UPDATE,
+                    study_instance_uid=record.study_instance_uid,
+                    study_id=study.id,
+                    association_id=association_id,
+                    detail=f"instance arrived after completion; version {version}",
+                )
+            )
+        )
+        return _StudyRow(study.id, StudyState.RECEIVING.value, version)
+
+    def _upsert_series(self, connection: Connection, record: InstanceRecord, study_id: int) -> int:
+        connection.execute(
+            _insert(connection)(series_table)
+            .values(
+                study_id=study_id,
+                series_instance_uid=record.series_instance_uid,
+                modality=record.modality,
+                series_number=record.series_number,
+                series_description=record.series_description,
+                body_part_examined=record.body_part_examined,
+                received_instances=0,
+                all_multiframe=True,
+            )
+            .on_conflict_do_nothing()
+        )
+        row = connection.execute(
+            select(series_table.c.id, series_table.c.study_id).where(
+                series_table.c.series_instance_uid == record.series_instance_uid
+            )
+        ).one()
+        if row.study_id != study_id:
+            raise IngestConflict(SERIES_CONFLICT)
+        return int(row.id)
+
+    def _count_instance(
+        self, connection: Connection, record: InstanceRecord, series_id: int, study_id: int
+    ) -> None:
+        current = connection.execute(
+            select(
+                series_table.c.received_instances,
+                series_table.c.expected_instances,
+                series_table.c.all_multiframe,
+            ).where(series_table.c.id == series_id)
+        ).one()
+        progress = SeriesProgress(*current).with_instance(record)
+        connection.execute(
+            update(series_table)
+            .where(series_table.c.id == series_id)
+            .values(
+                received_instances=progress.received_instances,
+                expected_instances=progress.expected_instances,
+                all_multiframe=progress.all_multiframe,
+            )
+        )
+        connection.execute(
+            update(studies)
+            .where(studies.c.id == study_id)
+            .values(instance_count=studies.c.instance_count + 1)
+        )
+
+    def _refresh_deadline(self, connection: Connection, study_id: int, at: datetime) -> None:
+        last = connection.execute(
+            select(studies.c.last_received_at).where(studies.c.id == study_id)
+        ).scalar_one()
+        last = max(last, at)
         progress = [
-            SeriesProgress(s.received_instances, s.expected_instances, s.all_multiframe)
-            for s in session.scalars(select(Series).where(Series.study_id == study.id))
+            SeriesProgress(*row)
+            for row in connection.execute(
+                select(
+                    series_table.c.received_instances,
+                    series_table.c.expected_instances,
+                    series_table.c.all_multiframe,
+                ).where(series_table.c.study_id == study_id)
+            )
         ]
-        deadline = completion_deadline(study.last_received_at, progress, self._policy)
-        study.complete_after = deadline.at
-        study.deadline_reason = deadline.reason.value
+        deadline = completion_deadline(last, progress, self._policy)
+        connection.execute(
+            update(studies)
+            .where(studies.c.id == study_id)
+            .values(
+                last_received_at=last,
+                complete_after=deadline.at,
+                deadline_reason=deadline.reason.value,
+            )
+        )

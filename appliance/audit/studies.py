@@ -164,14 +164,14 @@ class StudyService:
                 AuditEventType.STUDY_COMPLETED,
                 action=EventAction.UPDATE,
                 detail=f"version {version}: {reason.value}",
-                **common,  # type: ignore[arg-type]
+                **common,
             )
             record_event(
                 session,
                 AuditEventType.JOB_CREATED,
                 job_id=job.id,
                 detail=f"version {version}",
-                **common,  # type: ignore[arg-type]
+                **common,
             )
             return CompletedStudy(study_id, str(study_uid), version, job.id, reason)
 

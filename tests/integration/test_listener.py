@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, RTPlanStorage  # type: ignore[attr-defined]
 from sqlalchemy import Engine, func, select
 
@@ -12,6 +12,7 @@ from appliance.audit.models import AuditEvent, Instance, Study
 from appliance.dicom.status import StoreStatus
 from tests.conftest import echoscu, storescu
 from tests.factory import ct_slice, dataset_bytes, new_series, write_series
+from tests.scu import associate, send_files
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -33,14 +34,11 @@ def count(engine: Engine, model: type) -> int:
 
 
 def pynetdicom_send(port: int, paths: list[Path], calling: str = "PYSCU") -> list[int]:
-    """Send each file's data set bytes exactly as stored (no decoding) and return the statuses."""
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
-    assoc = ae.associate("127.0.0.1", port, ae_title="APPLIANCE")
+    """Send each file's data set bytes exactly as stored and return the statuses."""
+    assoc = associate(port, [(CTImageStorage, ["1.2.840.10008.1.2.1"])], calling)
     assert assoc.is_established
     try:
-        return [int(assoc.send_c_store(path).Status) for path in paths]
+        return send_files(assoc, paths, [])
     finally:
         assoc.release()
 
