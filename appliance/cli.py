@@ -5,12 +5,15 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
 from appliance.config import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from appliance.audit.studies import StudyService
 
 EXIT_BAD_SETTINGS = 2
 EXIT_NOT_FOUND = 3
@@ -21,6 +24,13 @@ def _settings(ctx: click.Context) -> Settings:
     settings = ctx.obj
     assert isinstance(settings, Settings)
     return settings
+
+
+def _study_service(ctx: click.Context) -> "StudyService":
+    from appliance.runtime import completion_policy, open_database
+
+    settings = _settings(ctx)
+    return StudyService(open_database(settings, migrate=False), completion_policy(settings))
 
 
 def _print_json(value: Any) -> None:
@@ -99,11 +109,9 @@ def studies() -> None:
 @click.pass_context
 def studies_list(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
     """Most recently active studies first."""
-    from appliance.audit.studies import StudyService
     from appliance.domain.assembly import StudyState
-    from appliance.runtime import open_database
 
-    service = StudyService(open_database(_settings(ctx), migrate=False))
+    service = _study_service(ctx)
     rows = service.list_studies(limit, StudyState(state) if state else None)
     if as_json:
         _print_json([asdict(row) for row in rows])
@@ -126,10 +134,9 @@ def studies_list(ctx: click.Context, state: str | None, limit: int, as_json: boo
 @click.pass_context
 def studies_show(ctx: click.Context, study_instance_uid: str, as_json: bool) -> None:
     """One study with its series and jobs."""
-    from appliance.audit.studies import StudyService, UnknownStudy
-    from appliance.runtime import open_database
+    from appliance.audit.studies import UnknownStudy
 
-    service = StudyService(open_database(_settings(ctx), migrate=False))
+    service = _study_service(ctx)
     try:
         detail = service.show(study_instance_uid)
     except UnknownStudy:
@@ -166,10 +173,9 @@ def studies_show(ctx: click.Context, study_instance_uid: str, as_json: bool) -> 
 @click.pass_context
 def studies_force_complete(ctx: click.Context, study_instance_uid: str, operator: str) -> None:
     """Complete a receiving study now and queue its job."""
-    from appliance.audit.studies import StudyService, UnknownStudy
-    from appliance.runtime import open_database
+    from appliance.audit.studies import UnknownStudy
 
-    service = StudyService(open_database(_settings(ctx), migrate=False))
+    service = _study_service(ctx)
     try:
         done = service.force_complete(study_instance_uid, datetime.now(UTC), f"operator:{operator}")
     except UnknownStudy:

@@ -79,14 +79,17 @@ def listener_options(settings: Settings, reuse_port: bool) -> ListenerOptions:
 
 def start_listener(settings: Settings, engine: Engine, reuse_port: bool = False) -> Listener:
     spool = Spool(settings.spool.path, settings.spool.disk_watermark_percent)
-    ledger = DatabaseIngestLedger(engine, completion_policy(settings))
+    ledger = DatabaseIngestLedger(engine)
     listener = Listener(listener_options(settings, reuse_port), spool, ledger)
     listener.start()
     return listener
 
 
 def sweep_once(studies: StudyService) -> int:
-    completed = studies.complete_due(datetime.now(UTC))
+    """Fold new instances into their studies, then complete the studies that are due."""
+    now = datetime.now(UTC)
+    studies.fold_pending(now)
+    completed = studies.complete_due(now)
     for study in completed:
         LOG.info(
             "study %d version %d complete (%s): job %d queued",
@@ -100,7 +103,7 @@ def sweep_once(studies: StudyService) -> int:
 
 def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
     """Complete due studies until `stop` is set."""
-    studies = StudyService(engine)
+    studies = StudyService(engine, completion_policy(settings))
     while not stop.is_set():
         sweep_once(studies)
         stop.wait(settings.study.sweep_interval_seconds)

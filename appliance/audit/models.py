@@ -105,8 +105,8 @@ class Series(Base):
     __tablename__ = "series"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series_description: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -117,22 +117,29 @@ class Series(Base):
 
 
 class Instance(Base):
+    """A stored instance. The listener inserts it; the sweeper folds it into its study's counts
+    (`folded`), which keeps the acknowledgement path to a few uncontended inserts."""
+
     __tablename__ = "instances"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     sop_class_uid: Mapped[str] = mapped_column(UID)
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
-    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
     association_id: Mapped[int | None] = mapped_column(ForeignKey("associations.id"), nullable=True)
-    study_version: Mapped[int] = mapped_column(Integer)
+    study_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    images_in_acquisition: Mapped[int | None] = mapped_column(Integer, nullable=True)
     path: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    folded: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_instances_unfolded", "folded", "id"),)
 
 
 class Job(Base):

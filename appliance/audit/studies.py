@@ -5,18 +5,42 @@ once and a study version still gets exactly one job; the unique (study_id, study
 jobs backs that up.
 """
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Connection, Engine, Table, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.audit.db import session_factory
-from appliance.audit.events import record_event
-from appliance.audit.models import Instance, Job, Series, Study
-from appliance.domain.assembly import CompletionReason, StudyState
-from appliance.domain.audit import AuditEventType, EventAction
+from appliance.audit.events import event_row, record_event
+from appliance.audit.models import AuditEvent, Instance, Job, Series, Study
+from appliance.domain.assembly import (
+    CompletionPolicy,
+    CompletionReason,
+    SeriesProgress,
+    StudyState,
+    completion_deadline,
+)
+from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
+from appliance.domain.ingest import SERIES_CONFLICT
 from appliance.domain.jobs import JobState
+
+SWEEPER = "sweeper"
+FOLD_BATCH = 5000
+
+studies = cast(Table, Study.__table__)
+series_table = cast(Table, Series.__table__)
+instances = cast(Table, Instance.__table__)
+audit_events = cast(Table, AuditEvent.__table__)
+
+
+def _group(rows: list[Any], attribute: str) -> dict[str, list[Any]]:
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        groups[getattr(row, attribute)].append(row)
+    return groups
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +101,178 @@ class UnknownStudy(LookupError):
 
 
 class StudyService:
-    def __init__(self, engine: Engine) -> None:
-        self._sessions: sessionmaker[Session] = session_factory(engine)
+    """Study assembly on the database: folding new instances in, completing quiet studies."""
 
-    def complete_due(self, now: datetime, actor: str = "sweeper") -> list[CompletedStudy]:
+    def __init__(self, engine: Engine, policy: CompletionPolicy) -> None:
+        self._engine = engine
+        self._sessions: sessionmaker[Session] = session_factory(engine)
+        self._policy = policy
+
+    def fold_pending(self, now: datetime, limit: int = FOLD_BATCH) -> int:
+        """Fold newly stored instances into series and study progress; returns how many.
+
+        Runs in one transaction; PostgreSQL replicas skip each other's locked rows, SQLite
+        serialises them. A study that is already complete re-opens for a new version.
+        """
+        with self._engine.begin() as connection:
+            pending = connection.execute(
+                select(
+                    instances.c.id,
+                    instances.c.sop_instance_uid,
+                    instances.c.study_instance_uid,
+                    instances.c.series_instance_uid,
+                    instances.c.number_of_frames,
+                    instances.c.images_in_acquisition,
+                    instances.c.received_at,
+                    instances.c.study_version,
+                )
+                .where(instances.c.folded.is_(False))
+                .order_by(instances.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for study_uid, rows in _group(list(pending), "study_instance_uid").items():
+                self._fold_study(connection, study_uid, rows, now)
+        return len(pending)
+
+    def _fold_study(
+        self, connection: Connection, study_uid: str, rows: list[Any], now: datetime
+    ) -> None:
+        study = connection.execute(
+            select(studies.c.id, studies.c.state, studies.c.version, studies.c.last_received_at)
+            .where(studies.c.study_instance_uid == study_uid)
+            .with_for_update()
+        ).one()
+        version = study.version
+        if study.state == StudyState.COMPLETE:
+            version += 1
+            connection.execute(
+                update(studies)
+                .where(studies.c.id == study.id)
+                .values(
+                    state=StudyState.RECEIVING,
+                    version=version,
+                    completed_at=None,
+                    completion_reason=None,
+                )
+            )
+            connection.execute(
+                insert(audit_events).values(
+                    event_row(
+                        AuditEventType.STUDY_REOPENED,
+                        occurred_at=now,
+                        actor=SWEEPER,
+                        action=EventAction.UPDATE,
+                        study_instance_uid=study_uid,
+                        study_id=study.id,
+                        detail=f"{len(rows)} late instance(s); version {version}",
+                    )
+                )
+            )
+        new_instances = 0
+        for series_uid, series_rows in _group(rows, "series_instance_uid").items():
+            series = connection.execute(
+                select(
+                    series_table.c.id,
+                    series_table.c.study_instance_uid,
+                    series_table.c.received_instances,
+                    series_table.c.expected_instances,
+                    series_table.c.all_multiframe,
+                )
+                .where(series_table.c.series_instance_uid == series_uid)
+                .with_for_update()
+            ).one()
+            if series.study_instance_uid != study_uid:
+                self._refuse_conflicting(connection, study.id, study_uid, series_rows, now)
+                continue
+            progress = SeriesProgress(
+                series.received_instances, series.expected_instances, series.all_multiframe
+            )
+            for row in series_rows:
+                if row.study_version is None:  # first fold; a replacement is counted once only
+                    progress = progress.with_counts(row.number_of_frames, row.images_in_acquisition)
+                    new_instances += 1
+            connection.execute(
+                update(series_table)
+                .where(series_table.c.id == series.id)
+                .values(
+                    received_instances=progress.received_instances,
+                    expected_instances=progress.expected_instances,
+                    all_multiframe=progress.all_multiframe,
+                )
+            )
+            connection.execute(
+                update(instances)
+                .where(instances.c.id.in_([row.id for row in series_rows]))
+                .values(folded=True, study_version=version)
+            )
+        last = max([study.last_received_at, *(row.received_at for row in rows)])
+        progress_all = [
+            SeriesProgress(*values)
+            for values in connection.execute(
+                select(
+                    series_table.c.received_instances,
+                    series_table.c.expected_instances,
+                    series_table.c.all_multiframe,
+                ).where(series_table.c.study_instance_uid == study_uid)
+            )
+        ]
+        deadline = completion_deadline(last, progress_all, self._policy)
+        connection.execute(
+            update(studies)
+            .where(studies.c.id == study.id)
+            .values(
+                instance_count=studies.c.instance_count + new_instances,
+                last_received_at=last,
+                complete_after=deadline.at,
+                deadline_reason=deadline.reason.value,
+            )
+        )
+
+    def _refuse_conflicting(
+        self,
+        connection: Connection,
+        study_id: int,
+        study_uid: str,
+        rows: list[Any],
+        now: datetime,
+    ) -> None:
+        """Instances whose series belongs to another study are kept but never processed."""
+        connection.execute(
+            update(instances)
+            .where(instances.c.id.in_([row.id for row in rows]))
+            .values(folded=True)
+        )
+        for row in rows:
+            connection.execute(
+                insert(audit_events).values(
+                    event_row(
+                        AuditEventType.INSTANCE_REJECTED,
+                        occurred_at=now,
+                        actor=SWEEPER,
+                        outcome=EventOutcome.SERIOUS_FAILURE,
+                        study_instance_uid=study_uid,
+                        sop_instance_uid=row.sop_instance_uid,
+                        study_id=study_id,
+                        detail=f"{SERIES_CONFLICT}; stored but excluded from processing",
+                    )
+                )
+            )
+
+    def complete_due(self, now: datetime, actor: str = SWEEPER) -> list[CompletedStudy]:
         """Complete every study whose deadline has passed; one job per study version."""
         with self._sessions() as session:
+            unfolded = (
+                select(instances.c.id)
+                .where(
+                    instances.c.study_instance_uid == Study.study_instance_uid,
+                    instances.c.folded.is_(False),
+                )
+                .exists()
+            )
             due = session.execute(
                 select(Study.id, Study.version, Study.deadline_reason).where(
-                    Study.state == StudyState.RECEIVING, Study.complete_after <= now
+                    Study.state == StudyState.RECEIVING, Study.complete_after <= now, ~unfolded
                 )
             ).all()
         completed = []
@@ -104,6 +291,7 @@ class StudyService:
 
     def force_complete(self, study_instance_uid: str, now: datetime, actor: str) -> CompletedStudy:
         """Complete a receiving study at once (operator action)."""
+        self.fold_pending(now)
         with self._sessions() as session:
             row = session.execute(
                 select(Study.id, Study.version, Study.state).where(
@@ -180,16 +368,16 @@ class StudyService:
             query = select(Study).order_by(Study.last_received_at.desc()).limit(limit)
             if state is not None:
                 query = query.where(Study.state == state)
-            studies = list(session.scalars(query))
-            counts: dict[int, int] = {
-                study_id: count
-                for study_id, count in session.execute(
-                    select(Series.study_id, func.count())
-                    .where(Series.study_id.in_([s.id for s in studies]))
-                    .group_by(Series.study_id)
+            rows = list(session.scalars(query))
+            counts: dict[str, int] = {
+                uid: count
+                for uid, count in session.execute(
+                    select(Series.study_instance_uid, func.count())
+                    .where(Series.study_instance_uid.in_([s.study_instance_uid for s in rows]))
+                    .group_by(Series.study_instance_uid)
                 )
             }
-            return [_summary(s, counts.get(s.id, 0)) for s in studies]
+            return [_summary(s, counts.get(s.study_instance_uid, 0)) for s in rows]
 
     def show(self, study_instance_uid: str) -> StudyDetail:
         with self._sessions() as session:
@@ -200,7 +388,9 @@ class StudyService:
                 raise UnknownStudy(study_instance_uid)
             series = list(
                 session.scalars(
-                    select(Series).where(Series.study_id == study.id).order_by(Series.series_number)
+                    select(Series)
+                    .where(Series.study_instance_uid == study_instance_uid)
+                    .order_by(Series.series_number)
                 )
             )
             jobs = list(
@@ -229,8 +419,7 @@ class StudyService:
             return list(
                 session.scalars(
                     select(Instance.path)
-                    .join(Study, Study.id == Instance.study_id)
-                    .where(Study.study_instance_uid == study_instance_uid)
+                    .where(Instance.study_instance_uid == study_instance_uid)
                     .order_by(Instance.id)
                 )
             )

@@ -31,7 +31,6 @@ from appliance.dicom.status import RejectResult, RejectSource, StoreStatus, User
 from appliance.domain.ingest import (
     Admission,
     AssociationPeer,
-    IngestConflict,
     LedgerUnavailable,
     StoredFile,
 )
@@ -366,10 +365,6 @@ class Listener:
 
         try:
             self._ledger.instance_stored(state.id, state.peer, record, stored, self._clock())
-        except IngestConflict as exc:
-            if admission.known is None:
-                self._spool.discard(stored.path)
-            return refuse(str(exc), StoreStatus.CANNOT_UNDERSTAND)
         except LedgerUnavailable as exc:
             if admission.known is None:
                 self._spool.discard(stored.path)

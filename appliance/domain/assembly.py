@@ -12,8 +12,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from appliance.domain.instance import InstanceRecord
-
 
 class StudyState(StrEnum):
     """Where a study is in assembly. `COMPLETE` studies have a job for their current version."""
@@ -44,13 +42,16 @@ class SeriesProgress:
             return self.received_instances >= self.expected_instances
         return self.all_multiframe
 
-    def with_instance(self, record: InstanceRecord) -> "SeriesProgress":
-        """Fold one newly stored (not duplicate) instance into the progress."""
-        hint = record.images_in_acquisition
+    def with_counts(
+        self, number_of_frames: int | None, images_in_acquisition: int | None
+    ) -> "SeriesProgress":
+        """Fold one newly stored (not duplicate) instance's count hints into the progress."""
         expected = self.expected_instances
-        if hint is not None and hint > 0:
-            expected = hint if expected is None else max(expected, hint)
-        multiframe = record.number_of_frames is not None and record.number_of_frames > 1
+        if images_in_acquisition is not None and images_in_acquisition > 0:
+            expected = (
+                images_in_acquisition if expected is None else max(expected, images_in_acquisition)
+            )
+        multiframe = number_of_frames is not None and number_of_frames > 1
         return replace(
             self,
             received_instances=self.received_instances + 1,

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from appliance.domain.uids import Uid
 
+SERIES_CONFLICT = "Series Instance UID already belongs to another study"
+
 
 @dataclass(frozen=True, slots=True)
 class AssociationPeer:
@@ -44,7 +46,3 @@ class Admission:
 
 class LedgerUnavailable(Exception):
     """The ledger could not commit (database down or locked): the sender should retry."""
-
-
-class IngestConflict(Exception):
-    """The instance contradicts what is stored (for example its series belongs to another study)."""

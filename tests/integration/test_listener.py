@@ -1,5 +1,6 @@
 """The listener against real peers: dcmtk storescu/echoscu and a pynetdicom SCU."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ from pynetdicom.sop_class import CTImageStorage, RTPlanStorage  # type: ignore[a
 from sqlalchemy import Engine, func, select
 
 from appliance.audit.models import AuditEvent, Instance, Study
+from appliance.audit.studies import StudyService
+from appliance.runtime import completion_policy
 from appliance.dicom.status import StoreStatus
 from tests.conftest import echoscu, storescu
 from tests.factory import ct_slice, dataset_bytes, new_series, write_series
@@ -185,6 +188,9 @@ def test_study_rows_hold_patient_data_but_logs_do_not(start, tmp_path: Path, cap
     running = start()
     caplog.set_level("DEBUG")
     storescu(running.port, write_series(new_series(2), tmp_path))
+    StudyService(running.engine, completion_policy(running.settings)).fold_pending(
+        datetime.now(UTC)
+    )
     with Session(running.engine) as session:
         study = session.scalars(select(Study)).one()
     assert study.patient_id == PATIENT_ID and study.instance_count == 2

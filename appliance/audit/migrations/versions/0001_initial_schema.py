@@ -98,6 +98,26 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "series",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("series_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("modality", sa.String(length=16), nullable=True),
+        sa.Column("series_number", sa.Integer(), nullable=True),
+        sa.Column("series_description", sa.String(length=64), nullable=True),
+        sa.Column("body_part_examined", sa.String(length=16), nullable=True),
+        sa.Column("received_instances", sa.Integer(), nullable=False),
+        sa.Column("expected_instances", sa.Integer(), nullable=True),
+        sa.Column("all_multiframe", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_series")),
+        sa.UniqueConstraint("series_instance_uid", name=op.f("uq_series_series_instance_uid")),
+    )
+    with op.batch_alter_table("series", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_series_study_instance_uid"), ["study_instance_uid"], unique=False
+        )
+
+    op.create_table(
         "studies",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
@@ -126,6 +146,43 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_studies_state"), ["state"], unique=False)
 
     op.create_table(
+        "instances",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("sop_class_uid", sa.String(length=64), nullable=False),
+        sa.Column("transfer_syntax_uid", sa.String(length=64), nullable=False),
+        sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("series_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column(
+            "association_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("study_version", sa.Integer(), nullable=True),
+        sa.Column("instance_number", sa.Integer(), nullable=True),
+        sa.Column("number_of_frames", sa.Integer(), nullable=True),
+        sa.Column("images_in_acquisition", sa.Integer(), nullable=True),
+        sa.Column("path", sa.String(length=512), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("folded", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["association_id"],
+            ["associations.id"],
+            name=op.f("fk_instances_association_id_associations"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_instances")),
+        sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_instances_sop_instance_uid")),
+    )
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_instances_series_instance_uid"), ["series_instance_uid"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_instances_study_instance_uid"), ["study_instance_uid"], unique=False
+        )
+        batch_op.create_index("ix_instances_unfolded", ["folded", "id"], unique=False)
+
+    op.create_table(
         "jobs",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("study_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
@@ -146,89 +203,31 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_jobs_state"), ["state"], unique=False)
         batch_op.create_index(batch_op.f("ix_jobs_study_id"), ["study_id"], unique=False)
 
-    op.create_table(
-        "series",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("study_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("series_instance_uid", sa.String(length=64), nullable=False),
-        sa.Column("modality", sa.String(length=16), nullable=True),
-        sa.Column("series_number", sa.Integer(), nullable=True),
-        sa.Column("series_description", sa.String(length=64), nullable=True),
-        sa.Column("body_part_examined", sa.String(length=16), nullable=True),
-        sa.Column("received_instances", sa.Integer(), nullable=False),
-        sa.Column("expected_instances", sa.Integer(), nullable=True),
-        sa.Column("all_multiframe", sa.Boolean(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["study_id"], ["studies.id"], name=op.f("fk_series_study_id_studies")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_series")),
-        sa.UniqueConstraint("series_instance_uid", name=op.f("uq_series_series_instance_uid")),
-    )
-    with op.batch_alter_table("series", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_series_study_id"), ["study_id"], unique=False)
-
-    op.create_table(
-        "instances",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
-        sa.Column("sop_class_uid", sa.String(length=64), nullable=False),
-        sa.Column("transfer_syntax_uid", sa.String(length=64), nullable=False),
-        sa.Column("study_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
-        sa.Column(
-            "series_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
-        ),
-        sa.Column(
-            "association_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
-        ),
-        sa.Column("study_version", sa.Integer(), nullable=False),
-        sa.Column("instance_number", sa.Integer(), nullable=True),
-        sa.Column("number_of_frames", sa.Integer(), nullable=True),
-        sa.Column("path", sa.String(length=512), nullable=False),
-        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["association_id"],
-            ["associations.id"],
-            name=op.f("fk_instances_association_id_associations"),
-        ),
-        sa.ForeignKeyConstraint(
-            ["series_id"], ["series.id"], name=op.f("fk_instances_series_id_series")
-        ),
-        sa.ForeignKeyConstraint(
-            ["study_id"], ["studies.id"], name=op.f("fk_instances_study_id_studies")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_instances")),
-        sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_instances_sop_instance_uid")),
-    )
-    with op.batch_alter_table("instances", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_instances_series_id"), ["series_id"], unique=False)
-        batch_op.create_index(batch_op.f("ix_instances_study_id"), ["study_id"], unique=False)
-
     _guard_audit_events()
 
 
 def downgrade() -> None:
     _unguard_audit_events()
-    with op.batch_alter_table("instances", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_instances_study_id"))
-        batch_op.drop_index(batch_op.f("ix_instances_series_id"))
-
-    op.drop_table("instances")
-    with op.batch_alter_table("series", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_series_study_id"))
-
-    op.drop_table("series")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_study_id"))
         batch_op.drop_index(batch_op.f("ix_jobs_state"))
 
     op.drop_table("jobs")
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.drop_index("ix_instances_unfolded")
+        batch_op.drop_index(batch_op.f("ix_instances_study_instance_uid"))
+        batch_op.drop_index(batch_op.f("ix_instances_series_instance_uid"))
+
+    op.drop_table("instances")
     with op.batch_alter_table("studies", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_studies_state"))
         batch_op.drop_index("ix_studies_due")
 
     op.drop_table("studies")
+    with op.batch_alter_table("series", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_series_study_instance_uid"))
+
+    op.drop_table("series")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_events_study_instance_uid"))
         batch_op.drop_index(batch_op.f("ix_audit_events_occurred_at"))

@@ -1,0 +1,179 @@
+"""Ingest benchmark: dcmtk storescu -> appliance listener vs dcmtk storescp, interleaved.
+
+Sends synthetic 512x512 CT instances (about 0.5 MB each) over one association and over four
+in parallel, to (a) the appliance listener with durable writes (fsync'd file and directory,
+committed SQLite row per instance) and (b) dcmtk's storescp writing plain files (no fsync).
+Prints instances per second for each, their ratio, and the listener's peak memory.
+
+    .venv/bin/python bench/ingest.py [--counts 300 2000] [--repeats 1] [--processes 1 2]
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.factory import new_series, write_series  # noqa: E402
+
+DATA = ROOT / "bench" / ".data"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def instances(count: int) -> list[Path]:
+    directory = DATA / f"ct512_{count}"
+    marker = directory / ".complete"
+    if not marker.exists():
+        shutil.rmtree(directory, ignore_errors=True)
+        write_series(new_series(count, rows=512, columns=512), directory)
+        marker.touch()
+    return sorted(directory.glob("*.dcm"))
+
+
+class PeakMemory:
+    """Polls the resident memory of a process and its children."""
+
+    def __init__(self, pid: int) -> None:
+        self.peak = 0
+        self._process = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                tree = [self._process, *self._process.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            self._stop.wait(0.05)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def send(port: int, files: list[Path], associations: int) -> float:
+    chunks = [files[i::associations] for i in range(associations)]
+    started = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-R", "-aet", "STORESCU", "-aec", "APPLIANCE", "127.0.0.1", str(port),
+             *map(str, chunk)],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
+    for sender in senders:
+        _, errors = sender.communicate()
+        if sender.returncode != 0:
+            raise RuntimeError(f"storescu failed: {errors.decode()[-500:]}")
+    return time.perf_counter() - started
+
+
+def run_storescp(workdir: Path, files: list[Path], associations: int) -> tuple[float, int]:
+    port = free_port()
+    out = workdir / "storescp"
+    out.mkdir()
+    args = ["storescp", "--fork"] if associations > 1 else ["storescp"]
+    server = subprocess.Popen([*args, "-aet", "APPLIANCE", "-od", str(out), str(port)], env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        memory = PeakMemory(server.pid)
+        elapsed = send(port, files, associations)
+        peak = memory.stop()
+    finally:
+        server.terminate()
+        server.wait()
+    stored = sum(1 for _ in out.iterdir())
+    assert stored == len(files), f"storescp stored {stored} of {len(files)}"
+    return elapsed, peak
+
+
+def run_appliance(
+    workdir: Path, files: list[Path], associations: int, processes: int
+) -> tuple[float, int]:
+    port = free_port()
+    config = workdir / "appliance.yaml"
+    config.write_text(yaml.safe_dump({
+        "listener": {"host": "127.0.0.1", "port": port, "processes": processes},
+        "spool": {"path": str(workdir / "spool")},
+        "database": {"url": f"sqlite:///{workdir}/appliance.db"},
+        "logging": {"level": "WARNING"},
+    }))
+    appliance = [sys.executable, "-m", "appliance", "--config", str(config)]
+    subprocess.run([*appliance, "db", "upgrade"], check=True, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([*appliance, "listen"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        time.sleep(1.0 if processes > 1 else 0.2)  # let every process bind
+        memory = PeakMemory(server.pid)
+        elapsed = send(port, files, associations)
+        peak = memory.stop()
+    finally:
+        server.terminate()
+        server.wait()
+    stored = sum(1 for _ in (workdir / "spool").rglob("*.dcm"))
+    assert stored == len(files), f"appliance stored {stored} of {len(files)}"
+    return elapsed, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[300, 2000])
+    parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    print(f"{'instances':>9} {'assoc':>5}  {'receiver':<26} {'inst/s':>8} {'ratio':>6} "
+          f"{'peak MiB':>8}")
+    for count in args.counts:
+        files = instances(count)
+        for associations in args.associations:
+            for _ in range(args.repeats):
+                with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+                    base, base_peak = run_storescp(Path(tmp), files, associations)
+                base_rate = count / base
+                print(f"{count:>9} {associations:>5}  {'dcmtk storescp':<26} {base_rate:>8.1f} "
+                      f"{1.0:>6.2f} {base_peak / 2**20:>8.1f}", flush=True)
+                for processes in args.processes:
+                    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+                        elapsed, peak = run_appliance(Path(tmp), files, associations, processes)
+                    rate = count / elapsed
+                    label = f"appliance ({processes} process{'es' if processes > 1 else ''})"
+                    print(f"{count:>9} {associations:>5}  {label:<26} {rate:>8.1f} "
+                          f"{rate / base_rate:>6.2f} {peak / 2**20:>8.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
