@@ -123,17 +123,36 @@ def start(tmp_path: Path, engine: Engine, db_url: str) -> Iterator[Any]:
         listener.stop()
 
 
-def storescu(port: int, files: list[Path], *args: str, calling: str = "STORESCU",
-             called: str = "APPLIANCE") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, files: list[Path], *args: str, calling: str = "STORESCU", called: str = "APPLIANCE"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-R", "-aet", calling, "-aec", called, *args, "127.0.0.1", str(port),
-         *map(str, files)],
-        env=dcmtk_env(), capture_output=True, text=True, timeout=120, check=False,
+        [
+            "storescu",
+            "-R",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            *args,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
 def echoscu(port: int, calling: str = "STORESCU") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["echoscu", "-aet", calling, "-aec", "APPLIANCE", "127.0.0.1", str(port)],
-        env=dcmtk_env(), capture_output=True, text=True, timeout=30, check=False,
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )

@@ -15,7 +15,9 @@ def _no_delay(event: Event) -> None:
 
 
 def associate(
-    port: int, contexts: list[tuple[str, list[str] | None]], calling: str = "PYSCU",
+    port: int,
+    contexts: list[tuple[str, list[str] | None]],
+    calling: str = "PYSCU",
     called: str = "APPLIANCE",
 ) -> Association:
     """Open an association; each file sent on it goes as stored, never decoded or re-encoded."""

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,9 +36,46 @@ instances = cast(Table, Instance.__table__)
 audit_events = cast(Table, AuditEvent.__table__)
 
 
-def _insert_statement(engine: Engine) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (SQLite and PostgreSQL)."""
-    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+_REPLACED_COLUMNS = (
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "association_id",
+    "path",
+    "size_bytes",
+    "sha256",
+    "received_at",
+    "folded",
+)
+
+
+class _HotStatements:
+    """The statements of the acknowledgement path, built once per engine.
+
+    SQLAlchemy memoises a statement object's cache key, so executing a prebuilt statement with
+    new parameters skips most of the per-call construction cost.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect_insert: Any = (
+            postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        )
+        self.known_instance = select(instances.c.path, instances.c.sha256).where(
+            instances.c.sop_instance_uid == bindparam("sop")
+        )
+        self.series_owner = select(series_table.c.study_instance_uid).where(
+            series_table.c.series_instance_uid == bindparam("series")
+        )
+        self.new_study = dialect_insert(studies).on_conflict_do_nothing()
+        self.new_series = dialect_insert(series_table).on_conflict_do_nothing()
+        self.new_instance = (
+            dialect_insert(instances).on_conflict_do_nothing().returning(instances.c.id)
+        )
+        self.replace_instance = (
+            update(instances)
+            .where(instances.c.sop_instance_uid == bindparam("b_sop"))
+            .values({column: bindparam(column) for column in _REPLACED_COLUMNS})
+        )
+        self.audit = insert(audit_events)
 
 
 def _series_conflict(owner_study_uid: str | None, record: InstanceRecord) -> str | None:
@@ -53,6 +90,7 @@ class DatabaseIngestLedger:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions: sessionmaker[Session] = session_factory(engine)
+        self._hot = _HotStatements(engine)
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -151,20 +189,17 @@ class DatabaseIngestLedger:
         with self._translated(), self._engine.connect() as connection:
             connection = connection.execution_options(read_only=True)
             known = connection.execute(
-                select(instances.c.path, instances.c.sha256).where(
-                    instances.c.sop_instance_uid == record.sop_instance_uid
-                )
+                self._hot.known_instance, {"sop": record.sop_instance_uid}
             ).first()
             owner = connection.execute(
-                select(series_table.c.study_instance_uid).where(
-                    series_table.c.series_instance_uid == record.series_instance_uid
-                )
+                self._hot.series_owner, {"series": record.series_instance_uid}
             ).scalar()
             return Admission(
                 known=KnownInstance(record.sop_instance_uid, known.path, known.sha256)
                 if known
                 else None,
                 conflict=_series_conflict(owner, record),
+                series_known=owner is not None,
             )
 
     def instance_stored(
@@ -174,94 +209,88 @@ class DatabaseIngestLedger:
         record: InstanceRecord,
         stored: StoredFile,
         at: datetime,
+        first_of_series: bool,
     ) -> None:
         """Commit the instance row and its audit event, before the acknowledgement.
 
-        Four inserts that take no row locks (the study and series rows are created once and
-        left alone): study progress is folded in later by the sweeper, so concurrent
-        associations of one study never queue on its row.
+        Inserts that take no row locks: the study and series rows are created with the first
+        instance of a series and left alone, and study progress is folded in later by the
+        sweeper, so concurrent associations of one study never queue on its row. The
+        statements are built once (`_HotStatements`): this runs for every received instance.
         """
-        upsert = _insert_statement(self._engine)
+        hot = self._hot
         patient = record.patient
+        columns = {
+            "sop_instance_uid": record.sop_instance_uid,
+            "sop_class_uid": record.sop_class_uid,
+            "transfer_syntax_uid": record.transfer_syntax_uid,
+            "study_instance_uid": record.study_instance_uid,
+            "series_instance_uid": record.series_instance_uid,
+            "association_id": association_id,
+            "instance_number": record.instance_number,
+            "number_of_frames": record.number_of_frames,
+            "images_in_acquisition": record.images_in_acquisition,
+            "path": stored.path,
+            "size_bytes": stored.size_bytes,
+            "sha256": stored.sha256,
+            "received_at": at,
+            "folded": False,
+        }
         with self._translated(), self._engine.begin() as connection:
-            connection.execute(
-                upsert(studies)
-                .values(
-                    study_instance_uid=record.study_instance_uid,
-                    state=StudyState.RECEIVING.value,
-                    version=1,
-                    patient_id=patient.patient_id,
-                    patient_name=patient.patient_name,
-                    patient_birth_date=patient.patient_birth_date,
-                    accession_number=patient.accession_number,
-                    study_date=record.study_date,
-                    study_description=record.study_description,
-                    calling_ae=peer.calling_ae,
-                    called_ae=peer.called_ae,
-                    instance_count=0,
-                    first_received_at=at,
-                    last_received_at=at,
-                )
-                .on_conflict_do_nothing()
-            )
-            connection.execute(
-                upsert(series_table)
-                .values(
-                    series_instance_uid=record.series_instance_uid,
-                    study_instance_uid=record.study_instance_uid,
-                    modality=record.modality,
-                    series_number=record.series_number,
-                    series_description=record.series_description,
-                    body_part_examined=record.body_part_examined,
-                    received_instances=0,
-                    all_multiframe=True,
-                )
-                .on_conflict_do_nothing()
-            )
-            columns = {
-                "sop_class_uid": record.sop_class_uid,
-                "transfer_syntax_uid": record.transfer_syntax_uid,
-                "study_instance_uid": record.study_instance_uid,
-                "series_instance_uid": record.series_instance_uid,
-                "association_id": association_id,
-                "instance_number": record.instance_number,
-                "number_of_frames": record.number_of_frames,
-                "images_in_acquisition": record.images_in_acquisition,
-                "path": stored.path,
-                "size_bytes": stored.size_bytes,
-                "sha256": stored.sha256,
-                "received_at": at,
-                "folded": False,
-            }
-            inserted = connection.execute(
-                upsert(instances)
-                .values(sop_instance_uid=record.sop_instance_uid, **columns)
-                .on_conflict_do_nothing()
-                .returning(instances.c.id)
-            ).first()
-            replaced = inserted is None
-            if replaced:
-                # A replacement is folded again: its study may need a new version.
+            if first_of_series:
                 connection.execute(
-                    update(instances)
-                    .where(instances.c.sop_instance_uid == record.sop_instance_uid)
-                    .values(**columns, study_version=None)
+                    hot.new_study,
+                    {
+                        "study_instance_uid": record.study_instance_uid,
+                        "state": StudyState.RECEIVING.value,
+                        "version": 1,
+                        "patient_id": patient.patient_id,
+                        "patient_name": patient.patient_name,
+                        "patient_birth_date": patient.patient_birth_date,
+                        "accession_number": patient.accession_number,
+                        "study_date": record.study_date,
+                        "study_description": record.study_description,
+                        "calling_ae": peer.calling_ae,
+                        "called_ae": peer.called_ae,
+                        "instance_count": 0,
+                        "first_received_at": at,
+                        "last_received_at": at,
+                    },
+                )
+                connection.execute(
+                    hot.new_series,
+                    {
+                        "series_instance_uid": record.series_instance_uid,
+                        "study_instance_uid": record.study_instance_uid,
+                        "modality": record.modality,
+                        "series_number": record.series_number,
+                        "series_description": record.series_description,
+                        "body_part_examined": record.body_part_examined,
+                        "received_instances": 0,
+                        "all_multiframe": True,
+                    },
+                )
+            replaced = connection.execute(hot.new_instance, columns).first() is None
+            if replaced:
+                # Folded again, so a complete study re-opens for the new content.
+                replacement = {name: columns[name] for name in _REPLACED_COLUMNS}
+                connection.execute(
+                    hot.replace_instance, {**replacement, "b_sop": record.sop_instance_uid}
                 )
             connection.execute(
-                insert(audit_events).values(
-                    event_row(
-                        AuditEventType.INSTANCE_REPLACED
-                        if replaced
-                        else AuditEventType.INSTANCE_STORED,
-                        occurred_at=at,
-                        actor=peer.calling_ae,
-                        actor_host=peer.host,
-                        action=EventAction.UPDATE if replaced else EventAction.CREATE,
-                        study_instance_uid=record.study_instance_uid,
-                        sop_instance_uid=record.sop_instance_uid,
-                        association_id=association_id,
-                    )
-                )
+                hot.audit,
+                event_row(
+                    AuditEventType.INSTANCE_REPLACED
+                    if replaced
+                    else AuditEventType.INSTANCE_STORED,
+                    occurred_at=at,
+                    actor=peer.calling_ae,
+                    actor_host=peer.host,
+                    action=EventAction.UPDATE if replaced else EventAction.CREATE,
+                    study_instance_uid=record.study_instance_uid,
+                    sop_instance_uid=record.sop_instance_uid,
+                    association_id=association_id,
+                ),
             )
 
     def instance_duplicate(

@@ -71,6 +71,7 @@ class IngestLedger(Protocol):
         record: InstanceRecord,
         stored: StoredFile,
         at: datetime,
+        first_of_series: bool,
     ) -> None: ...
     def instance_duplicate(
         self,
@@ -364,7 +365,14 @@ class Listener:
             return refuse(f"spool write failed: {exc.strerror}", StoreStatus.OUT_OF_RESOURCES)
 
         try:
-            self._ledger.instance_stored(state.id, state.peer, record, stored, self._clock())
+            self._ledger.instance_stored(
+                state.id,
+                state.peer,
+                record,
+                stored,
+                self._clock(),
+                first_of_series=not admission.series_known,
+            )
         except LedgerUnavailable as exc:
             if admission.known is None:
                 self._spool.discard(stored.path)

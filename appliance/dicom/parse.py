@@ -1,33 +1,64 @@
-"""Parse a received dataset, once, into an `InstanceRecord` (PS3.5 section 7 data set encoding).
+"""Parse a received data set, once, into an `InstanceRecord` (PS3.5 section 7 encoding).
 
-The encoded bytes are stored as received; parsing only reads the attributes the appliance needs
-and checks that the encoding is whole: every top-level element must end inside the data and the
-last one exactly at its end, so a truncated transfer is refused instead of stored.
+The encoded bytes are stored exactly as received, so parsing only has to check that the encoding
+is whole and read the handful of attributes the appliance needs. One walk over the element
+headers does both: defined lengths are skipped, undefined lengths (sequences, items,
+encapsulated pixel data) are followed to their delimiters, every element must end inside the
+data and the last one exactly at its end. A transfer cut anywhere is caught without decoding
+pixel data, at a small fraction of a full pydicom parse.
 """
 
 import struct
 import zlib
-from io import BytesIO
 
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from appliance.dicom.status import StoreStatus
 from appliance.domain.instance import InstanceRecord, PatientIdentity
 from appliance.domain.uids import InvalidUid, Uid, parse_uid
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+)
+_ITEM_GROUP = 0xFFFE
+_DELIMITERS = frozenset({0xE00D, 0xE0DD})  # item and sequence delimitation items
+
+SPECIFIC_CHARACTER_SET = 0x00080005
+SOP_CLASS_UID = 0x00080016
+SOP_INSTANCE_UID = 0x00080018
+STUDY_DATE = 0x00080020
+ACCESSION_NUMBER = 0x00080050
+MODALITY = 0x00080060
+STUDY_DESCRIPTION = 0x00081030
+SERIES_DESCRIPTION = 0x0008103E
+PATIENT_NAME = 0x00100010
+PATIENT_ID = 0x00100020
+PATIENT_BIRTH_DATE = 0x00100030
+BODY_PART_EXAMINED = 0x00180015
+STUDY_INSTANCE_UID = 0x0020000D
+SERIES_INSTANCE_UID = 0x0020000E
+SERIES_NUMBER = 0x00200011
+INSTANCE_NUMBER = 0x00200013
+IMAGES_IN_ACQUISITION = 0x00201002
+NUMBER_OF_FRAMES = 0x00280008
+
+_WANTED = frozenset(
+    {
+        SPECIFIC_CHARACTER_SET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_DATE, ACCESSION_NUMBER,
+        MODALITY, STUDY_DESCRIPTION, SERIES_DESCRIPTION, PATIENT_NAME, PATIENT_ID,
+        PATIENT_BIRTH_DATE, BODY_PART_EXAMINED, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID,
+        SERIES_NUMBER, INSTANCE_NUMBER, IMAGES_IN_ACQUISITION, NUMBER_OF_FRAMES,
+    }
+)  # fmt: skip
+_PN_DELIMITERS = frozenset(
+    {0x5E, 0x3D}
+)  # '^' and '=' reset ISO 2022 code extensions in a person name
 
 
 class InvalidInstance(ValueError):
-    """A dataset the appliance will not store, with the C-STORE status to answer."""
+    """A data set the appliance will not store, with the C-STORE status to answer."""
 
     def __init__(self, reason: str, status: StoreStatus = StoreStatus.CANNOT_UNDERSTAND) -> None:
         super().__init__(reason)
@@ -43,26 +74,19 @@ def inflate(data: bytes) -> bytes:
         raise InvalidInstance(f"deflated data set does not inflate: {exc}") from exc
 
 
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-)
-_ITEM_GROUP = 0xFFFE
-_DELIMITERS = frozenset({0xE00D, 0xE0DD})  # item and sequence delimitation items
-_PIXEL_DATA = 0x7FE00010
-
-
-def check_encoding_whole(data: bytes, implicit: bool, little: bool) -> None:
-    """Walk the element headers of `data` and raise `InvalidInstance` if it is not whole.
-
-    Defined lengths are skipped, undefined lengths (sequences, items, encapsulated pixel data)
-    are followed to their delimiters, so a transfer cut anywhere is caught without decoding.
-    """
-    end = _walk(data, 0, implicit, little, nested=False)
+def walk(data: bytes, implicit: bool, little: bool) -> dict[int, bytes]:
+    """Check that `data` is a whole encoding and return the wanted top-level values."""
+    values: dict[int, bytes] = {}
+    end = _walk(data, 0, implicit, little, values)
     if end != len(data):
         raise InvalidInstance(f"data set has {len(data) - end} undecodable trailing bytes")
+    return values
 
 
-def _walk(data: bytes, pos: int, implicit: bool, little: bool, nested: bool) -> int:
+def _walk(
+    data: bytes, pos: int, implicit: bool, little: bool, values: dict[int, bytes] | None
+) -> int:
+    """Walk elements from `pos`; top level when `values` is given, else inside a sequence."""
     order = "<" if little else ">"
     size = len(data)
     while pos < size:
@@ -74,7 +98,7 @@ def _walk(data: bytes, pos: int, implicit: bool, little: bool, nested: bool) -> 
             (length,) = struct.unpack_from(order + "L", data, pos + 4)
             header = 8
             if element in _DELIMITERS:
-                if not nested:
+                if values is not None:
                     raise InvalidInstance(f"unexpected delimiter at byte {pos}")
                 return pos + header
         elif implicit:
@@ -94,55 +118,59 @@ def _walk(data: bytes, pos: int, implicit: bool, little: bool, nested: bool) -> 
                 header = 8
         pos += header
         if length == _UNDEFINED_LENGTH:
-            # Undefined-length UN content is always implicit VR little endian (PS3.5 6.2.2).
-            inner_implicit = implicit or vr == b"UN"
-            pos = _walk(data, pos, inner_implicit, little or vr == b"UN", nested=True)
-        elif pos + length > size:
+            # Undefined-length UN content is implicit VR little endian (PS3.5 section 6.2.2).
+            unknown = vr == b"UN"
+            pos = _walk(data, pos, implicit or unknown, little or unknown, None)
+            continue
+        if pos + length > size:
             raise InvalidInstance(
                 f"data set is truncated: an element needs {pos + length} bytes, received {size}"
             )
-        else:
-            pos += length
-    if nested:
+        if values is not None:
+            tag = group << 16 | element
+            if tag in _WANTED:
+                values[tag] = data[pos : pos + length]
+        pos += length
+    if values is None:
         raise InvalidInstance("data set is truncated before a sequence delimiter")
     return pos
 
 
-def _before_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return int(tag) >= _PIXEL_DATA
-
-
-def _decode(encoded: bytes, transfer_syntax: str) -> Dataset:
-    implicit = transfer_syntax == ImplicitVRLittleEndian
-    little = transfer_syntax != ExplicitVRBigEndian
-    data = inflate(encoded) if transfer_syntax == DeflatedExplicitVRLittleEndian else encoded
-    check_encoding_whole(data, implicit, little)
-    try:
-        return read_dataset(BytesIO(data), implicit, little, stop_when=_before_pixel_data)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
-        raise InvalidInstance(f"data set cannot be decoded: {exc.__class__.__name__}") from exc
-
-
-def _text(dataset: Dataset, keyword: str) -> str | None:
-    value = dataset.get(keyword)
-    if value is None or value == "":
+def _ascii(values: dict[int, bytes], tag: int) -> str | None:
+    raw = values.get(tag)
+    if raw is None:
         return None
-    return str(value).strip() or None
+    return raw.decode("ascii", errors="replace").strip(" \x00") or None
 
 
-def _integer(dataset: Dataset, keyword: str) -> int | None:
+def _integer(values: dict[int, bytes], tag: int) -> int | None:
+    text = _ascii(values, tag)
     try:
-        value = dataset.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        return int(text.split("\\")[0]) if text else None
+    except ValueError:
         return None
 
 
-def _uid(dataset: Dataset, keyword: str) -> Uid:
+def _uid(values: dict[int, bytes], tag: int, keyword: str) -> Uid:
     try:
-        return parse_uid(dataset.get(keyword), keyword)
+        return parse_uid(_ascii(values, tag), keyword)
     except InvalidUid as exc:
         raise InvalidInstance(str(exc)) from exc
+
+
+class _Text:
+    """Decodes character-set dependent values (PS3.5 section 6.1) as pydicom does."""
+
+    def __init__(self, values: dict[int, bytes]) -> None:
+        self._values = values
+        terms = (_ascii(values, SPECIFIC_CHARACTER_SET) or "").split("\\")
+        self._encodings = convert_encodings([term.strip() for term in terms])
+
+    def __call__(self, tag: int, delimiters: frozenset[int] = frozenset()) -> str | None:
+        raw = self._values.get(tag)
+        if raw is None:
+            return None
+        return decode_bytes(raw, self._encodings, set(delimiters)).strip(" \x00") or None
 
 
 def parse_instance(
@@ -151,33 +179,37 @@ def parse_instance(
     """Read the record of a C-STORE data set; `sop_*` come from the C-STORE request."""
     if not encoded:
         raise InvalidInstance("data set is empty")
-    dataset = _decode(encoded, transfer_syntax)
-    record_class = _uid(dataset, "SOPClassUID")
-    record_instance = _uid(dataset, "SOPInstanceUID")
+    data = inflate(encoded) if transfer_syntax == DeflatedExplicitVRLittleEndian else encoded
+    values = walk(
+        data, transfer_syntax == ImplicitVRLittleEndian, transfer_syntax != ExplicitVRBigEndian
+    )
+    record_class = _uid(values, SOP_CLASS_UID, "SOPClassUID")
+    record_instance = _uid(values, SOP_INSTANCE_UID, "SOPInstanceUID")
     if record_class != sop_class_uid or record_instance != sop_instance_uid:
         raise InvalidInstance(
             "SOP Class or Instance UID in the data set differs from the C-STORE request",
             StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
         )
+    text = _Text(values)
     return InstanceRecord(
         sop_class_uid=record_class,
         sop_instance_uid=record_instance,
-        study_instance_uid=_uid(dataset, "StudyInstanceUID"),
-        series_instance_uid=_uid(dataset, "SeriesInstanceUID"),
+        study_instance_uid=_uid(values, STUDY_INSTANCE_UID, "StudyInstanceUID"),
+        series_instance_uid=_uid(values, SERIES_INSTANCE_UID, "SeriesInstanceUID"),
         transfer_syntax_uid=Uid(str(transfer_syntax)),
-        modality=_text(dataset, "Modality"),
-        series_number=_integer(dataset, "SeriesNumber"),
-        instance_number=_integer(dataset, "InstanceNumber"),
-        number_of_frames=_integer(dataset, "NumberOfFrames"),
-        images_in_acquisition=_integer(dataset, "ImagesInAcquisition"),
-        body_part_examined=_text(dataset, "BodyPartExamined"),
-        series_description=_text(dataset, "SeriesDescription"),
-        study_description=_text(dataset, "StudyDescription"),
-        study_date=_text(dataset, "StudyDate"),
+        modality=_ascii(values, MODALITY),
+        series_number=_integer(values, SERIES_NUMBER),
+        instance_number=_integer(values, INSTANCE_NUMBER),
+        number_of_frames=_integer(values, NUMBER_OF_FRAMES),
+        images_in_acquisition=_integer(values, IMAGES_IN_ACQUISITION),
+        body_part_examined=_ascii(values, BODY_PART_EXAMINED),
+        series_description=text(SERIES_DESCRIPTION),
+        study_description=text(STUDY_DESCRIPTION),
+        study_date=_ascii(values, STUDY_DATE),
         patient=PatientIdentity(
-            patient_id=_text(dataset, "PatientID"),
-            patient_name=_text(dataset, "PatientName"),
-            patient_birth_date=_text(dataset, "PatientBirthDate"),
-            accession_number=_text(dataset, "AccessionNumber"),
+            patient_id=text(PATIENT_ID),
+            patient_name=text(PATIENT_NAME, _PN_DELIMITERS),
+            patient_birth_date=_ascii(values, PATIENT_BIRTH_DATE),
+            accession_number=text(ACCESSION_NUMBER),
         ),
     )

@@ -42,6 +42,7 @@ class Admission:
 
     known: KnownInstance | None
     conflict: str | None
+    series_known: bool
 
 
 class LedgerUnavailable(Exception):

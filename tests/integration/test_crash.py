@@ -72,8 +72,11 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path, db_
     config.write_text(
         yaml.safe_dump(
             {
-                "listener": {"host": "127.0.0.1", "port": port,
-                             "peers": [{"ae_title": "PYSCU", "hosts": ["127.0.0.1"]}]},
+                "listener": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "peers": [{"ae_title": "PYSCU", "hosts": ["127.0.0.1"]}],
+                },
                 "spool": {"path": str(tmp_path / "spool")},
                 "database": {"url": db_url},
             }
@@ -101,8 +104,10 @@ def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path, db_
         assert 0 < len(acknowledged) < INSTANCES_PER_ROUND, "the kill must land mid-transfer"
 
         with Session(engine) as session:
-            stored = {row.sop_instance_uid: row.path for row in session.execute(
-                select(Instance.sop_instance_uid, Instance.path))}
+            stored = {
+                row.sop_instance_uid: row.path
+                for row in session.execute(select(Instance.sop_instance_uid, Instance.path))
+            }
         for path in acknowledged:
             uid = path.stem
             assert uid in stored, f"acknowledged instance {uid} lost"

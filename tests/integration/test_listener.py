@@ -7,6 +7,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, RTPlanStorage  # type: ignore[attr-defined]
+from pydicom.uid import generate_uid
 from sqlalchemy import Engine, func, select
 
 from appliance.audit.models import AuditEvent, Instance, Study
@@ -24,9 +25,7 @@ def audit_rows(engine: Engine, event_type: str) -> list[AuditEvent]:
     from sqlalchemy.orm import Session
 
     with Session(engine) as session:
-        return list(
-            session.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type))
-        )
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type)))
 
 
 def count(engine: Engine, model: type) -> int:
@@ -117,7 +116,7 @@ def test_above_disk_watermark_answers_out_of_resources_and_keeps_serving(
 def test_duplicates_follow_policy(start, tmp_path: Path, policy: str) -> None:
     running = start(listener={"duplicate_policy": policy})
     spec = new_series(1)
-    uid = "1.2.826.0.1.3680043.10.1537.99.1"
+    uid = generate_uid()
     first, second = tmp_path / "first.dcm", tmp_path / "second.dcm"
     original = ct_slice(spec, 0, uid)
     original.save_as(first, enforce_file_format=True)
