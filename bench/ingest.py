@@ -87,9 +87,20 @@ def send(port: int, files: list[Path], associations: int) -> float:
     started = time.perf_counter()
     senders = [
         subprocess.Popen(
-            ["storescu", "-R", "-aet", "STORESCU", "-aec", "APPLIANCE", "127.0.0.1", str(port),
-             *map(str, chunk)],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "storescu",
+                "-R",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "APPLIANCE",
+                "127.0.0.1",
+                str(port),
+                *map(str, chunk),
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         for chunk in chunks
     ]
@@ -105,8 +116,12 @@ def run_storescp(workdir: Path, files: list[Path], associations: int) -> tuple[f
     out = workdir / "storescp"
     out.mkdir()
     args = ["storescp", "--fork"] if associations > 1 else ["storescp"]
-    server = subprocess.Popen([*args, "-aet", "APPLIANCE", "-od", str(out), str(port)], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*args, "-aet", "APPLIANCE", "-od", str(out), str(port)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         memory = PeakMemory(server.pid)
@@ -125,12 +140,16 @@ def run_appliance(
 ) -> tuple[float, int]:
     port = free_port()
     config = workdir / "appliance.yaml"
-    config.write_text(yaml.safe_dump({
-        "listener": {"host": "127.0.0.1", "port": port, "processes": processes},
-        "spool": {"path": str(workdir / "spool")},
-        "database": {"url": f"sqlite:///{workdir}/appliance.db"},
-        "logging": {"level": "WARNING"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listener": {"host": "127.0.0.1", "port": port, "processes": processes},
+                "spool": {"path": str(workdir / "spool")},
+                "database": {"url": f"sqlite:///{workdir}/appliance.db"},
+                "logging": {"level": "WARNING"},
+            }
+        )
+    )
     appliance = [sys.executable, "-m", "appliance", "--config", str(config)]
     subprocess.run([*appliance, "db", "upgrade"], check=True, stdout=subprocess.DEVNULL)
     server = subprocess.Popen([*appliance, "listen"], stdout=subprocess.DEVNULL)
@@ -155,8 +174,10 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    print(f"{'instances':>9} {'assoc':>5}  {'receiver':<26} {'inst/s':>8} {'ratio':>6} "
-          f"{'peak MiB':>8}")
+    print(
+        f"{'instances':>9} {'assoc':>5}  {'receiver':<26} {'inst/s':>8} {'ratio':>6} "
+        f"{'peak MiB':>8}"
+    )
     for count in args.counts:
         files = instances(count)
         for associations in args.associations:
@@ -164,15 +185,21 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(dir=DATA) as tmp:
                     base, base_peak = run_storescp(Path(tmp), files, associations)
                 base_rate = count / base
-                print(f"{count:>9} {associations:>5}  {'dcmtk storescp':<26} {base_rate:>8.1f} "
-                      f"{1.0:>6.2f} {base_peak / 2**20:>8.1f}", flush=True)
+                print(
+                    f"{count:>9} {associations:>5}  {'dcmtk storescp':<26} {base_rate:>8.1f} "
+                    f"{1.0:>6.2f} {base_peak / 2**20:>8.1f}",
+                    flush=True,
+                )
                 for processes in args.processes:
                     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
                         elapsed, peak = run_appliance(Path(tmp), files, associations, processes)
                     rate = count / elapsed
                     label = f"appliance ({processes} process{'es' if processes > 1 else ''})"
-                    print(f"{count:>9} {associations:>5}  {label:<26} {rate:>8.1f} "
-                          f"{rate / base_rate:>6.2f} {peak / 2**20:>8.1f}", flush=True)
+                    print(
+                        f"{count:>9} {associations:>5}  {label:<26} {rate:>8.1f} "
+                        f"{rate / base_rate:>6.2f} {peak / 2**20:>8.1f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

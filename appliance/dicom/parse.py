@@ -14,6 +14,7 @@ import zlib
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
+from appliance.dicom.sop_classes import PIXEL_DATA_REQUIRED
 from appliance.dicom.status import StoreStatus
 from appliance.domain.instance import InstanceRecord, PatientIdentity
 from appliance.domain.uids import InvalidUid, Uid, parse_uid
@@ -44,6 +45,8 @@ INSTANCE_NUMBER = 0x00200013
 IMAGES_IN_ACQUISITION = 0x00201002
 NUMBER_OF_FRAMES = 0x00280008
 
+PIXEL_DATA_PRESENT = -1  # a key of `walk`'s result: the data set has pixel data
+
 _WANTED = frozenset(
     {
         SPECIFIC_CHARACTER_SET, SOP_CLASS_UID, SOP_INSTANCE_UID, STUDY_DATE, ACCESSION_NUMBER,
@@ -52,6 +55,7 @@ _WANTED = frozenset(
         SERIES_NUMBER, INSTANCE_NUMBER, IMAGES_IN_ACQUISITION, NUMBER_OF_FRAMES,
     }
 )  # fmt: skip
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double, pixel data
 _PN_DELIMITERS = frozenset(
     {0x5E, 0x3D}
 )  # '^' and '=' reset ISO 2022 code extensions in a person name
@@ -117,6 +121,8 @@ def _walk(
                 (length,) = struct.unpack_from(order + "H", data, pos + 6)
                 header = 8
         pos += header
+        if values is not None and (group << 16 | element) in PIXEL_DATA_TAGS:
+            values[PIXEL_DATA_PRESENT] = b""
         if length == _UNDEFINED_LENGTH:
             # Undefined-length UN content is implicit VR little endian (PS3.5 section 6.2.2).
             unknown = vr == b"UN"
@@ -158,6 +164,11 @@ def _uid(values: dict[int, bytes], tag: int, keyword: str) -> Uid:
         raise InvalidInstance(str(exc)) from exc
 
 
+def _person_name(name: str | None) -> str | None:
+    """Drop trailing empty components and groups, which PS3.5 section 6.2.1 makes optional."""
+    return name.rstrip("=^ ") or None if name else None
+
+
 class _Text:
     """Decodes character-set dependent values (PS3.5 section 6.1) as pydicom does."""
 
@@ -190,6 +201,10 @@ def parse_instance(
             "SOP Class or Instance UID in the data set differs from the C-STORE request",
             StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
         )
+    if record_class in PIXEL_DATA_REQUIRED and PIXEL_DATA_PRESENT not in values:
+        raise InvalidInstance(
+            "image data set has no pixel data", StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+        )
     text = _Text(values)
     return InstanceRecord(
         sop_class_uid=record_class,
@@ -208,7 +223,7 @@ def parse_instance(
         study_date=_ascii(values, STUDY_DATE),
         patient=PatientIdentity(
             patient_id=text(PATIENT_ID),
-            patient_name=text(PATIENT_NAME, _PN_DELIMITERS),
+            patient_name=_person_name(text(PATIENT_NAME, _PN_DELIMITERS)),
             patient_birth_date=_ascii(values, PATIENT_BIRTH_DATE),
             accession_number=text(ACCESSION_NUMBER),
         ),

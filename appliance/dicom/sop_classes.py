@@ -44,6 +44,13 @@ STORAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection Document Storage",
 }
 
+_NON_IMAGE_PREFIXES = ("1.2.840.10008.5.1.4.1.1.88.",)  # structured reports and key objects
+
+PIXEL_DATA_REQUIRED: frozenset[str] = frozenset(
+    uid for uid in STORAGE_SOP_CLASSES if not uid.startswith(_NON_IMAGE_PREFIXES)
+)
+"""Image classes, whose Pixel Data (or float pixel data) is Type 1 (PS3.3 C.7.6.3)."""
+
 TRANSFER_SYNTAXES: list[str] = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,

@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, RTPlanStorage  # type: ignore[attr-defined]
-from pydicom.uid import generate_uid
 from sqlalchemy import Engine, func, select
 
 from appliance.audit.models import AuditEvent, Instance, Study
 from appliance.audit.studies import StudyService
-from appliance.runtime import completion_policy
 from appliance.dicom.status import StoreStatus
+from appliance.runtime import completion_policy
 from tests.conftest import echoscu, storescu
 from tests.factory import ct_slice, dataset_bytes, new_series, write_series
 from tests.scu import associate, send_files
@@ -64,7 +64,8 @@ def test_storescu_instances_land_byte_identical_with_audit_rows(start, tmp_path:
     assert count(running.engine, Instance) == 12
     assert len(audit_rows(running.engine, "instance_stored")) == 12
     ended = audit_rows(running.engine, "association_ended")
-    assert len(ended) == 1 and "12 stored, 0 failed" in (ended[0].detail or "")
+    assert len(ended) == 1
+    assert "12 stored, 0 failed" in (ended[0].detail or "")
 
 
 def test_echo_and_unknown_calling_ae_refused_with_audit(start, tmp_path: Path) -> None:
@@ -108,7 +109,8 @@ def test_above_disk_watermark_answers_out_of_resources_and_keeps_serving(
     assert not list(running.spool.rglob("*.dcm"))
     assert count(running.engine, Instance) == 0
     rejected = audit_rows(running.engine, "instance_rejected")
-    assert len(rejected) == 2 and "watermark" in (rejected[0].detail or "")
+    assert len(rejected) == 2
+    assert "watermark" in (rejected[0].detail or "")
     assert echoscu(running.port).returncode == 0
 
 
@@ -175,7 +177,8 @@ def test_unsupported_sop_class_refused_with_audit(start, tmp_path: Path) -> None
     assert [str(c.abstract_syntax) for c in assoc.rejected_contexts] == [RTPlanStorage]
     assoc.release()
     events = audit_rows(running.engine, "context_refused")
-    assert len(events) == 1 and "1.2.840.10008.5.1.4.1.1.481.5" in (events[0].detail or "")
+    assert len(events) == 1
+    assert "1.2.840.10008.5.1.4.1.1.481.5" in (events[0].detail or "")
     assert echoscu(running.port).returncode == 0
 
 
@@ -192,6 +195,8 @@ def test_study_rows_hold_patient_data_but_logs_do_not(start, tmp_path: Path, cap
     )
     with Session(running.engine) as session:
         study = session.scalars(select(Study)).one()
-    assert study.patient_id == PATIENT_ID and study.instance_count == 2
+    assert study.patient_id == PATIENT_ID
+    assert study.instance_count == 2
     assert PATIENT_ID not in caplog.text
-    assert "Recognisable" not in caplog.text and PATIENT_NAME not in caplog.text
+    assert "Recognisable" not in caplog.text
+    assert PATIENT_NAME not in caplog.text
