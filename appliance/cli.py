@@ -27,6 +27,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _study_service(ctx: click.Context) -> "StudyService":
+    from appliance.audit.studies import StudyService
     from appliance.runtime import completion_policy, open_database
 
     settings = _settings(ctx)
@@ -55,31 +56,38 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
         sys.exit(EXIT_BAD_SETTINGS)
 
 
+def _run(ctx: click.Context, listen: bool, sweep: bool, migrate: bool) -> None:
+    from appliance.runtime import SchemaNotCurrent, run
+
+    try:
+        run(_settings(ctx), listen=listen, sweep=sweep, migrate=migrate)
+    except SchemaNotCurrent as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+    except OSError as exc:
+        click.echo(f"appliance: cannot start: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+
+
 @main.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Run every role in one process on the configured (by default embedded) services."""
-    from appliance.runtime import run
-
-    run(_settings(ctx), listen=True, sweep=True, migrate=True)
+    _run(ctx, listen=True, sweep=True, migrate=True)
 
 
 @main.command()
 @click.pass_context
 def listen(ctx: click.Context) -> None:
     """Run the DICOM listener only (the schema must be current)."""
-    from appliance.runtime import run
-
-    run(_settings(ctx), listen=True, sweep=False, migrate=False)
+    _run(ctx, listen=True, sweep=False, migrate=False)
 
 
 @main.command()
 @click.pass_context
 def sweep(ctx: click.Context) -> None:
-    """Run the study sweeper only: complete quiet studies and queue their jobs."""
-    from appliance.runtime import run
-
-    run(_settings(ctx), listen=False, sweep=True, migrate=False)
+    """Run the study sweeper only: fold new instances in, complete quiet studies, queue jobs."""
+    _run(ctx, listen=False, sweep=True, migrate=False)
 
 
 @main.group()

@@ -9,11 +9,11 @@ import hashlib
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from ssl import SSLContext
 from typing import Any, Protocol, cast
 
 from pynetdicom import AE, _config, evt
@@ -103,7 +103,7 @@ class ListenerOptions:
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
     sop_classes: tuple[str, ...] = tuple(STORAGE_SOP_CLASSES)
-    ssl_context: SSLContext | None = None
+    ssl_context: ssl.SSLContext | None = None
     reuse_port: bool = False
 
 
@@ -123,7 +123,18 @@ class _Server(ThreadedAssociationServer):
     40 ms; SO_REUSEPORT lets several listener processes share one port.
     """
 
-    reuse_port = False
+    def __init__(
+        self,
+        *args: Any,
+        reuse_port: bool,
+        handshake_timeout: float,
+        on_tls_refused: Callable[[str, str], None],
+        **kwargs: Any,
+    ) -> None:
+        self.reuse_port = reuse_port
+        self.handshake_timeout = handshake_timeout
+        self.on_tls_refused = on_tls_refused
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         assert self.socket is not None
@@ -143,7 +154,14 @@ class _Server(ThreadedAssociationServer):
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True)
+            client.settimeout(self.handshake_timeout)  # a silent client must not stall accept
+            try:
+                client = self.ssl_context.wrap_socket(client, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                client.close()
+                self.on_tls_refused(str(address[0]), f"TLS handshake failed: {exc}")
+                raise
+            client.settimeout(None)
         return client, address
 
 
@@ -201,7 +219,6 @@ class Listener:
             (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
             (evt.EVT_CONN_CLOSE, self._on_ended, ["connection closed"]),
         ]
-        _Server.reuse_port = self._options.reuse_port
         server = cast(
             _Server,
             ae.make_server(
@@ -209,6 +226,9 @@ class Listener:
                 ssl_context=self._options.ssl_context,
                 evt_handlers=handlers,
                 server_class=_Server,
+                reuse_port=self._options.reuse_port,
+                handshake_timeout=self._options.acse_timeout,
+                on_tls_refused=self._on_tls_refused,
             ),
         )
         self._server = server
@@ -238,6 +258,14 @@ class Listener:
             port=int(requestor.port),
             tls=self._options.ssl_context is not None,
         )
+
+    def _on_tls_refused(self, host: str, reason: str) -> None:
+        LOG.warning("refused connection from %s: %s", host, reason)
+        peer = AssociationPeer(calling_ae="", called_ae="", host=host, port=0, tls=True)
+        try:
+            self._ledger.association_refused(peer, reason, self._clock())
+        except LedgerUnavailable:
+            LOG.error("could not record refused TLS connection from %s", host)
 
     def _on_requested(self, event: Event) -> None:
         peer = self._peer(event.assoc)

@@ -1,0 +1,158 @@
+"""Study assembly on a real database: quiet period, count hints, late instances, forcing."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from appliance.audit.models import AuditEvent, Job, Study
+from appliance.audit.studies import StudyService, UnknownStudy
+from appliance.domain.assembly import CompletionPolicy
+from appliance.domain.ingest import SERIES_CONFLICT
+from appliance.domain.jobs import JobState
+from tests.conftest import storescu
+from tests.factory import new_series, write_series
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+POLICY = CompletionPolicy(quiet_period=timedelta(seconds=30), hint_settle=timedelta(seconds=1))
+
+
+def later(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def jobs(engine: Engine) -> list[Job]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Job).order_by(Job.id)))
+
+
+def events(engine: Engine, event_type: str) -> list[AuditEvent]:
+    with Session(engine) as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type)))
+
+
+def test_quiet_period_completes_once_with_one_job(start, tmp_path: Path) -> None:
+    running = start()
+    spec = new_series(5)
+    assert storescu(running.port, write_series(spec, tmp_path)).returncode == 0
+    service = StudyService(running.engine, POLICY)
+
+    assert service.fold_pending(datetime.now(UTC)) == 5
+    assert service.complete_due(later(29)) == []
+    done = service.complete_due(later(31))
+    assert service.complete_due(later(60)) == []
+
+    assert [(d.study_instance_uid, d.version, d.reason.value) for d in done] == [
+        (spec.study_uid, 1, "quiet_period")
+    ]
+    (job,) = jobs(running.engine)
+    assert (job.study_version, job.state) == (1, JobState.QUEUED)
+    assert len(events(running.engine, "study_completed")) == 1
+    assert len(events(running.engine, "job_created")) == 1
+    detail = service.show(spec.study_uid)
+    assert detail.study.instance_count == 5
+    assert detail.series[0].received_instances == 5
+
+
+def test_count_hints_complete_early(start, tmp_path: Path) -> None:
+    running = start()
+    spec = new_series(4, images_in_acquisition=True)
+    partial = write_series(spec, tmp_path)
+    service = StudyService(running.engine, POLICY)
+
+    storescu(running.port, partial[:3])
+    service.fold_pending(datetime.now(UTC))
+    assert service.complete_due(later(2)) == []
+    storescu(running.port, partial[3:])
+    service.fold_pending(datetime.now(UTC))
+    done = service.complete_due(later(2))
+
+    assert [d.reason.value for d in done] == ["count_hints"]
+    assert service.show(spec.study_uid).series[0].expected_instances == 4
+
+
+def test_late_instance_reopens_for_a_new_version(start, tmp_path: Path) -> None:
+    running = start()
+    spec = new_series(3)
+    files = write_series(spec, tmp_path)
+    service = StudyService(running.engine, POLICY)
+    storescu(running.port, files[:2])
+    service.fold_pending(datetime.now(UTC))
+    service.complete_due(later(31))
+
+    storescu(running.port, files[2:])
+    assert service.complete_due(later(31)) == [], "unfolded instances hold completion back"
+    service.fold_pending(datetime.now(UTC))
+    done = service.complete_due(later(62))
+
+    assert [d.version for d in done] == [2]
+    assert [(j.study_version, j.state) for j in jobs(running.engine)] == [
+        (1, JobState.QUEUED),
+        (2, JobState.QUEUED),
+    ]
+    reopened = events(running.engine, "study_reopened")
+    assert len(reopened) == 1 and "version 2" in (reopened[0].detail or "")
+    assert service.show(spec.study_uid).study.instance_count == 3
+
+
+def test_force_complete_and_unknown_study(start, tmp_path: Path) -> None:
+    running = start()
+    spec = new_series(2)
+    storescu(running.port, write_series(spec, tmp_path))
+    service = StudyService(running.engine, POLICY)
+
+    done = service.force_complete(spec.study_uid, datetime.now(UTC), "operator:alice")
+
+    assert done.reason.value == "forced" and done.version == 1
+    assert service.show(spec.study_uid).study.instance_count == 2
+    with pytest.raises(ValueError, match="already complete"):
+        service.force_complete(spec.study_uid, datetime.now(UTC), "operator:alice")
+    with pytest.raises(UnknownStudy):
+        service.force_complete("1.2.3.4.5", datetime.now(UTC), "operator:alice")
+    completed = events(running.engine, "study_completed")
+    assert [e.actor for e in completed] == ["operator:alice"]
+
+
+def test_concurrent_sweepers_create_exactly_one_job(start, tmp_path: Path) -> None:
+    running = start()
+    storescu(running.port, write_series(new_series(3), tmp_path))
+    services = [StudyService(running.engine, POLICY) for _ in range(4)]
+    services[0].fold_pending(datetime.now(UTC))
+    barrier = threading.Barrier(len(services))
+    results: list[int] = []
+
+    def sweep(service: StudyService) -> None:
+        barrier.wait()
+        results.append(len(service.complete_due(later(31))))
+
+    threads = [threading.Thread(target=sweep, args=(s,)) for s in services]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(results) == [0, 0, 0, 1]
+    assert len(jobs(running.engine)) == 1
+
+
+def test_series_claimed_by_another_study_is_refused(start, tmp_path: Path) -> None:
+    running = start()
+    first = new_series(1)
+    storescu(running.port, write_series(first, tmp_path / "a"))
+    # The same Series Instance UID under another study: refused with a reason, audited.
+    from tests.factory import SeriesSpec
+
+    intruder = SeriesSpec(study_uid=new_series(1).study_uid, series_uid=first.series_uid, slices=1)
+    refused = storescu(running.port, write_series(intruder, tmp_path / "b"))
+    service = StudyService(running.engine, POLICY)
+    service.fold_pending(datetime.now(UTC))
+
+    with Session(running.engine) as session:
+        counts = {s.study_instance_uid: s.instance_count for s in session.scalars(select(Study))}
+    rejected = events(running.engine, "instance_rejected")
+    assert refused.returncode != 0  # storescu exits non-zero when a store was refused
+    assert counts == {first.study_uid: 1}
+    assert [e.detail for e in rejected] == [SERIES_CONFLICT]

@@ -1,0 +1,86 @@
+"""The `appliance` command as an operator uses it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import storescu
+from tests.factory import PATIENT_ID, PATIENT_NAME, new_series, write_series
+
+
+def appliance(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+    prefix = ["--config", str(config)] if config else []
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *prefix, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_config_check_names_the_bad_field(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("listener:\n  port: 99999\nstudy:\n  quiet_period_seconds: -1\n")
+    result = appliance(config, "config", "check")
+    assert result.returncode == 2
+    assert "listener.port" in result.stderr
+    assert "study.quiet_period_seconds" in result.stderr
+
+
+def test_config_check_prints_resolved_settings() -> None:
+    result = appliance(Path("deploy/appliance.example.yaml"), "config", "check")
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["listener"]["ae_title"] == "APPLIANCE"
+    assert resolved["listener"]["peers"]
+
+
+@pytest.mark.usefixtures("dcmtk")
+def test_studies_commands(start, tmp_path: Path, db_url: str) -> None:
+    running = start()
+    spec = new_series(3)
+    storescu(running.port, write_series(spec, tmp_path / "in"))
+    config = tmp_path / "appliance.yaml"
+    config.write_text(
+        yaml.safe_dump({"database": {"url": db_url}, "spool": {"path": str(running.spool)}})
+    )
+
+    assert appliance(config, "db", "upgrade").returncode == 0, "upgrade is idempotent"
+    listed = appliance(config, "studies", "list")
+    assert spec.study_uid in listed.stdout and "receiving" in listed.stdout
+    forced = appliance(config, "studies", "force-complete", spec.study_uid, "--operator", "bob")
+    assert forced.returncode == 0, forced.stderr
+    assert "version 1 complete: job" in forced.stdout
+    shown = appliance(config, "studies", "show", spec.study_uid, "--json")
+    detail = json.loads(shown.stdout)
+    assert detail["study"]["state"] == "complete"
+    assert detail["study"]["instance_count"] == 3
+    assert [job["state"] for job in detail["jobs"]] == ["queued"]
+    again = appliance(config, "studies", "force-complete", spec.study_uid)
+    assert again.returncode == 4 and "already complete" in again.stderr
+    missing = appliance(config, "studies", "show", "1.2.3")
+    assert missing.returncode == 3
+    for output in (listed.stdout, shown.stdout, forced.stdout):
+        assert PATIENT_ID not in output and PATIENT_NAME not in output
+
+
+def test_listen_refuses_an_old_schema(tmp_path: Path) -> None:
+    config = tmp_path / "appliance.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": f"sqlite:///{tmp_path}/fresh.db"},
+                "listener": {"host": "127.0.0.1", "port": 0},
+                "spool": {"path": str(tmp_path / "spool")},
+            }
+        )
+    )
+    result = appliance(config, "listen")
+    assert result.returncode != 0
+    assert "run `appliance db upgrade`" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,157 @@
+"""DICOM TLS with mutual authentication, against dcmtk's storescu as the TLS client."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from appliance.audit.models import Association, AuditEvent
+from tests.conftest import dcmtk_env
+from tests.factory import new_series, write_series
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str) -> None:
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        cwd=directory,
+    )
+
+
+def make_leaf(directory: Path, name: str, ca: str) -> None:
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=directory,
+    )
+    (directory / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=directory,
+    )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Path:
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    make_ca(directory, "hospital-ca")
+    make_ca(directory, "rogue-ca")
+    make_leaf(directory, "server", "hospital-ca")
+    make_leaf(directory, "pacs", "hospital-ca")
+    make_leaf(directory, "impostor", "rogue-ca")
+    return directory
+
+
+def tls_storescu(
+    port: int, pki: Path, files: list[Path], *client: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "storescu",
+            "-R",
+            *client,
+            "+cf",
+            str(pki / "hospital-ca.pem"),
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "APPLIANCE",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
+    running = start(
+        listener={
+            "tls": {
+                "enabled": True,
+                "certificate": str(pki / "server.pem"),
+                "private_key": str(pki / "server.key"),
+                "ca_certificates": str(pki / "hospital-ca.pem"),
+                "require_client_certificate": True,
+            }
+        }
+    )
+    files = write_series(new_series(2), tmp_path / "in")
+
+    trusted = tls_storescu(
+        running.port, pki, files, "+tls", str(pki / "pacs.key"), str(pki / "pacs.pem")
+    )
+    impostor = tls_storescu(
+        running.port, pki, files, "+tls", str(pki / "impostor.key"), str(pki / "impostor.pem")
+    )
+    anonymous = tls_storescu(running.port, pki, files, "+tla")
+    plain = subprocess.run(
+        ["echoscu", "-aet", "STORESCU", "-aec", "APPLIANCE", "127.0.0.1", str(running.port)],
+        env=dcmtk_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert trusted.returncode == 0, trusted.stderr
+    assert impostor.returncode != 0
+    assert anonymous.returncode != 0
+    assert plain.returncode != 0
+    assert len(list(running.spool.rglob("*.dcm"))) == 2
+    with Session(running.engine) as session:
+        associations = list(session.scalars(select(Association)))
+        refusals = list(
+            session.scalars(
+                select(AuditEvent).where(AuditEvent.event_type == "association_refused")
+            )
+        )
+    assert [a.tls for a in associations] == [True]
+    assert len(refusals) == 3
+    assert all("TLS handshake failed" in (r.detail or "") for r in refusals)
