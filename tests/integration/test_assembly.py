@@ -94,7 +94,8 @@ def test_late_instance_reopens_for_a_new_version(start, tmp_path: Path) -> None:
         (2, JobState.QUEUED),
     ]
     reopened = events(running.engine, "study_reopened")
-    assert len(reopened) == 1 and "version 2" in (reopened[0].detail or "")
+    assert len(reopened) == 1
+    assert "version 2" in (reopened[0].detail or "")
     assert service.show(spec.study_uid).study.instance_count == 3
 
 
@@ -106,7 +107,8 @@ def test_force_complete_and_unknown_study(start, tmp_path: Path) -> None:
 
     done = service.force_complete(spec.study_uid, datetime.now(UTC), "operator:alice")
 
-    assert done.reason.value == "forced" and done.version == 1
+    assert done.reason.value == "forced"
+    assert done.version == 1
     assert service.show(spec.study_uid).study.instance_count == 2
     with pytest.raises(ValueError, match="already complete"):
         service.force_complete(spec.study_uid, datetime.now(UTC), "operator:alice")

@@ -52,7 +52,8 @@ def test_studies_commands(start, tmp_path: Path, db_url: str) -> None:
 
     assert appliance(config, "db", "upgrade").returncode == 0, "upgrade is idempotent"
     listed = appliance(config, "studies", "list")
-    assert spec.study_uid in listed.stdout and "receiving" in listed.stdout
+    assert spec.study_uid in listed.stdout
+    assert "receiving" in listed.stdout
     forced = appliance(config, "studies", "force-complete", spec.study_uid, "--operator", "bob")
     assert forced.returncode == 0, forced.stderr
     assert "version 1 complete: job" in forced.stdout
@@ -62,11 +63,13 @@ def test_studies_commands(start, tmp_path: Path, db_url: str) -> None:
     assert detail["study"]["instance_count"] == 3
     assert [job["state"] for job in detail["jobs"]] == ["queued"]
     again = appliance(config, "studies", "force-complete", spec.study_uid)
-    assert again.returncode == 4 and "already complete" in again.stderr
+    assert again.returncode == 4
+    assert "already complete" in again.stderr
     missing = appliance(config, "studies", "show", "1.2.3")
     assert missing.returncode == 3
     for output in (listed.stdout, shown.stdout, forced.stdout):
-        assert PATIENT_ID not in output and PATIENT_NAME not in output
+        assert PATIENT_ID not in output
+        assert PATIENT_NAME not in output
 
 
 def test_listen_refuses_an_old_schema(tmp_path: Path) -> None:

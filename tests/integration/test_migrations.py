@@ -60,6 +60,6 @@ def test_orm_refuses_changes_to_audit_events(engine: Engine) -> None:
         with pytest.raises(AuditEventImmutable):
             session.flush()
         session.rollback()
+        session.delete(session.get(AuditEvent, event_id))
         with pytest.raises(AuditEventImmutable):
-            session.delete(session.get(AuditEvent, event_id))
             session.flush()
