@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from appliance.domain.policy import DuplicatePolicy
+from appliance.domain.uids import InvalidUid, parse_uid
 
 ENV_PREFIX = "APPLIANCE_"
 ENV_SEPARATOR = "__"
@@ -105,6 +106,16 @@ class ListenerSettings(_Section):
     )
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
+    @field_validator("extra_sop_classes")
+    @classmethod
+    def _uids(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                parse_uid(value, "SOP Class UID")
+            except InvalidUid as exc:
+                raise ValueError(f"{value!r}: {exc}") from None
+        return values
+
 
 class SpoolSettings(_Section):
     """Durable storage of received instances."""
@@ -156,8 +167,14 @@ class LogFormat(StrEnum):
 
 
 class LoggingSettings(_Section):
-    level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
-    format: LogFormat = Field(default=LogFormat.TEXT)
+    """Process logs on stderr. Patient attributes are never logged at any level."""
+
+    level: str = Field(
+        default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Lowest level logged."
+    )
+    format: LogFormat = Field(
+        default=LogFormat.TEXT, description="text for people, json for log collectors."
+    )
 
 
 class Settings(_Section):

@@ -49,7 +49,7 @@ def wait_for_port(port: int, timeout: float = 30) -> None:
 
 def instances(count: int) -> list[Path]:
     directory = DATA / f"ct512_{count}"
-    marker = directory / ".complete"
+    marker = DATA / f"ct512_{count}.complete"
     if not marker.exists():
         shutil.rmtree(directory, ignore_errors=True)
         write_series(new_series(count, rows=512, columns=512), directory)
