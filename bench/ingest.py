@@ -9,6 +9,7 @@ Prints instances per second for each, their ratio, and the listener's peak memor
 """
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -135,6 +136,34 @@ def run_storescp(workdir: Path, files: list[Path], associations: int) -> tuple[f
     return elapsed, peak
 
 
+def run_orthanc(workdir: Path, files: list[Path], associations: int) -> tuple[float, int]:
+    """Orthanc as a second named peer: its own SQLite index, storage synced per file."""
+    port, http = free_port(), free_port()
+    config = workdir / "orthanc.json"
+    config.write_text(json.dumps({
+        "Name": "bench", "DicomAet": "APPLIANCE", "DicomPort": port, "HttpPort": http,
+        "StorageDirectory": str(workdir / "orthanc-storage"),
+        "IndexDirectory": str(workdir / "orthanc-index"),
+        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "StorageCompression": False, "SyncStorageArea": True, "Plugins": [],
+        "DicomThreadsCount": max(4, associations), "ConcurrentJobs": 1,
+    }))
+    server = subprocess.Popen(["Orthanc", str(config)], env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        memory = PeakMemory(server.pid)
+        elapsed = send(port, files, associations)
+        peak = memory.stop()
+    finally:
+        server.terminate()
+        server.wait()
+    stored = sum(1 for p in (workdir / "orthanc-storage").rglob("*") if p.is_file())
+    assert stored == len(files), f"Orthanc stored {stored} of {len(files)}"
+    return elapsed, peak
+
+
 def run_appliance(
     workdir: Path, files: list[Path], associations: int, processes: int
 ) -> tuple[float, int]:
@@ -190,6 +219,12 @@ def main() -> None:
                     f"{1.0:>6.2f} {base_peak / 2**20:>8.1f}",
                     flush=True,
                 )
+                if shutil.which("Orthanc"):
+                    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+                        elapsed, peak = run_orthanc(Path(tmp), files, associations)
+                    rate = count / elapsed
+                    print(f"{count:>9} {associations:>5}  {'Orthanc 1.10':<26} {rate:>8.1f} "
+                          f"{rate / base_rate:>6.2f} {peak / 2**20:>8.1f}", flush=True)
                 for processes in args.processes:
                     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
                         elapsed, peak = run_appliance(Path(tmp), files, associations, processes)

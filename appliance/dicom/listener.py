@@ -1,43 +1,46 @@
-"""The DICOM listener: Verification and Storage SCP (PS3.4 Annexes A and B) on pynetdicom.
+"""The DICOM listener: Verification and Storage SCP (PS3.4 Annexes A and B).
 
 Acknowledgement discipline: a C-STORE gets Success only after the spool has made the bytes
 durable and the ledger has committed the instance's rows; any failure on that path answers a
 failure status (Out of Resources when the sender should retry), never a silent success.
+
+Each association runs in its own thread (`acceptor`): pynetdicom negotiates, and the data phase
+is read and answered directly, so one association is limited by the durable writes rather than
+by a general-purpose message loop. Several listener processes can share the port.
 """
 
+import contextlib
 import hashlib
 import logging
 import socket
-import socketserver
 import ssl
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Protocol
 
-from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
-from pynetdicom.presentation import build_context
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.presentation import PresentationContext, build_context
 
+from appliance.dicom import upper_layer as ul
+from appliance.dicom.acceptor import VERIFICATION, Negotiated, accept, read_request, serve
 from appliance.dicom.parse import InvalidInstance, parse_instance
 from appliance.dicom.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from appliance.dicom.spool import Spool, SpoolFull, encode_file_meta
-from appliance.dicom.status import RejectResult, RejectSource, StoreStatus, UserRejectReason
-from appliance.domain.ingest import (
-    Admission,
-    AssociationPeer,
-    LedgerUnavailable,
-    StoredFile,
+from appliance.dicom.status import (
+    ProviderRejectReason,
+    RejectResult,
+    RejectSource,
+    StoreStatus,
+    UserRejectReason,
 )
+from appliance.domain.ingest import Admission, AssociationPeer, LedgerUnavailable, StoredFile
 from appliance.domain.instance import InstanceRecord
 from appliance.domain.policy import AssociationPolicy, DuplicatePolicy, RefusalReason
 
 LOG = logging.getLogger(__name__)
+LISTEN_BACKLOG = 128
+TOO_MANY_ASSOCIATIONS = "too many concurrent associations"
 
 _REFUSAL_DIAGNOSTICS = {
     RefusalReason.CALLED_AE_NOT_RECOGNISED: UserRejectReason.CALLED_AE_TITLE_NOT_RECOGNISED,
@@ -113,60 +116,18 @@ class _AssociationState:
     peer: AssociationPeer
     stored: int = 0
     failed: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY per connection and optional SO_REUSEPORT.
-
-    Without TCP_NODELAY, Nagle's algorithm holds back each small C-STORE response for about
-    40 ms; SO_REUSEPORT lets several listener processes share one port.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        reuse_port: bool,
-        handshake_timeout: float,
-        on_tls_refused: Callable[[str, str], None],
-        **kwargs: Any,
-    ) -> None:
-        self.reuse_port = reuse_port
-        self.handshake_timeout = handshake_timeout
-        self.on_tls_refused = on_tls_refused
-        super().__init__(*args, **kwargs)
-
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def shutdown(self) -> None:
-        """Stop accepting, close the socket and abort associations still open."""
-        socketserver.TCPServer.shutdown(self)
-        self.server_close()
-        for association in self.active_associations:
-            association.abort()
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context:
-            client.settimeout(self.handshake_timeout)  # a silent client must not stall accept
-            try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                client.close()
-                self.on_tls_refused(str(address[0]), f"TLS handshake failed: {exc}")
-                raise
-            client.settimeout(None)
-        return client, address
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def supported_contexts(sop_classes: tuple[str, ...]) -> list[PresentationContext]:
+    contexts = [build_context(VERIFICATION, TRANSFER_SYNTAXES[:4])]
+    contexts += [build_context(uid, TRANSFER_SYNTAXES) for uid in sop_classes]
+    for context_id, context in enumerate(contexts, start=1):
+        context.context_id = 2 * context_id - 1
+    return contexts
 
 
 class Listener:
@@ -183,57 +144,29 @@ class Listener:
         self._spool = spool
         self._ledger = ledger
         self._clock = clock
-        self._states: dict[int, _AssociationState] = {}
-        self._states_lock = threading.Lock()
-        self._server: _Server | None = None
+        self._contexts = supported_contexts(options.sop_classes)
+        self._socket: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._socket is None:
             raise RuntimeError("listener is not started")
-        return int(self._server.server_address[1])
-
-    def _application_entity(self) -> AE:
-        _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's own handlers can print datasets
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-        ae = AE(ae_title=self._options.policy.called_ae_title)
-        ae.maximum_pdu_size = 0
-        ae.maximum_associations = self._options.max_associations
-        ae.acse_timeout = self._options.acse_timeout
-        ae.dimse_timeout = self._options.dimse_timeout
-        ae.network_timeout = self._options.network_timeout
-        ae.require_called_aet = False  # checked by the policy, with an audit event
-        contexts = [build_context(Verification, TRANSFER_SYNTAXES[:4])]
-        contexts += [build_context(uid, TRANSFER_SYNTAXES) for uid in self._options.sop_classes]
-        ae.supported_contexts = contexts
-        return ae
+        return int(self._socket.getsockname()[1])
 
     def start(self) -> None:
         """Bind and serve in background threads."""
-        ae = self._application_entity()
-        handlers: list[Any] = [
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, self._on_ended, ["released"]),
-            (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
-            (evt.EVT_CONN_CLOSE, self._on_ended, ["connection closed"]),
-        ]
-        server = cast(
-            _Server,
-            ae.make_server(
-                (self._options.host, self._options.port),
-                ssl_context=self._options.ssl_context,
-                evt_handlers=handlers,
-                server_class=_Server,
-                reuse_port=self._options.reuse_port,
-                handshake_timeout=self._options.acse_timeout,
-                on_tls_refused=self._on_tls_refused,
-            ),
-        )
-        self._server = server
-        thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
-        thread.start()
+        family = socket.AF_INET6 if ":" in self._options.host else socket.AF_INET
+        server = socket.socket(family, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self._options.reuse_port:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        server.bind((self._options.host, self._options.port))
+        server.listen(LISTEN_BACKLOG)
+        self._socket = server
+        threading.Thread(target=self._accept_loop, name="dicom-accept", daemon=True).start()
         LOG.info(
             "listening on %s:%d as %s",
             self._options.host,
@@ -242,71 +175,120 @@ class Listener:
         )
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop accepting and abort the associations still open."""
+        self._stopping.set()
+        if self._socket is not None:
+            self._socket.close()
+        with self._lock:
+            for connection in list(self._connections):
+                try:
+                    connection.sendall(ul.abort(ul.AbortSource.SERVICE_USER))
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
-    def _peer(self, assoc: Association) -> AssociationPeer:
-        requestor = assoc.requestor
-        primitive = requestor.primitive
-        calling = primitive.calling_ae_title if primitive else requestor.ae_title
-        called = primitive.called_ae_title if primitive else ""
-        return AssociationPeer(
-            calling_ae=str(calling).strip(),
-            called_ae=str(called).strip(),
-            host=str(requestor.address),
-            port=int(requestor.port),
+    def _accept_loop(self) -> None:
+        assert self._socket is not None
+        while not self._stopping.is_set():
+            try:
+                connection, address = self._socket.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            # Without TCP_NODELAY, Nagle's algorithm holds each small response back ~40 ms.
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(
+                target=self._run_connection,
+                args=(connection, address),
+                name=f"association-{address[0]}:{address[1]}",
+                daemon=True,
+            ).start()
+
+    def _run_connection(self, connection: socket.socket, address: tuple[str, int]) -> None:
+        with self._lock:
+            self._connections.add(connection)
+            crowded = len(self._connections) > self._options.max_associations
+        secured: socket.socket | None = None
+        try:
+            secured = self._secure(connection, address)
+            if secured is not None:
+                self._associate(secured, address, crowded)
+        finally:
+            with self._lock:
+                self._connections.discard(connection)
+            (secured or connection).close()
+
+    def _secure(self, connection: socket.socket, address: tuple[str, int]) -> socket.socket | None:
+        """Wrap in TLS when configured; a failed handshake is refused and audited."""
+        context = self._options.ssl_context
+        if context is None:
+            return connection
+        connection.settimeout(self._options.acse_timeout)
+        try:
+            return context.wrap_socket(connection, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            connection.close()
+            self._refused(
+                AssociationPeer("", "", address[0], address[1], True),
+                f"TLS handshake failed: {exc}",
+            )
+            return None
+
+    def _associate(
+        self, connection: socket.socket, address: tuple[str, int], crowded: bool
+    ) -> None:
+        connection.settimeout(self._options.acse_timeout)
+        try:
+            request = read_request(connection)
+        except (ul.ProtocolError, ul.PeerClosed, OSError) as exc:
+            LOG.warning("no valid association request from %s: %s", address[0], exc)
+            return
+        peer = AssociationPeer(
+            calling_ae=str(request.calling_ae_title).strip(),
+            called_ae=str(request.called_ae_title).strip(),
+            host=address[0],
+            port=address[1],
             tls=self._options.ssl_context is not None,
         )
-
-    def _on_tls_refused(self, host: str, reason: str) -> None:
-        LOG.warning("refused connection from %s: %s", host, reason)
-        peer = AssociationPeer(calling_ae="", called_ae="", host=host, port=0, tls=True)
-        try:
-            self._ledger.association_refused(peer, reason, self._clock())
-        except LedgerUnavailable:
-            LOG.error("could not record refused TLS connection from %s", host)
-
-    def _on_requested(self, event: Event) -> None:
-        peer = self._peer(event.assoc)
         refusal = self._options.policy.refusal(peer.calling_ae, peer.called_ae, peer.host)
-        if refusal is None:
+        if refusal is not None:
+            self._refused(peer, refusal.value)
+            connection.sendall(
+                ul.associate_rj(
+                    RejectResult.PERMANENT, RejectSource.SERVICE_USER, _REFUSAL_DIAGNOSTICS[refusal]
+                )
+            )
             return
-        LOG.warning("refused association from %s@%s: %s", peer.calling_ae, peer.host, refusal)
-        try:
-            self._ledger.association_refused(peer, refusal.value, self._clock())
-        except LedgerUnavailable:
-            LOG.error("could not record refused association from %s", peer.host)
-        event.assoc.acse.send_reject(
-            RejectResult.PERMANENT, RejectSource.SERVICE_USER, _REFUSAL_DIAGNOSTICS[refusal]
-        )
-        event.assoc.kill()  # waits until the A-ASSOCIATE-RJ is on the wire, as pynetdicom does
-
-    def _on_accepted(self, event: Event) -> None:
-        peer = self._peer(event.assoc)
+        if crowded:
+            self._refused(peer, TOO_MANY_ASSOCIATIONS)
+            connection.sendall(
+                ul.associate_rj(
+                    RejectResult.TRANSIENT,
+                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    ProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
+                )
+            )
+            return
         now = self._clock()
         try:
             association_id = self._ledger.association_started(peer, now)
         except LedgerUnavailable:
-            LOG.error("database unavailable: aborting association from %s", peer.host)
-            event.assoc.abort()
+            LOG.error("database unavailable: refusing association from %s", peer.host)
+            connection.sendall(
+                ul.associate_rj(
+                    RejectResult.TRANSIENT,
+                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    ProviderRejectReason.TEMPORARY_CONGESTION,
+                )
+            )
             return
-        with self._states_lock:
-            self._states[id(event.assoc)] = _AssociationState(association_id, peer)
-        refused = [
-            "presentation context refused: "
-            + STORAGE_SOP_CLASSES.get(str(c.abstract_syntax), str(c.abstract_syntax))
-            for c in event.assoc.rejected_contexts
-        ]
-        if refused:
-            self._ledger.contexts_refused(association_id, peer, refused, now)
+        negotiated = accept(connection, request, self._contexts)
+        state = _AssociationState(association_id, peer)
+        self._record_refused_contexts(state, negotiated, now)
         LOG.info("association %d accepted from %s@%s", association_id, peer.calling_ae, peer.host)
-
-    def _on_ended(self, event: Event, outcome: str) -> None:
-        with self._states_lock:
-            state = self._states.pop(id(event.assoc), None)
-        if state is None:
-            return
+        connection.settimeout(self._options.network_timeout)
+        outcome = self._data_phase(connection, negotiated, state)
         try:
             self._ledger.association_ended(
                 state.id, state.peer, outcome, state.stored, state.failed, self._clock()
@@ -317,18 +299,53 @@ class Listener:
             "association %d %s: %d stored, %d failed", state.id, outcome, state.stored, state.failed
         )
 
-    def _on_store(self, event: Event) -> int:
-        with self._states_lock:
-            state = self._states.get(id(event.assoc))
-        if state is None:  # not accepted through _on_accepted; never store unaccounted
-            return StoreStatus.PROCESSING_FAILURE
-        status = self._store(event, state)
-        with state.lock:
+    def _data_phase(
+        self, connection: socket.socket, negotiated: Negotiated, state: _AssociationState
+    ) -> str:
+        def on_store(
+            encoded: bytes, syntax: str, context_class: str, sop_class: str, sop_instance: str
+        ) -> StoreStatus:
+            status = self._store(state, encoded, syntax, context_class, sop_class, sop_instance)
             if status == StoreStatus.SUCCESS:
                 state.stored += 1
             else:
                 state.failed += 1
-        return status
+            return status
+
+        try:
+            return serve(connection, negotiated, on_store)
+        except ul.ProtocolError as exc:
+            LOG.warning("association %d: protocol error: %s", state.id, exc)
+            with contextlib.suppress(OSError):
+                connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER, exc.reason))
+            return f"aborted: {exc}"
+        except TimeoutError:
+            connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER))
+            return "aborted: network timeout"
+        except (ul.PeerClosed, OSError):
+            return "connection closed" if not self._stopping.is_set() else "aborted: shutdown"
+
+    def _refused(self, peer: AssociationPeer, reason: str) -> None:
+        LOG.warning("refused association from %s@%s: %s", peer.calling_ae, peer.host, reason)
+        try:
+            self._ledger.association_refused(peer, reason, self._clock())
+        except LedgerUnavailable:
+            LOG.error("could not record refused association from %s", peer.host)
+
+    def _record_refused_contexts(
+        self, state: _AssociationState, negotiated: Negotiated, now: datetime
+    ) -> None:
+        reasons = [
+            "presentation context refused: "
+            + STORAGE_SOP_CLASSES.get(str(c.abstract_syntax), str(c.abstract_syntax))
+            for c in negotiated.rejected
+        ]
+        if not reasons:
+            return
+        try:
+            self._ledger.contexts_refused(state.id, state.peer, reasons, now)
+        except LedgerUnavailable:
+            LOG.error("association %d: could not record refused contexts", state.id)
 
     def _reject(
         self,
@@ -347,20 +364,26 @@ class Listener:
             LOG.error("association %d: could not record refused instance", state.id)
         return status
 
-    def _store(self, event: Event, state: _AssociationState) -> StoreStatus:
-        request = event.request
-        assert isinstance(request, C_STORE)
-        encoded = request.DataSet.getvalue() if request.DataSet is not None else b""
-        requested_uid = str(request.AffectedSOPInstanceUID or "") or None
-        try:
-            record = parse_instance(
-                encoded,
-                str(event.context.transfer_syntax),
-                str(request.AffectedSOPClassUID),
-                str(request.AffectedSOPInstanceUID),
+    def _store(
+        self,
+        state: _AssociationState,
+        encoded: bytes,
+        transfer_syntax: str,
+        context_class: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+    ) -> StoreStatus:
+        if sop_class_uid != context_class:
+            return self._reject(
+                state,
+                f"SOP Class {sop_class_uid} sent on a {context_class} context",
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                sop_instance_uid or None,
             )
+        try:
+            record = parse_instance(encoded, transfer_syntax, sop_class_uid, sop_instance_uid)
         except InvalidInstance as exc:
-            return self._reject(state, exc.reason, exc.status, requested_uid)
+            return self._reject(state, exc.reason, exc.status, sop_instance_uid or None)
 
         def refuse(reason: str, status: StoreStatus) -> StoreStatus:
             return self._reject(

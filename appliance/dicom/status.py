@@ -9,6 +9,7 @@ from enum import IntEnum
 
 class StoreStatus(IntEnum):
     SUCCESS = 0x0000
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
     OUT_OF_RESOURCES = 0xA700
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
@@ -24,6 +25,13 @@ class RejectSource(IntEnum):
     SERVICE_USER = 0x01
     SERVICE_PROVIDER_ACSE = 0x02
     SERVICE_PROVIDER_PRESENTATION = 0x03
+
+
+class ProviderRejectReason(IntEnum):
+    """Reasons when the source is the presentation-related service provider."""
+
+    TEMPORARY_CONGESTION = 0x01
+    LOCAL_LIMIT_EXCEEDED = 0x02
 
 
 class UserRejectReason(IntEnum):

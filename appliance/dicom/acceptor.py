@@ -1,0 +1,207 @@
+"""One association, acceptor side (PS3.8 section 9 state machine, reduced to what an SCP needs).
+
+Negotiation uses pynetdicom: its PDU codec and its presentation context negotiation. The data
+phase is handled here in one thread per association, without the polling loops, queues and
+general-purpose command-set encoding of pynetdicom's reactor: P-DATA-TF values are assembled
+into whole messages, C-ECHO and C-STORE requests are dispatched, and each response is written
+straight to the socket.
+"""
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pydicom.uid import UID
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from appliance.dicom import upper_layer as ul
+from appliance.dicom.dimse import (
+    UNRECOGNISED_OPERATION,
+    Command,
+    CommandField,
+    InvalidCommand,
+    decode_command,
+    encode_response,
+)
+from appliance.dicom.spool import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from appliance.dicom.status import StoreStatus
+
+LOG = logging.getLogger(__name__)
+
+APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
+MAX_PDU_LENGTH = 1 << 20  # what we accept; a longer PDU is a protocol error
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """The outcome of A-ASSOCIATE negotiation."""
+
+    calling_ae: str
+    called_ae: str
+    accepted: dict[int, PresentationContext]
+    rejected: list[PresentationContext]
+    peer_max_pdu: int
+
+
+StoreHandler = Callable[[bytes, str, str, str, str], StoreStatus]
+"""(encoded data set, transfer syntax, context's SOP Class UID, requested SOP Class UID,
+requested SOP Instance UID) -> status."""
+
+
+def read_request(sock: socket.socket) -> A_ASSOCIATE:
+    """Read the A-ASSOCIATE-RQ that opens an association."""
+    kind, body = ul.read_pdu(sock, MAX_PDU_LENGTH)
+    if kind is not ul.PduType.ASSOCIATE_RQ:
+        raise ul.ProtocolError(
+            f"expected A-ASSOCIATE-RQ, got {kind.name}", ul.AbortReason.UNEXPECTED_PDU
+        )
+    pdu = A_ASSOCIATE_RQ()
+    try:
+        pdu.decode(ul.with_header(kind, bytes(body)))
+        return pdu.to_primitive()
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise ul.ProtocolError(
+            f"malformed A-ASSOCIATE-RQ: {exc}", ul.AbortReason.INVALID_PDU_PARAMETER_VALUE
+        ) from exc
+
+
+def accept(
+    sock: socket.socket, request: A_ASSOCIATE, supported: list[PresentationContext]
+) -> Negotiated:
+    """Negotiate presentation contexts and roles, and send the A-ASSOCIATE-AC."""
+    roles = {
+        UID(item.sop_class_uid): (item.scu_role, item.scp_role)
+        for item in request.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid
+    }
+    results, reply_roles = negotiate_as_acceptor(
+        request.presentation_context_definition_list, supported, roles
+    )
+    response = A_ASSOCIATE()
+    response.application_context_name = UID(APPLICATION_CONTEXT_NAME)
+    response.calling_ae_title = request.calling_ae_title
+    response.called_ae_title = request.called_ae_title
+    response.result = 0x00
+    response.result_source = 0x01
+    response.presentation_context_definition_results_list = results
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = MAX_PDU_LENGTH
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    response.user_information = [maximum, implementation, version, *reply_roles]
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(response)
+    sock.sendall(pdu.encode())
+    return Negotiated(
+        calling_ae=str(request.calling_ae_title).strip(),
+        called_ae=str(request.called_ae_title).strip(),
+        accepted={cx.context_id: cx for cx in results if cx.result == 0x00},  # type: ignore[misc]
+        rejected=[cx for cx in results if cx.result != 0x00],
+        peer_max_pdu=int(request.maximum_length_received or 0),
+    )
+
+
+@dataclass
+class _Message:
+    """A DIMSE message being assembled from P-DATA values on one presentation context."""
+
+    context_id: int
+    command: Command | None = None
+    command_bytes: bytearray = field(default_factory=bytearray)
+    data_set: bytearray = field(default_factory=bytearray)
+
+
+def serve(sock: socket.socket, negotiated: Negotiated, on_store: StoreHandler) -> str:
+    """Run the data phase until release or abort; returns how the association ended."""
+    message: _Message | None = None
+    while True:
+        kind, body = ul.read_pdu(sock, MAX_PDU_LENGTH)
+        if kind is ul.PduType.RELEASE_RQ:
+            sock.sendall(ul.release_rp())
+            return "released"
+        if kind is ul.PduType.ABORT:
+            return "aborted by peer"
+        if kind is not ul.PduType.DATA_TF:
+            raise ul.ProtocolError(f"unexpected {kind.name}", ul.AbortReason.UNEXPECTED_PDU)
+        for value in ul.presentation_data_values(body):
+            context = negotiated.accepted.get(value.context_id)
+            if context is None:
+                raise ul.ProtocolError(
+                    f"P-DATA on unaccepted context {value.context_id}",
+                    ul.AbortReason.INVALID_PDU_PARAMETER_VALUE,
+                )
+            if message is None:
+                message = _Message(value.context_id)
+            elif message.context_id != value.context_id:
+                raise ul.ProtocolError(
+                    "P-DATA interleaves two messages", ul.AbortReason.UNEXPECTED_PDU
+                )
+            if _add_fragment(message, value):
+                _respond(sock, negotiated, context, message, on_store)
+                message = None
+
+
+def _add_fragment(message: _Message, value: ul.PresentationDataValue) -> bool:
+    """Add one PDV; True when the message is whole."""
+    if value.is_command:
+        if message.command is not None:
+            raise ul.ProtocolError(
+                "command fragment after a complete command", ul.AbortReason.UNEXPECTED_PDU
+            )
+        message.command_bytes += value.data
+        if not value.is_last:
+            return False
+        try:
+            message.command = decode_command(message.command_bytes)
+        except InvalidCommand as exc:
+            raise ul.ProtocolError(str(exc), ul.AbortReason.INVALID_PDU_PARAMETER_VALUE) from exc
+        return not message.command.has_data_set
+    if message.command is None or not message.command.has_data_set:
+        raise ul.ProtocolError(
+            "data set fragment without a command announcing it", ul.AbortReason.UNEXPECTED_PDU
+        )
+    message.data_set += value.data
+    return value.is_last
+
+
+def _respond(
+    sock: socket.socket,
+    negotiated: Negotiated,
+    context: PresentationContext,
+    message: _Message,
+    on_store: StoreHandler,
+) -> None:
+    command = message.command
+    assert command is not None
+    abstract = str(context.abstract_syntax)
+    if command.command_field == CommandField.C_ECHO_RQ and abstract == VERIFICATION:
+        status = int(StoreStatus.SUCCESS)
+    elif command.command_field == CommandField.C_STORE_RQ and abstract != VERIFICATION:
+        status = int(
+            on_store(
+                bytes(message.data_set),
+                str(context.transfer_syntax[0]),
+                abstract,
+                command.affected_sop_class_uid,
+                command.affected_sop_instance_uid,
+            )
+        )
+    else:
+        LOG.warning("unsupported DIMSE command 0x%04X on %s", command.command_field, abstract)
+        status = UNRECOGNISED_OPERATION
+    for pdu in ul.data_tf(
+        message.context_id, True, encode_response(command, status), negotiated.peer_max_pdu
+    ):
+        sock.sendall(pdu)
