@@ -5,12 +5,12 @@ row, its audit event) that commits before the listener answers success. Study pr
 completion deadlines are folded in afterwards by the sweeper (`audit.studies`).
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,7 +26,7 @@ from appliance.domain.ingest import (
     AssociationPeer,
     KnownInstance,
     LedgerUnavailable,
-    StoredInstance,
+    StoredFile,
 )
 from appliance.domain.instance import InstanceRecord
 
@@ -202,22 +202,23 @@ class DatabaseIngestLedger:
                 series_known=owner is not None,
             )
 
-    def instances_stored(self, entries: Sequence[StoredInstance]) -> None:
-        """Commit the instance rows and audit events of a group, before any is acknowledged.
+    def instance_stored(
+        self,
+        association_id: int,
+        peer: AssociationPeer,
+        record: InstanceRecord,
+        stored: StoredFile,
+        at: datetime,
+        first_of_series: bool,
+    ) -> None:
+        """Commit the instance row and its audit event, before the acknowledgement.
 
         Inserts that take no row locks: the study and series rows are created with the first
         instance of a series and left alone, and study progress is folded in later by the
         sweeper, so concurrent associations of one study never queue on its row. The
         statements are built once (`_HotStatements`): this runs for every received instance.
         """
-        with self._translated(), self._engine.begin() as connection:
-            for entry in entries:
-                self._insert_stored(connection, entry)
-
-    def _insert_stored(self, connection: Connection, entry: StoredInstance) -> None:
         hot = self._hot
-        record, peer, stored, at = entry.record, entry.peer, entry.stored, entry.at
-        association_id = entry.association_id
         patient = record.patient
         columns = {
             "sop_instance_uid": record.sop_instance_uid,
@@ -235,59 +236,62 @@ class DatabaseIngestLedger:
             "received_at": at,
             "folded": False,
         }
-        if entry.first_of_series:
+        with self._translated(), self._engine.begin() as connection:
+            if first_of_series:
+                connection.execute(
+                    hot.new_study,
+                    {
+                        "study_instance_uid": record.study_instance_uid,
+                        "state": StudyState.RECEIVING.value,
+                        "version": 1,
+                        "patient_id": patient.patient_id,
+                        "patient_name": patient.patient_name,
+                        "patient_birth_date": patient.patient_birth_date,
+                        "accession_number": patient.accession_number,
+                        "study_date": record.study_date,
+                        "study_description": record.study_description,
+                        "calling_ae": peer.calling_ae,
+                        "called_ae": peer.called_ae,
+                        "instance_count": 0,
+                        "first_received_at": at,
+                        "last_received_at": at,
+                    },
+                )
+                connection.execute(
+                    hot.new_series,
+                    {
+                        "series_instance_uid": record.series_instance_uid,
+                        "study_instance_uid": record.study_instance_uid,
+                        "modality": record.modality,
+                        "series_number": record.series_number,
+                        "series_description": record.series_description,
+                        "body_part_examined": record.body_part_examined,
+                        "received_instances": 0,
+                        "all_multiframe": True,
+                    },
+                )
+            replaced = connection.execute(hot.new_instance, columns).first() is None
+            if replaced:
+                # Folded again, so a complete study re-opens for the new content.
+                replacement = {name: columns[name] for name in _REPLACED_COLUMNS}
+                connection.execute(
+                    hot.replace_instance, {**replacement, "b_sop": record.sop_instance_uid}
+                )
             connection.execute(
-                hot.new_study,
-                {
-                    "study_instance_uid": record.study_instance_uid,
-                    "state": StudyState.RECEIVING.value,
-                    "version": 1,
-                    "patient_id": patient.patient_id,
-                    "patient_name": patient.patient_name,
-                    "patient_birth_date": patient.patient_birth_date,
-                    "accession_number": patient.accession_number,
-                    "study_date": record.study_date,
-                    "study_description": record.study_description,
-                    "calling_ae": peer.calling_ae,
-                    "called_ae": peer.called_ae,
-                    "instance_count": 0,
-                    "first_received_at": at,
-                    "last_received_at": at,
-                },
+                hot.audit,
+                event_row(
+                    AuditEventType.INSTANCE_REPLACED
+                    if replaced
+                    else AuditEventType.INSTANCE_STORED,
+                    occurred_at=at,
+                    actor=peer.calling_ae,
+                    actor_host=peer.host,
+                    action=EventAction.UPDATE if replaced else EventAction.CREATE,
+                    study_instance_uid=record.study_instance_uid,
+                    sop_instance_uid=record.sop_instance_uid,
+                    association_id=association_id,
+                ),
             )
-            connection.execute(
-                hot.new_series,
-                {
-                    "series_instance_uid": record.series_instance_uid,
-                    "study_instance_uid": record.study_instance_uid,
-                    "modality": record.modality,
-                    "series_number": record.series_number,
-                    "series_description": record.series_description,
-                    "body_part_examined": record.body_part_examined,
-                    "received_instances": 0,
-                    "all_multiframe": True,
-                },
-            )
-        replaced = connection.execute(hot.new_instance, columns).first() is None
-        if replaced:
-            # Folded again, so a complete study re-opens for the new content.
-            replacement = {name: columns[name] for name in _REPLACED_COLUMNS}
-            connection.execute(
-                hot.replace_instance, {**replacement, "b_sop": record.sop_instance_uid}
-            )
-        connection.execute(
-            hot.audit,
-            event_row(
-                AuditEventType.INSTANCE_REPLACED if replaced else AuditEventType.INSTANCE_STORED,
-                occurred_at=at,
-                actor=peer.calling_ae,
-                actor_host=peer.host,
-                action=EventAction.UPDATE if replaced else EventAction.CREATE,
-                study_instance_uid=record.study_instance_uid,
-                sop_instance_uid=record.sop_instance_uid,
-                association_id=association_id,
-            ),
-        )
 
     def instance_duplicate(
         self,

@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -24,7 +24,6 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from appliance.dicom import upper_layer as ul
 from appliance.dicom.acceptor import VERIFICATION, Negotiated, accept, read_request, serve
-from appliance.dicom.commit import GroupCommit
 from appliance.dicom.parse import InvalidInstance, parse_instance
 from appliance.dicom.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from appliance.dicom.spool import Spool, SpoolFull, encode_file_meta
@@ -35,12 +34,7 @@ from appliance.dicom.status import (
     StoreStatus,
     UserRejectReason,
 )
-from appliance.domain.ingest import (
-    Admission,
-    AssociationPeer,
-    LedgerUnavailable,
-    StoredInstance,
-)
+from appliance.domain.ingest import Admission, AssociationPeer, LedgerUnavailable, StoredFile
 from appliance.domain.instance import InstanceRecord
 from appliance.domain.policy import AssociationPolicy, DuplicatePolicy, RefusalReason
 
@@ -73,7 +67,15 @@ class IngestLedger(Protocol):
         at: datetime,
     ) -> None: ...
     def admission(self, record: InstanceRecord) -> Admission: ...
-    def instances_stored(self, entries: Sequence[StoredInstance]) -> None: ...
+    def instance_stored(
+        self,
+        association_id: int,
+        peer: AssociationPeer,
+        record: InstanceRecord,
+        stored: StoredFile,
+        at: datetime,
+        first_of_series: bool,
+    ) -> None: ...
     def instance_duplicate(
         self,
         association_id: int,
@@ -143,7 +145,6 @@ class Listener:
         self._ledger = ledger
         self._clock = clock
         self._contexts = supported_contexts(options.sop_classes)
-        self._group_commit: GroupCommit | None = None
         self._socket: socket.socket | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -165,7 +166,6 @@ class Listener:
         server.bind((self._options.host, self._options.port))
         server.listen(LISTEN_BACKLOG)
         self._socket = server
-        self._group_commit = GroupCommit(self._ledger)
         threading.Thread(target=self._accept_loop, name="dicom-accept", daemon=True).start()
         LOG.info(
             "listening on %s:%d as %s",
@@ -186,8 +186,6 @@ class Listener:
                     connection.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-        if self._group_commit is not None:
-            self._group_commit.stop()
 
     def _accept_loop(self) -> None:
         assert self._socket is not None
@@ -409,7 +407,7 @@ class Listener:
             return StoreStatus.SUCCESS
 
         try:
-            placement = self._spool.place(
+            stored = self._spool.store(
                 record, encode_file_meta(record, state.peer.calling_ae), encoded
             )
         except SpoolFull as exc:
@@ -417,21 +415,17 @@ class Listener:
         except OSError as exc:
             return refuse(f"spool write failed: {exc.strerror}", StoreStatus.OUT_OF_RESOURCES)
 
-        entry = StoredInstance(
-            association_id=state.id,
-            peer=state.peer,
-            record=record,
-            stored=placement.stored,
-            at=self._clock(),
-            first_of_series=not admission.series_known,
-        )
-        assert self._group_commit is not None
         try:
-            self._group_commit.commit(entry, placement)
-        except (LedgerUnavailable, OSError) as exc:
-            if admission.known is None:
-                self._spool.discard(placement.stored.path)
-            return refuse(
-                f"could not make the instance durable: {exc}", StoreStatus.OUT_OF_RESOURCES
+            self._ledger.instance_stored(
+                state.id,
+                state.peer,
+                record,
+                stored,
+                self._clock(),
+                first_of_series=not admission.series_known,
             )
+        except LedgerUnavailable as exc:
+            if admission.known is None:
+                self._spool.discard(stored.path)
+            return refuse(f"database unavailable: {exc}", StoreStatus.OUT_OF_RESOURCES)
         return StoreStatus.SUCCESS

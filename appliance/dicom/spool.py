@@ -10,7 +10,6 @@ import os
 import shutil
 import struct
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,12 +79,6 @@ def encode_file_meta(record: InstanceRecord, source_ae_title: str) -> bytes:
     return _element(0x0002, 0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
-@dataclass(frozen=True, slots=True)
-class Placement:
-    stored: StoredFile
-    directories: tuple[Path, ...]
-
-
 class Spool:
     """A directory of received instances, laid out by study, series and instance UID."""
 
@@ -109,12 +102,8 @@ class Spool:
             / f"{record.sop_instance_uid}.dcm"
         )
 
-    def place(self, record: InstanceRecord, file_meta: bytes, dataset: bytes) -> Placement:
-        """Write the instance's file durably and rename it into place.
-
-        The new directory entries are durable only once `sync` has run on the returned
-        directories; an existing file of the same instance is replaced atomically.
-        """
+    def store(self, record: InstanceRecord, file_meta: bytes, dataset: bytes) -> StoredFile:
+        """Write the instance durably; an existing file of the same instance is replaced."""
         if not self.has_room():
             raise SpoolFull(f"spool disk above {self.watermark_percent}% watermark")
         relative = self.relative_path(record)
@@ -131,26 +120,14 @@ class Spool:
                 os.fsync(handle.fileno())
             created = self._make_directories(final.parent)
             os.replace(staging, final)
+            _fsync_directory(final.parent)
+            for directory in created:
+                _fsync_directory(directory.parent)
         except OSError:
             staging.unlink(missing_ok=True)
             raise
         size = len(PREAMBLE) + len(file_meta) + len(dataset)
-        return Placement(
-            stored=StoredFile(path=str(relative), size_bytes=size, sha256=digest.hexdigest()),
-            directories=(final.parent, *(directory.parent for directory in created)),
-        )
-
-    @staticmethod
-    def sync(directories: Iterable[Path]) -> None:
-        """fsync each directory once, making the renames into it durable."""
-        for directory in dict.fromkeys(directories):
-            _fsync_directory(directory)
-
-    def store(self, record: InstanceRecord, file_meta: bytes, dataset: bytes) -> StoredFile:
-        """Place and sync one instance."""
-        placement = self.place(record, file_meta, dataset)
-        self.sync(placement.directories)
-        return placement.stored
+        return StoredFile(path=str(relative), size_bytes=size, sha256=digest.hexdigest())
 
     def discard(self, relative_path: str) -> None:
         """Remove a stored file whose database row could not be committed."""

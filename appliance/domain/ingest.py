@@ -1,9 +1,7 @@
 """Value types that cross the ingest boundary between the DICOM edge and the database."""
 
 from dataclasses import dataclass
-from datetime import datetime
 
-from appliance.domain.instance import InstanceRecord
 from appliance.domain.uids import Uid
 
 SERIES_CONFLICT = "Series Instance UID already belongs to another study"
@@ -27,18 +25,6 @@ class StoredFile:
     path: str
     size_bytes: int
     sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoredInstance:
-    """An instance whose file is in place, waiting for its rows to be committed."""
-
-    association_id: int
-    peer: AssociationPeer
-    record: InstanceRecord
-    stored: StoredFile
-    at: datetime
-    first_of_series: bool
 
 
 @dataclass(frozen=True, slots=True)
