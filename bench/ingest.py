@@ -140,17 +140,30 @@ def run_orthanc(workdir: Path, files: list[Path], associations: int) -> tuple[fl
     """Orthanc as a second named peer: its own SQLite index, storage synced per file."""
     port, http = free_port(), free_port()
     config = workdir / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "bench", "DicomAet": "APPLIANCE", "DicomPort": port, "HttpPort": http,
-        "StorageDirectory": str(workdir / "orthanc-storage"),
-        "IndexDirectory": str(workdir / "orthanc-index"),
-        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "StorageCompression": False, "SyncStorageArea": True, "Plugins": [],
-        "DicomThreadsCount": max(4, associations), "ConcurrentJobs": 1,
-    }))
-    server = subprocess.Popen(["Orthanc", str(config)], env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "bench",
+                "DicomAet": "APPLIANCE",
+                "DicomPort": port,
+                "HttpPort": http,
+                "StorageDirectory": str(workdir / "orthanc-storage"),
+                "IndexDirectory": str(workdir / "orthanc-index"),
+                "DicomCheckCalledAet": False,
+                "DicomAlwaysAllowStore": True,
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "StorageCompression": False,
+                "SyncStorageArea": True,
+                "Plugins": [],
+                "DicomThreadsCount": max(4, associations),
+                "ConcurrentJobs": 1,
+            }
+        )
+    )
+    server = subprocess.Popen(
+        ["Orthanc", str(config)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_for_port(port)
         memory = PeakMemory(server.pid)
@@ -202,6 +215,9 @@ def main() -> None:
     parser.add_argument("--associations", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--skip-peers", action="store_true", help="only the appliance (for A/B runs of it)"
+    )
     args = parser.parse_args()
     print(
         f"{'instances':>9} {'assoc':>5}  {'receiver':<26} {'inst/s':>8} {'ratio':>6} "
@@ -223,8 +239,11 @@ def main() -> None:
                     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
                         elapsed, peak = run_orthanc(Path(tmp), files, associations)
                     rate = count / elapsed
-                    print(f"{count:>9} {associations:>5}  {'Orthanc 1.10':<26} {rate:>8.1f} "
-                          f"{rate / base_rate:>6.2f} {peak / 2**20:>8.1f}", flush=True)
+                    print(
+                        f"{count:>9} {associations:>5}  {'Orthanc 1.10':<26} {rate:>8.1f} "
+                        f"{rate / base_rate:>6.2f} {peak / 2**20:>8.1f}",
+                        flush=True,
+                    )
                 for processes in args.processes:
                     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
                         elapsed, peak = run_appliance(Path(tmp), files, associations, processes)

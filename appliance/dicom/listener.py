@@ -241,8 +241,13 @@ class Listener:
         connection.settimeout(self._options.acse_timeout)
         try:
             request = read_request(connection)
-        except (ul.ProtocolError, ul.PeerClosed, OSError) as exc:
+        except ul.PeerClosed:  # a port probe or load-balancer health check
+            LOG.debug("connection from %s closed before an association request", address[0])
+            return
+        except (ul.ProtocolError, OSError) as exc:
             LOG.warning("no valid association request from %s: %s", address[0], exc)
+            with contextlib.suppress(OSError):
+                connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER))
             return
         peer = AssociationPeer(
             calling_ae=str(request.calling_ae_title).strip(),
