@@ -36,6 +36,8 @@ instances = cast(Table, Instance.__table__)
 audit_events = cast(Table, AuditEvent.__table__)
 
 
+OUTCOME_LENGTH = 200
+
 _REPLACED_COLUMNS = (
     "sop_class_uid",
     "transfer_syntax_uid",
@@ -171,7 +173,7 @@ class DatabaseIngestLedger:
             row = session.get(Association, association_id)
             if row is not None:
                 row.ended_at = at
-                row.outcome = outcome
+                row.outcome = outcome[:OUTCOME_LENGTH]
                 row.instances_stored = stored
                 row.instances_failed = failed
             record_event(

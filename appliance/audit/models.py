@@ -70,7 +70,7 @@ class Association(Base):
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(200), nullable=True)
     instances_stored: Mapped[int] = mapped_column(Integer, default=0)
     instances_failed: Mapped[int] = mapped_column(Integer, default=0)
 

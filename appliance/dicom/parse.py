@@ -142,11 +142,25 @@ def _walk(
     return pos
 
 
+# Maximum value lengths of the VRs read here (PS3.5 Table 6.2-1). Longer values from a
+# non-conformant sender are clipped in the record; the stored file keeps them as sent.
+_MAX_LENGTH = {
+    STUDY_DATE: 8, ACCESSION_NUMBER: 16, MODALITY: 16, STUDY_DESCRIPTION: 64,
+    SERIES_DESCRIPTION: 64, PATIENT_NAME: 324, PATIENT_ID: 64, PATIENT_BIRTH_DATE: 8,
+    BODY_PART_EXAMINED: 16,
+}  # fmt: skip
+
+
+def _clip(tag: int, text: str | None) -> str | None:
+    limit = _MAX_LENGTH.get(tag)
+    return text[:limit] if text and limit else text
+
+
 def _ascii(values: dict[int, bytes], tag: int) -> str | None:
     raw = values.get(tag)
     if raw is None:
         return None
-    return raw.decode("ascii", errors="replace").strip(" \x00") or None
+    return _clip(tag, raw.decode("ascii", errors="replace").strip(" \x00") or None)
 
 
 def _integer(values: dict[int, bytes], tag: int) -> int | None:
@@ -181,7 +195,9 @@ class _Text:
         raw = self._values.get(tag)
         if raw is None:
             return None
-        return decode_bytes(raw, self._encodings, set(delimiters)).strip(" \x00") or None
+        return _clip(
+            tag, decode_bytes(raw, self._encodings, set(delimiters)).strip(" \x00") or None
+        )
 
 
 def parse_instance(

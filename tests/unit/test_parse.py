@@ -123,6 +123,15 @@ def test_image_without_pixel_data_is_refused() -> None:
     assert refused.value.status is StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 
 
+def test_overlong_values_are_clipped_to_their_vr() -> None:
+    ds = ct_slice(new_series(1), 0)
+    ds.AccessionNumber = "A" * 40
+    ds.StudyDescription = "D" * 300
+    record = parse_instance(_encode(ds), "1.2.840.10008.1.2.1", ds.SOPClassUID, ds.SOPInstanceUID)
+    assert record.patient.accession_number == "A" * 16
+    assert record.study_description == "D" * 64
+
+
 def test_empty_and_garbage() -> None:
     with pytest.raises(InvalidInstance, match="empty"):
         parse_instance(b"", "1.2.840.10008.1.2.1", "1.2", "1.2")

@@ -58,7 +58,7 @@ def upgrade() -> None:
         sa.Column("tls", sa.Boolean(), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("outcome", sa.String(length=32), nullable=True),
+        sa.Column("outcome", sa.String(length=200), nullable=True),
         sa.Column("instances_stored", sa.Integer(), nullable=False),
         sa.Column("instances_failed", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_associations")),
