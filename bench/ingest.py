@@ -112,101 +112,77 @@ def send(port: int, files: list[Path], associations: int) -> float:
     return time.perf_counter() - started
 
 
-def run_storescp(workdir: Path, files: list[Path], associations: int) -> tuple[float, int]:
-    port = free_port()
-    out = workdir / "storescp"
-    out.mkdir()
-    args = ["storescp", "--fork"] if associations > 1 else ["storescp"]
+def measure(
+    command: list[str],
+    port: int,
+    files: list[Path],
+    associations: int,
+    stored: Path,
+    pattern: str = "*",
+    settle: float = 0.2,
+) -> tuple[float, int]:
+    """Start a receiver, send `files` to it, stop it; return seconds taken and peak memory."""
     server = subprocess.Popen(
-        [*args, "-aet", "APPLIANCE", "-od", str(out), str(port)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_for_port(port)
+        time.sleep(settle)
         memory = PeakMemory(server.pid)
         elapsed = send(port, files, associations)
         peak = memory.stop()
     finally:
         server.terminate()
         server.wait()
-    stored = sum(1 for _ in out.iterdir())
-    assert stored == len(files), f"storescp stored {stored} of {len(files)}"
+    count = sum(1 for path in stored.rglob(pattern) if path.is_file())
+    assert count == len(files), f"{command[0]} stored {count} of {len(files)}"
     return elapsed, peak
+
+
+def run_storescp(workdir: Path, files: list[Path], associations: int) -> tuple[float, int]:
+    """dcmtk's storescp writing plain files (no fsync); --fork for parallel associations."""
+    port = free_port()
+    out = workdir / "storescp"
+    out.mkdir()
+    fork = ["--fork"] if associations > 1 else []
+    command = ["storescp", *fork, "-aet", "APPLIANCE", "-od", str(out), str(port)]
+    return measure(command, port, files, associations, out)
 
 
 def run_orthanc(workdir: Path, files: list[Path], associations: int) -> tuple[float, int]:
     """Orthanc as a second named peer: its own SQLite index, storage synced per file."""
     port, http = free_port(), free_port()
     config = workdir / "orthanc.json"
-    config.write_text(
-        json.dumps(
-            {
-                "Name": "bench",
-                "DicomAet": "APPLIANCE",
-                "DicomPort": port,
-                "HttpPort": http,
-                "StorageDirectory": str(workdir / "orthanc-storage"),
-                "IndexDirectory": str(workdir / "orthanc-index"),
-                "DicomCheckCalledAet": False,
-                "DicomAlwaysAllowStore": True,
-                "RemoteAccessAllowed": False,
-                "AuthenticationEnabled": False,
-                "StorageCompression": False,
-                "SyncStorageArea": True,
-                "Plugins": [],
-                "DicomThreadsCount": max(4, associations),
-                "ConcurrentJobs": 1,
-            }
-        )
-    )
-    server = subprocess.Popen(
-        ["Orthanc", str(config)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        wait_for_port(port)
-        memory = PeakMemory(server.pid)
-        elapsed = send(port, files, associations)
-        peak = memory.stop()
-    finally:
-        server.terminate()
-        server.wait()
-    stored = sum(1 for p in (workdir / "orthanc-storage").rglob("*") if p.is_file())
-    assert stored == len(files), f"Orthanc stored {stored} of {len(files)}"
-    return elapsed, peak
+    config.write_text(json.dumps({
+        "Name": "bench", "DicomAet": "APPLIANCE", "DicomPort": port, "HttpPort": http,
+        "StorageDirectory": str(workdir / "orthanc-storage"),
+        "IndexDirectory": str(workdir / "orthanc-index"),
+        "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "StorageCompression": False, "SyncStorageArea": True, "Plugins": [],
+        "DicomThreadsCount": max(4, associations), "ConcurrentJobs": 1,
+    }))  # fmt: skip
+    return measure(["Orthanc", str(config)], port, files, associations, workdir / "orthanc-storage")
 
 
 def run_appliance(
     workdir: Path, files: list[Path], associations: int, processes: int
 ) -> tuple[float, int]:
+    """The appliance listener: fsync'd file and directory, committed SQLite row per instance."""
     port = free_port()
     config = workdir / "appliance.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listener": {"host": "127.0.0.1", "port": port, "processes": processes},
-                "spool": {"path": str(workdir / "spool")},
-                "database": {"url": f"sqlite:///{workdir}/appliance.db"},
-                "logging": {"level": "WARNING"},
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump({
+        "listener": {"host": "127.0.0.1", "port": port, "processes": processes},
+        "spool": {"path": str(workdir / "spool")},
+        "database": {"url": f"sqlite:///{workdir}/appliance.db"},
+        "logging": {"level": "WARNING"},
+    }))  # fmt: skip
     appliance = [sys.executable, "-m", "appliance", "--config", str(config)]
     subprocess.run([*appliance, "db", "upgrade"], check=True, stdout=subprocess.DEVNULL)
-    server = subprocess.Popen([*appliance, "listen"], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port)
-        time.sleep(1.0 if processes > 1 else 0.2)  # let every process bind
-        memory = PeakMemory(server.pid)
-        elapsed = send(port, files, associations)
-        peak = memory.stop()
-    finally:
-        server.terminate()
-        server.wait()
-    stored = sum(1 for _ in (workdir / "spool").rglob("*.dcm"))
-    assert stored == len(files), f"appliance stored {stored} of {len(files)}"
-    return elapsed, peak
+    settle = 1.0 if processes > 1 else 0.2  # let every process bind
+    return measure(
+        [*appliance, "listen"], port, files, associations, workdir / "spool", "*.dcm", settle
+    )
 
 
 def main() -> None:

@@ -86,6 +86,15 @@ def _series_conflict(owner_study_uid: str | None, record: InstanceRecord) -> str
     return None
 
 
+def _peer_event(
+    session: Session, event_type: AuditEventType, peer: AssociationPeer, at: datetime, **fields: Any
+) -> None:
+    """An audit event whose actor is the remote AE (PS3.15 A.5.2 Active Participant)."""
+    record_event(
+        session, event_type, occurred_at=at, actor=peer.calling_ae, actor_host=peer.host, **fields
+    )
+
+
 class DatabaseIngestLedger:
     """Implements the listener's ledger protocol on the audit database."""
 
@@ -120,12 +129,11 @@ class DatabaseIngestLedger:
             )
             session.add(row)
             session.flush()
-            record_event(
+            _peer_event(
                 session,
                 AuditEventType.ASSOCIATION_STARTED,
-                occurred_at=at,
-                actor=peer.calling_ae,
-                actor_host=peer.host,
+                peer,
+                at,
                 association_id=row.id,
                 detail=f"called AE {peer.called_ae}" + (", TLS" if peer.tls else ""),
             )
@@ -133,12 +141,11 @@ class DatabaseIngestLedger:
 
     def association_refused(self, peer: AssociationPeer, reason: str, at: datetime) -> None:
         with self._transaction() as session:
-            record_event(
+            _peer_event(
                 session,
                 AuditEventType.ASSOCIATION_REFUSED,
-                occurred_at=at,
-                actor=peer.calling_ae,
-                actor_host=peer.host,
+                peer,
+                at,
                 action=EventAction.EXECUTE,
                 outcome=EventOutcome.MINOR_FAILURE,
                 detail=f"{reason} (called AE {peer.called_ae})",
@@ -149,12 +156,11 @@ class DatabaseIngestLedger:
     ) -> None:
         with self._transaction() as session:
             for reason in reasons:
-                record_event(
+                _peer_event(
                     session,
                     AuditEventType.CONTEXT_REFUSED,
-                    occurred_at=at,
-                    actor=peer.calling_ae,
-                    actor_host=peer.host,
+                    peer,
+                    at,
                     outcome=EventOutcome.MINOR_FAILURE,
                     association_id=association_id,
                     detail=reason,
@@ -176,12 +182,11 @@ class DatabaseIngestLedger:
                 row.outcome = outcome[:OUTCOME_LENGTH]
                 row.instances_stored = stored
                 row.instances_failed = failed
-            record_event(
+            _peer_event(
                 session,
                 AuditEventType.ASSOCIATION_ENDED,
-                occurred_at=at,
-                actor=peer.calling_ae,
-                actor_host=peer.host,
+                peer,
+                at,
                 outcome=EventOutcome.SUCCESS if failed == 0 else EventOutcome.MINOR_FAILURE,
                 association_id=association_id,
                 detail=f"{outcome}: {stored} stored, {failed} failed",
@@ -304,12 +309,11 @@ class DatabaseIngestLedger:
         at: datetime,
     ) -> None:
         with self._transaction() as session:
-            record_event(
+            _peer_event(
                 session,
                 AuditEventType.INSTANCE_DUPLICATE,
-                occurred_at=at,
-                actor=peer.calling_ae,
-                actor_host=peer.host,
+                peer,
+                at,
                 outcome=EventOutcome.SUCCESS if identical else EventOutcome.MINOR_FAILURE,
                 study_instance_uid=record.study_instance_uid,
                 sop_instance_uid=record.sop_instance_uid,
@@ -329,12 +333,11 @@ class DatabaseIngestLedger:
         at: datetime,
     ) -> None:
         with self._transaction() as session:
-            record_event(
+            _peer_event(
                 session,
                 AuditEventType.INSTANCE_REJECTED,
-                occurred_at=at,
-                actor=peer.calling_ae,
-                actor_host=peer.host,
+                peer,
+                at,
                 outcome=EventOutcome.SERIOUS_FAILURE,
                 study_instance_uid=study_instance_uid,
                 sop_instance_uid=sop_instance_uid,
