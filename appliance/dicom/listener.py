@@ -23,7 +23,14 @@ from typing import Protocol
 from pynetdicom.presentation import PresentationContext, build_context
 
 from appliance.dicom import upper_layer as ul
-from appliance.dicom.acceptor import VERIFICATION, Negotiated, accept, read_request, serve
+from appliance.dicom.acceptor import (
+    APPLICATION_CONTEXT_NAME,
+    VERIFICATION,
+    Negotiated,
+    accept,
+    read_request,
+    serve,
+)
 from appliance.dicom.parse import InvalidInstance, parse_instance
 from appliance.dicom.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from appliance.dicom.spool import Spool, SpoolFull, encode_file_meta
@@ -256,6 +263,16 @@ class Listener:
             port=address[1],
             tls=self._options.ssl_context is not None,
         )
+        if str(request.application_context_name) != APPLICATION_CONTEXT_NAME:
+            self._refused(peer, "application context name not supported")
+            connection.sendall(
+                ul.associate_rj(
+                    RejectResult.PERMANENT,
+                    RejectSource.SERVICE_USER,
+                    UserRejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED,
+                )
+            )
+            return
         refusal = self._options.policy.refusal(peer.calling_ae, peer.called_ae, peer.host)
         if refusal is not None:
             self._refused(peer, refusal.value)
@@ -325,7 +342,8 @@ class Listener:
                 connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER, exc.reason))
             return f"aborted: {exc}"
         except TimeoutError:
-            connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER))
+            with contextlib.suppress(OSError):
+                connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER))
             return "aborted: network timeout"
         except (ul.PeerClosed, OSError):
             return "connection closed" if not self._stopping.is_set() else "aborted: shutdown"

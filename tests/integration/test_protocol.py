@@ -105,3 +105,29 @@ def test_role_selection_and_release_are_negotiated(start, tmp_path: Path) -> Non
     outcomes = association_outcomes(running.engine)
     assert outcomes[:1] == ["released"]
     assert outcomes[1] in ("aborted by peer", "connection closed")
+
+
+def test_foreign_application_context_is_rejected(start) -> None:
+    from pydicom.uid import UID
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    running = start()
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = UID("1.2.3.4.5")
+    primitive.calling_ae_title = "STORESCU"
+    primitive.called_ae_title = "APPLIANCE"
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    primitive.user_information = [maximum]
+    context = build_context(Verification)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as raw:
+        raw.sendall(pdu.encode())
+        reply = raw.recv(10)
+    assert reply[0] == 0x03  # A-ASSOCIATE-RJ
+    assert tuple(reply[7:10]) == (0x01, 0x01, 0x02)  # permanent, service user, context name
