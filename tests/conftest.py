@@ -1,6 +1,6 @@
 """Shared fixtures: databases (SQLite and a real PostgreSQL), a running listener, dcmtk tools.
 
-Services are required in CI: with APPLIANCE_REQUIRE_SERVICES=1 (set by .ci/run) a missing
+Services are required in CI: with TESTS_REQUIRE_SERVICES=1 (set by .ci/run) a missing
 PostgreSQL or dcmtk fails the tests instead of skipping them.
 """
 
@@ -23,7 +23,7 @@ from appliance.dicom.listener import Listener
 from appliance.runtime import start_listener
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REQUIRE_SERVICES = os.environ.get("APPLIANCE_REQUIRE_SERVICES") == "1"
+REQUIRE_SERVICES = os.environ.get("TESTS_REQUIRE_SERVICES") == "1"
 
 
 def missing_service(reason: str) -> None:
