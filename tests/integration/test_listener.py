@@ -200,3 +200,46 @@ def test_study_rows_hold_patient_data_but_logs_do_not(start, tmp_path: Path, cap
     assert PATIENT_ID not in caplog.text
     assert "Recognisable" not in caplog.text
     assert PATIENT_NAME not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("name", "propose"),
+    [
+        ("examples_ybr_color.dcm", "-xy"),  # US Multi-frame, JPEG baseline
+        ("examples_jpeg2k.dcm", "-xv"),  # US, JPEG 2000 lossless
+        ("MR_small_jp2klossless.dcm", "-xv"),  # MR, JPEG 2000 lossless
+        ("MR_small_jpeg_ls_lossless.dcm", "-xt"),  # MR, JPEG-LS lossless
+        ("JPGExtended.dcm", "-xx"),  # SC, JPEG extended
+        ("MR_small_RLE.dcm", "-xr"),  # MR, RLE
+        ("image_dfl.dcm", "-xd"),  # SC, deflated
+        ("MR_small_bigendian.dcm", "-xb"),  # MR, explicit VR big endian
+        ("MR_small_implicit.dcm", "-xi"),  # MR, implicit VR little endian
+        ("liver_1frame.dcm", "-xe"),  # Segmentation
+    ],
+)
+def test_real_files_in_every_transfer_syntax_are_stored_as_received(
+    start, name: str, propose: str
+) -> None:
+    """pynetdicom sends the file's bytes untouched: the spool must hold exactly those.
+    dcmtk re-encodes what it sends (lengths, for one), so with it the elements must match."""
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file(name, download=False) or "")
+    source_meta = dcmread(source, stop_before_pixels=True).file_meta
+    syntax = str(source_meta.TransferSyntaxUID)
+    exact = start()
+    assoc = associate(exact.port, [(str(source_meta.MediaStorageSOPClassUID), [syntax])])
+    statuses = send_files(assoc, [source], [])
+    assoc.release()
+    via_dcmtk = start()
+    result = storescu(via_dcmtk.port, [source], propose)
+
+    assert statuses == [StoreStatus.SUCCESS]
+    (stored,) = list(exact.spool.rglob("*.dcm"))
+    assert dataset_bytes(stored) == dataset_bytes(source)
+    stored_meta = dcmread(stored, stop_before_pixels=True).file_meta
+    assert stored_meta.TransferSyntaxUID == syntax
+    assert stored_meta.MediaStorageSOPClassUID == source_meta.MediaStorageSOPClassUID
+    assert result.returncode == 0, result.stderr
+    (from_dcmtk,) = list(via_dcmtk.spool.rglob("*.dcm"))
+    assert dcmread(from_dcmtk) == dcmread(source)
