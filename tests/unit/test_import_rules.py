@@ -61,3 +61,13 @@ def test_nothing_reads_settings_at_import_time() -> None:
                 called = ast.unparse(node.value.func)
                 for forbidden in ("load_settings", "create_db_engine"):
                     assert forbidden not in called, f"{path.name} calls {called} at import"
+
+
+def test_serving_code_never_imports_torch_or_training() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        if path.relative_to(PACKAGE).parts[0] == "training":
+            continue
+        for name in imports_of(path):
+            assert not name.startswith(("torch", "appliance.training")), (
+                f"{path.name} imports {name}: torch belongs to the train extra only"
+            )

@@ -1,0 +1,1 @@
+"""Inference: model contracts, backends (ONNX Runtime embedded, Triton in production), pipelines."""
