@@ -25,7 +25,11 @@ def stack(
     return [
         SliceGeometry(
             sop_instance_uid=f"1.2.3.{index}",
-            image_position=tuple(o + n * spacing * index for o, n in zip(origin, normal, strict=False)),  # type: ignore[arg-type]
+            image_position=(
+                origin[0] + normal[0] * spacing * index,
+                origin[1] + normal[1] * spacing * index,
+                origin[2] + normal[2] * spacing * index,
+            ),
             image_orientation=orientation,
             pixel_spacing=(0.8, 0.7),
             rows=64,
