@@ -196,6 +196,53 @@ def studies_force_complete(ctx: click.Context, study_instance_uid: str, operator
 
 
 @main.group()
+def models() -> None:
+    """The model repository."""
+
+
+@models.command("list")
+@click.pass_context
+def models_list(ctx: click.Context) -> None:
+    """Models in the repository, with their labels."""
+    from appliance.inference.contract import ContractError
+    from appliance.inference.repository import model_directories, summarise
+
+    repository = _settings(ctx).inference.repository
+    for directory in model_directories(repository):
+        try:
+            model = summarise(directory)
+        except ContractError as exc:
+            click.echo(f"{directory.name}: invalid contract: {exc}")
+            continue
+        flag = "  (synthetic training data; not for clinical use)" if model.synthetic else ""
+        click.echo(
+            f"{model.name} v{model.version} [{model.family}]: {', '.join(model.labels)}{flag}"
+        )
+
+
+@models.command("check")
+@click.pass_context
+def models_check(ctx: click.Context) -> None:
+    """Validate every model: contract, ONNX checker, TensorRT operators, tensors, config."""
+    from appliance.inference.repository import check_model, model_directories
+
+    repository = _settings(ctx).inference.repository
+    directories = model_directories(repository) if repository.is_dir() else []
+    if not directories:
+        click.echo(f"no models in {repository}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    failed = 0
+    for directory in directories:
+        problems = check_model(directory)
+        failed += bool(problems)
+        click.echo(f"{directory.name}: {'ok' if not problems else 'FAILED'}")
+        for problem in problems:
+            click.echo(f"  - {problem}")
+    if failed:
+        sys.exit(EXIT_REFUSED)
+
+
+@main.group()
 def config() -> None:
     """Settings."""
 

@@ -161,6 +161,18 @@ class StudySettings(_Section):
     )
 
 
+class InferenceSettings(_Section):
+    """Models and the backend that runs them."""
+
+    repository: Path = Field(
+        default=Path("model_repository"),
+        description="Model repository: Triton's layout plus a contract.yaml per model.",
+    )
+    threads: int = Field(
+        default=0, ge=0, le=256, description="ONNX Runtime threads per model; 0 lets it choose."
+    )
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -184,6 +196,7 @@ class Settings(_Section):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     study: StudySettings = Field(default_factory=StudySettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 

@@ -1,0 +1,136 @@
+"""The inference backend protocol, and its embedded implementation on ONNX Runtime.
+
+Two implementations share one contract (and one set of contract tests): ONNX Runtime in the
+worker process, the embedded default on a machine without a GPU, and Triton Inference Server in
+production. Failures are classified where they arise: retryable (a server that is down or busy)
+or permanent (a model that does not exist, an input of the wrong shape).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime
+from numpy.typing import NDArray
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from appliance.inference.contract import ContractError, ModelContract, load_contract
+
+MODEL_FILE = "model.onnx"
+
+
+class BackendError(Exception):
+    retryable = False
+
+
+class RetryableBackendError(BackendError):
+    """Try again later: the backend is unreachable, starting or overloaded."""
+
+    retryable = True
+
+
+class PermanentBackendError(BackendError):
+    """Retrying cannot help: unknown model, bad input, broken model file."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # -1 for dynamic dimensions
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    name: str
+    version: int
+    inputs: tuple[TensorMetadata, ...]
+    outputs: tuple[TensorMetadata, ...]
+
+
+class InferenceBackend(Protocol):
+    def ready(self, model: str) -> bool: ...
+    def metadata(self, model: str) -> ModelMetadata: ...
+    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+              "tensor(int64)": "int64"}  # fmt: skip
+
+
+# ONNX Runtime's errors derive from Exception directly, so they are named one by one.
+_ORT_ERRORS = (
+    ort_state.Fail, ort_state.NoSuchFile, ort_state.InvalidProtobuf, ort_state.InvalidGraph,
+    ort_state.InvalidArgument, ort_state.NotImplemented, ort_state.RuntimeException, OSError,
+)  # fmt: skip
+
+
+class OnnxRuntimeBackend:
+    """Runs the repository's ONNX files in this process (CPU execution provider)."""
+
+    def __init__(self, repository: Path, threads: int = 0) -> None:
+        self._repository = repository
+        self._threads = threads
+        self._sessions: dict[str, tuple[ModelContract, onnxruntime.InferenceSession]] = {}
+
+    def _session(self, model: str) -> tuple[ModelContract, onnxruntime.InferenceSession]:
+        if model not in self._sessions:
+            directory = self._repository / model
+            try:
+                contract = load_contract(directory)
+            except ContractError as exc:
+                raise PermanentBackendError(f"model {model!r}: {exc}") from exc
+            path = directory / str(contract.version) / MODEL_FILE
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = self._threads
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                session = onnxruntime.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            except _ORT_ERRORS as exc:
+                raise PermanentBackendError(f"model {model!r} does not load: {exc}") from exc
+            self._sessions[model] = (contract, session)
+        return self._sessions[model]
+
+    def ready(self, model: str) -> bool:
+        try:
+            self._session(model)
+        except PermanentBackendError:
+            return False
+        return True
+
+    def metadata(self, model: str) -> ModelMetadata:
+        contract, session = self._session(model)
+
+        def describe(nodes: list[onnxruntime.NodeArg]) -> tuple[TensorMetadata, ...]:
+            return tuple(
+                TensorMetadata(
+                    node.name,
+                    _ORT_TYPES.get(node.type, node.type),
+                    tuple(d if isinstance(d, int) else -1 for d in node.shape),
+                )
+                for node in nodes
+            )
+
+        return ModelMetadata(
+            contract.name,
+            contract.version,
+            describe(session.get_inputs()),
+            describe(session.get_outputs()),
+        )
+
+    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        contract, session = self._session(model)
+        expected = contract.input.shape[1:]
+        if list(batch.shape[1:]) != expected or batch.dtype != np.float32:
+            raise PermanentBackendError(
+                f"model {model!r} takes float32 [batch, {', '.join(map(str, expected))}], "
+                f"got {batch.dtype} {list(batch.shape)}"
+            )
+        try:
+            (output,) = session.run([contract.output.name], {contract.input.name: batch})
+        except _ORT_ERRORS as exc:
+            raise PermanentBackendError(f"model {model!r} failed: {exc}") from exc
+        return np.asarray(output, dtype=np.float32)

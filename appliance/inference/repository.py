@@ -1,0 +1,226 @@
+"""The model repository: Triton's layout plus the appliance's contract, and its checks.
+
+`model_repository/<name>/config.pbtxt` is rendered from the contract, so the two cannot drift;
+`check_model` proves a model is servable: the ONNX checker passes, every operator is one that
+TensorRT's ONNX parser supports, and the graph's tensors match the contract.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from appliance.inference.backend import MODEL_FILE
+from appliance.inference.contract import ContractError, ModelContract, load_contract
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MAX_BATCH = 16
+
+# Operators of the onnx-tensorrt operator support table (TensorRT 10) that our networks may use.
+TENSORRT_OPERATORS = frozenset(
+    [
+        "Abs",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Ceil",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "ConvTranspose",
+        "Cos",
+        "Div",
+        "Dropout",
+        "Einsum",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "GatherElements",
+        "Gemm",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Greater",
+        "GreaterOrEqual",
+        "GroupNormalization",
+        "HardSigmoid",
+        "Identity",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "MatMul",
+        "Max",
+        "MaxPool",
+        "Mean",
+        "Min",
+        "Mod",
+        "Mul",
+        "Neg",
+        "Not",
+        "Or",
+        "Pad",
+        "Pow",
+        "PRelu",
+        "Range",
+        "Reciprocal",
+        "ReduceL2",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "Round",
+        "Selu",
+        "Shape",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Slice",
+        "Softmax",
+        "Softplus",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tanh",
+        "Tile",
+        "TopK",
+        "Transpose",
+        "Unsqueeze",
+        "Where",
+        "Xor",
+    ]
+)
+
+_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8",
+                 "int64": "TYPE_INT64"}  # fmt: skip
+_ONNX_TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+               onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT64: "int64"}  # fmt: skip
+_PLATFORM = re.compile(r'^(?:platform|backend):\s*"([^"]+)"', re.MULTILINE)
+
+
+def render_config(
+    contract: ModelContract,
+    platform: str = "onnxruntime_onnx",
+    max_batch_size: int = DEFAULT_MAX_BATCH,
+    gpu: bool = False,
+) -> str:
+    """Triton's config.pbtxt for the model; the batch dimension is Triton's, not in dims."""
+
+    def tensor(kind: str, name: str, dtype: str, dims: list[int]) -> str:
+        return (
+            f'{kind} [\n  {{\n    name: "{name}"\n    data_type: {_TRITON_TYPES[dtype]}\n'
+            f"    dims: [ {', '.join(map(str, dims))} ]\n  }}\n]\n"
+        )
+
+    return (
+        f'name: "{contract.name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
+        + tensor("input", contract.input.name, contract.input.dtype, contract.input.shape[1:])
+        + tensor("output", contract.output.name, contract.output.dtype, contract.output.shape[1:])
+        + f"version_policy: {{ specific {{ versions: [ {contract.version} ] }} }}\n"
+        + "dynamic_batching { }\n"
+        + f"instance_group [ {{ count: 1 kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]\n"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSummary:
+    name: str
+    version: int
+    family: str
+    labels: tuple[str, ...]
+    synthetic: bool
+
+
+def model_directories(repository: Path) -> list[Path]:
+    return sorted(p for p in repository.iterdir() if p.is_dir() and (p / "contract.yaml").exists())
+
+
+def summarise(directory: Path) -> ModelSummary:
+    contract = load_contract(directory)
+    return ModelSummary(
+        contract.name,
+        contract.version,
+        contract.family.value,
+        tuple(label.name for label in contract.labels),
+        contract.synthetic,
+    )
+
+
+def _shape(value: onnx.ValueInfoProto) -> list[int]:
+    return [
+        d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim
+    ]
+
+
+def check_model(directory: Path) -> list[str]:
+    """Everything wrong with one model directory; empty when it is servable."""
+    try:
+        contract = load_contract(directory)
+    except ContractError as exc:
+        return [str(exc)]
+    problems = []
+    if contract.name != directory.name:
+        problems.append(f"contract name {contract.name!r} differs from the directory")
+    path = directory / str(contract.version) / MODEL_FILE
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        graph = onnx.load(str(path)).graph
+    except (OSError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        return [*problems, f"{path}: {exc}"]
+    unsupported = sorted({node.op_type for node in graph.node} - TENSORRT_OPERATORS)
+    if unsupported:
+        problems.append(f"operators TensorRT cannot parse: {', '.join(unsupported)}")
+    for kind, spec, values in (
+        ("input", contract.input, graph.input),
+        ("output", contract.output, graph.output),
+    ):
+        found = {value.name: value for value in values}
+        if spec.name not in found:
+            problems.append(f"{kind} {spec.name!r} is not in the graph")
+            continue
+        value = found[spec.name]
+        dtype = _ONNX_TYPES.get(value.type.tensor_type.elem_type, "unsupported")
+        if dtype != spec.dtype:
+            problems.append(f"{kind} {spec.name!r} is {dtype}, the contract says {spec.dtype}")
+        if _shape(value) != spec.shape:
+            problems.append(
+                f"{kind} {spec.name!r} has shape {_shape(value)}, the contract says {spec.shape}"
+            )
+    config = directory / "config.pbtxt"
+    if not config.exists():
+        problems.append("config.pbtxt is missing")
+    else:
+        text = config.read_text(encoding="utf-8")
+        platform = _PLATFORM.search(text)
+        if platform is None or text != render_config(
+            contract, platform.group(1), _max_batch(text), "KIND_GPU" in text
+        ):
+            problems.append("config.pbtxt does not match the contract (re-render it)")
+    if not (directory / contract.card).exists():
+        problems.append(f"model card {contract.card} is missing")
+    return problems
+
+
+def _max_batch(text: str) -> int:
+    found = re.search(r"^max_batch_size:\s*(\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else DEFAULT_MAX_BATCH
