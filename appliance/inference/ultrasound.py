@@ -1,0 +1,108 @@
+"""The ultrasound-frame pipeline: decode a cine, segment every frame, measure what is found.
+
+Frames of any photometric interpretation (monochrome, RGB, YBR from JPEG, palette colour) are
+decoded by pydicom's pixel handlers (pylibjpeg for compressed syntaxes) and reduced to
+luminance. Each frame is resized to the model's patch, run in batches, and its mask is resized
+back onto the source frame, where its area is measured with the physical pixel size of the
+ultrasound region (PS3.3 C.8.5.5, Sequence of Ultrasound Regions) or Pixel Spacing.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.pixels.processing import apply_color_lut
+from scipy import ndimage
+
+from appliance.inference.backend import InferenceBackend
+from appliance.inference.contract import ModelContract
+
+BATCH = 16
+MIN_AREA_PX = 40  # in the model's patch; smaller predictions are noise
+_CENTIMETRE = 3  # Physical Units X/Y Direction (0018,6024): 3 = cm
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+class UnsupportedFrames(ValueError):
+    """The data set has no frames this pipeline can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class Cine:
+    frames: NDArray[np.uint8]  # (frames, rows, columns), luminance
+    pixel_size_mm: tuple[float, float] | None  # (row, column), when the data says
+
+
+@dataclass(frozen=True)
+class FrameFinding:
+    index: int
+    present: bool
+    area_mm2: float | None
+    area_px: int
+
+
+def _pixel_size(dataset: Dataset) -> tuple[float, float] | None:
+    for region in dataset.get("SequenceOfUltrasoundRegions", []):
+        units = (region.get("PhysicalUnitsXDirection"), region.get("PhysicalUnitsYDirection"))
+        if units == (_CENTIMETRE, _CENTIMETRE):
+            return (abs(float(region.PhysicalDeltaY)) * 10, abs(float(region.PhysicalDeltaX)) * 10)
+    spacing = dataset.get("PixelSpacing")
+    return (float(spacing[0]), float(spacing[1])) if spacing else None
+
+
+def decode_cine(path: Path) -> Cine:
+    dataset = dcmread(path)
+    if "PixelData" not in dataset:
+        raise UnsupportedFrames("the data set has no pixel data")
+    pixels = dataset.pixel_array
+    interpretation = str(dataset.get("PhotometricInterpretation", ""))
+    frames_count = int(dataset.get("NumberOfFrames", 1) or 1)
+    if interpretation == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, dataset)
+    if frames_count == 1:
+        pixels = pixels[None]
+    if pixels.ndim == 4:  # colour: reduce to luminance
+        pixels = pixels[..., :3].astype(np.float32) @ _LUMA
+    elif pixels.ndim != 3:
+        raise UnsupportedFrames(f"unexpected pixel array shape {pixels.shape}")
+    if pixels.dtype != np.uint8:
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) / max(high - low, 1e-6) * 255
+    return Cine(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), _pixel_size(dataset))
+
+
+def segment_cine(
+    cine: Cine, backend: InferenceBackend, contract: ModelContract
+) -> tuple[list[FrameFinding], NDArray[np.bool_]]:
+    """Per-frame findings and masks on the source frames' grid."""
+    patch = contract.patch
+    count, rows, columns = cine.frames.shape
+    scale = contract.intensity.scale or 1.0
+    zoom_in = (patch[0] / rows, patch[1] / columns)
+    masks = np.zeros(cine.frames.shape, dtype=bool)
+    findings = []
+    for start in range(0, count, BATCH):
+        chunk = cine.frames[start : start + BATCH]
+        batch = np.stack(
+            [ndimage.zoom(frame.astype(np.float32), zoom_in, order=1) for frame in chunk]
+        )
+        logits = backend.infer(contract.name, (batch * scale)[:, None].astype(np.float32))
+        for offset, predicted in enumerate(logits.argmax(1) > 0):
+            index = start + offset
+            present = int(predicted.sum()) >= MIN_AREA_PX
+            if present:
+                back = ndimage.zoom(
+                    predicted.astype(np.uint8), (rows / patch[0], columns / patch[1]), order=0
+                )[:rows, :columns]
+                masks[index, : back.shape[0], : back.shape[1]] = back.astype(bool)
+            area_px = int(masks[index].sum())
+            area_mm2 = (
+                area_px * cine.pixel_size_mm[0] * cine.pixel_size_mm[1]
+                if cine.pixel_size_mm and present
+                else None
+            )
+            findings.append(FrameFinding(index, present, area_mm2, area_px))
+    return findings, masks
