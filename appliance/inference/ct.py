@@ -1,0 +1,153 @@
+"""The CT pipeline: a series becomes a volume, the volume a label map on the source grid.
+
+Slices are ordered by the domain's geometry rules (never by Instance Number) and a series that
+is not one regular volume is refused with the reason. Intensities get the stored rescale and the
+model's HU window; the volume is resampled to the model's spacing, segmented by overlapping
+patches blended with a Gaussian importance map (as in nnU-Net), and the labels are resampled
+back onto the source grid.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom import dcmread
+from scipy import ndimage
+
+from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeometry, build_volume
+from appliance.inference.backend import InferenceBackend
+from appliance.inference.contract import Intensity, ModelContract
+
+OVERLAP = 0.5
+BATCH = 2
+
+
+class UnsupportedSeries(ValueError):
+    """The series cannot be segmented; the message says why."""
+
+
+@dataclass(frozen=True)
+class CTVolume:
+    hu: NDArray[np.float32]  # (slices, rows, columns), slices along the normal
+    geometry: VolumeGeometry
+
+
+def load_series(paths: Sequence[Path]) -> CTVolume:
+    headers = {}
+    for path in paths:
+        header = dcmread(path, stop_before_pixels=True)
+        missing = [
+            keyword
+            for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+            if keyword not in header
+        ]
+        if missing:
+            raise UnsupportedSeries(f"a slice lacks {', '.join(missing)}")
+        headers[str(header.SOPInstanceUID)] = (path, header)
+    slices = [
+        SliceGeometry(
+            sop_instance_uid=uid,
+            image_position=tuple(float(v) for v in header.ImagePositionPatient),  # type: ignore[arg-type]
+            image_orientation=tuple(float(v) for v in header.ImageOrientationPatient),  # type: ignore[arg-type]
+            pixel_spacing=(float(header.PixelSpacing[0]), float(header.PixelSpacing[1])),
+            rows=int(header.Rows),
+            columns=int(header.Columns),
+        )
+        for uid, (_, header) in headers.items()
+    ]
+    try:
+        geometry = build_volume(slices)
+    except GeometryError as exc:
+        raise UnsupportedSeries(str(exc)) from exc
+    hu = np.empty(geometry.shape, dtype=np.float32)
+    for k, uid in enumerate(geometry.sop_instance_uids):
+        dataset = dcmread(headers[uid][0])
+        slope = float(dataset.get("RescaleSlope", 1) or 1)
+        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+        hu[k] = dataset.pixel_array.astype(np.float32) * slope + intercept
+    return CTVolume(hu, geometry)
+
+
+def normalise(hu: NDArray[np.float32], intensity: Intensity) -> NDArray[np.float32]:
+    """Clip to the model's HU window and map it to [0, 1]."""
+    if intensity.window is None:
+        raise UnsupportedSeries("the model has no CT window")
+    low, high = intensity.window
+    return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def importance_map(patch: Sequence[int]) -> NDArray[np.float32]:
+    """Gaussian weights (sigma one eighth of the patch), so patch centres count most."""
+    centre = np.zeros(tuple(patch), dtype=np.float32)
+    centre[tuple(size // 2 for size in patch)] = 1.0
+    weights: NDArray[np.float32] = ndimage.gaussian_filter(centre, [size / 8 for size in patch])
+    normalised: NDArray[np.float32] = np.maximum(weights / weights.max(), np.float32(1e-3))
+    return normalised
+
+
+def _starts(size: int, patch: int) -> list[int]:
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1 - OVERLAP)))
+    starts = list(range(0, size - patch + 1, step))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def sliding_window(
+    volume: NDArray[np.float32], backend: InferenceBackend, contract: ModelContract
+) -> NDArray[np.float32]:
+    """Class probabilities (classes, z, y, x) from overlapping patches of `volume`."""
+    patch = contract.patch
+    padded_shape = [max(size, p) for size, p in zip(volume.shape, patch, strict=True)]
+    padded = np.zeros(padded_shape, dtype=np.float32)
+    padded[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume
+    classes = contract.output.shape[1]
+    totals = np.zeros((classes, *padded_shape), dtype=np.float32)
+    weights = np.zeros(padded_shape, dtype=np.float32)
+    importance = importance_map(patch)
+    corners = [
+        (z, y, x)
+        for z in _starts(padded_shape[0], patch[0])
+        for y in _starts(padded_shape[1], patch[1])
+        for x in _starts(padded_shape[2], patch[2])
+    ]
+    for first in range(0, len(corners), BATCH):
+        group = corners[first : first + BATCH]
+        batch = np.stack(
+            [padded[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in group]
+        )[:, None]
+        logits = backend.infer(contract.name, batch)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        for (z, y, x), probability in zip(group, probabilities, strict=True):
+            window = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
+            totals[(slice(None), *window)] += probability * importance
+            weights[window] += importance
+    totals /= weights
+    return totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
+
+
+def segment_ct(
+    volume: CTVolume, backend: InferenceBackend, contract: ModelContract
+) -> NDArray[np.uint8]:
+    """Label map (contract label values, 0 background) on the source grid of `volume`."""
+    if contract.spacing_mm is None:
+        raise UnsupportedSeries("the model has no target spacing")
+    factors = [s / t for s, t in zip(volume.geometry.spacing, contract.spacing_mm, strict=True)]
+    # grid_mode: both grids cover the same physical extent, voxel edges to voxel edges.
+    model_grid = ndimage.zoom(
+        normalise(volume.hu, contract.intensity), factors, order=1, grid_mode=True, mode="nearest"
+    )
+    probabilities = sliding_window(model_grid, backend, contract)
+    channel_values = np.array([0] + [label.value for label in contract.labels], dtype=np.uint8)
+    labels = channel_values[probabilities.argmax(axis=0)]
+    back = [target / current for target, current in zip(volume.hu.shape, labels.shape, strict=True)]
+    on_source = ndimage.zoom(labels, back, order=0, grid_mode=True, mode="nearest")
+    return np.asarray(
+        on_source[: volume.hu.shape[0], : volume.hu.shape[1], : volume.hu.shape[2]], dtype=np.uint8
+    )
