@@ -242,6 +242,26 @@ def models_check(ctx: click.Context) -> None:
         sys.exit(EXIT_REFUSED)
 
 
+@main.command()
+@click.argument("model", type=click.Choice(["us_frame"]))
+@click.option("--steps", type=click.IntRange(1, 100_000), default=450, show_default=True)
+@click.option("--seed", type=int, default=20261124, show_default=True)
+@click.pass_context
+def train(ctx: click.Context, model: str, steps: int, seed: int) -> None:
+    """Train a reference model on phantoms (needs the `train` extra: torch)."""
+    try:
+        from appliance.training import us_frame
+    except ImportError as exc:
+        click.echo(f"training needs the train extra (pip install -e '.[train]'): {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+    output = _settings(ctx).inference.repository / model
+    metrics = us_frame.train(output, seed=seed, steps=steps)
+    click.echo(
+        f"{model}: dice {metrics.dice:.3f}, negatives called negative "
+        f"{metrics.negative_frames_called_negative:.3f}; written to {output}"
+    )
+
+
 @main.group()
 def config() -> None:
     """Settings."""

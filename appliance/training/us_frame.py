@@ -14,7 +14,9 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm import tqdm
 
+from appliance.inference.contract import ModelContract
 from appliance.phantoms.ultrasound import generate_cine
+from appliance.training.publish import publish
 from appliance.training.unet import UNet
 
 PATCH = 256
@@ -105,6 +107,7 @@ def train(output: Path, seed: int = 20261124, steps: int = 600, batch: int = 8) 
     test_images, test_masks = frames_from(TEST_SEEDS, frames_per_cine=10)
     metrics = evaluate(model, test_images, test_masks)
     export_onnx(model, output / "1" / "model.onnx")
+    publish_model(output, metrics, steps, seed)
     minutes = (time.monotonic() - started) / 60
     print(f"us_frame: {metrics} after {steps} steps in {minutes:.1f} min")
     return metrics
@@ -123,4 +126,45 @@ def export_onnx(model: nn.Module, path: Path) -> None:
         dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
         opset_version=17,
         dynamo=False,
+    )
+
+
+CONTRACT = ModelContract.model_validate({
+    "name": "us_frame", "version": 1, "family": "us_frame", "synthetic": True,
+    "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, PATCH, PATCH]},
+    "output": {"name": "logits", "dtype": "float32", "shape": [-1, 2, PATCH, PATCH]},
+    "patch": [PATCH, PATCH],
+    "intensity": {"kind": "scale", "scale": 1 / 255},
+    "labels": [{
+        "value": 1, "name": "cyst",
+        "category": {"scheme": "SCT", "value": "49755003",
+                     "meaning": "Morphologically Abnormal Structure"},
+        "type": {"scheme": "SCT", "value": "441457006", "meaning": "Cyst"},
+    }],
+})  # fmt: skip
+
+TARGETS = {"dice": 0.90, "negative_frames_called_negative": 0.95}
+
+
+def publish_model(output: Path, metrics: Metrics, steps: int, seed: int) -> None:
+    publish(
+        output,
+        CONTRACT,
+        intended_use=(
+            "Outline a hypoechoic, cyst-like structure in each frame of a B-mode cine and say "
+            "whether the frame contains it. A stand-in for validated ultrasound-frame models."
+        ),
+        training=(
+            f"2D U-Net (4 levels, 16 base channels), {steps} AdamW steps from seed {seed}, "
+            f"cross-entropy plus Dice loss, on {len(TRAIN_SEEDS[:120]) * 10} frames of 120 "
+            "phantom cines (appliance.phantoms.ultrasound, seeds 0 to 119). Tested on "
+            f"{metrics.frames} frames of cines with seeds {TEST_SEEDS.start} to "
+            f"{TEST_SEEDS.stop - 1}. Reproduce with `appliance train us_frame`."
+        ),
+        metrics={
+            "dice": metrics.dice,
+            "positive_frames_found": metrics.positive_frames_found,
+            "negative_frames_called_negative": metrics.negative_frames_called_negative,
+        },
+        targets=TARGETS,
     )

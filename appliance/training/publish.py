@@ -1,0 +1,50 @@
+"""Write a trained model's contract, Triton config and model card beside its ONNX file."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from appliance.inference.contract import CONTRACT_FILE, ModelContract
+from appliance.inference.repository import CONFIG_FILE, render_config
+
+SYNTHETIC_WARNING = (
+    "**Synthetic training data; not for clinical use.** This reference model was trained only "
+    "on procedural phantoms to prove the serving path. Replace it with a validated model "
+    "before any clinical use."
+)
+
+
+def publish(
+    directory: Path,
+    contract: ModelContract,
+    intended_use: str,
+    training: str,
+    metrics: dict[str, float],
+    targets: dict[str, float],
+) -> None:
+    (directory / CONTRACT_FILE).write_text(
+        yaml.safe_dump(contract.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
+    )
+    (directory / CONFIG_FILE).write_text(render_config(contract), encoding="utf-8")
+
+    def row(name: str, value: float) -> str:
+        if name not in targets:
+            return f"| {name} | {value:.3f} | | |"
+        verdict = "met" if value >= targets[name] else "NOT MET"
+        return f"| {name} | {value:.3f} | >= {targets[name]:.2f} | {verdict} |"
+
+    rows = "\n".join(row(name, value) for name, value in metrics.items())
+    labels = "\n".join(
+        f"| {label.value} | {label.name} | {label.type.scheme} {label.type.value} "
+        f"{label.type.meaning} |"
+        for label in contract.labels
+    )
+    (directory / contract.card).write_text(
+        f"# {contract.name} (version {contract.version})\n\n{SYNTHETIC_WARNING}\n\n"
+        f"## Intended use\n{intended_use}\n\n## Labels\n| value | name | code |\n|---|---|---|\n"
+        f"{labels}\n\n## Training\n{training}\n\n"
+        f"## Measured on held-out phantoms\n| metric | value | target | |\n|---|---|---|---|\n"
+        f"{rows}\n\nWritten {datetime.now(UTC):%Y-%m-%d} by `appliance train {contract.name}`.\n",
+        encoding="utf-8",
+    )
