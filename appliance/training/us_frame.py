@@ -15,12 +15,12 @@ from torch import nn
 from tqdm import tqdm
 
 from appliance.inference.contract import ModelContract
+from appliance.inference.ultrasound import MIN_AREA_PX
 from appliance.phantoms.ultrasound import generate_cine
 from appliance.training.publish import publish
 from appliance.training.unet import UNet
 
 PATCH = 256
-MIN_AREA_PX = 40  # a frame is positive when the predicted structure covers this many pixels
 TRAIN_SEEDS = range(0, 400)
 TEST_SEEDS = range(100_000, 100_040)
 
