@@ -1,0 +1,112 @@
+"""The Triton Inference Server backend (KServe v2 protocol through tritonclient).
+
+HTTP or gRPC, binary tensors, a timeout on every call. Failures are classified where they are
+born: a server that cannot be reached, is not ready or answers "unavailable" is retryable; an
+unknown model or a rejected input is permanent.
+"""
+
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from appliance.inference.backend import (
+    BackendError,
+    ModelMetadata,
+    PermanentBackendError,
+    RetryableBackendError,
+    TensorMetadata,
+)
+
+_DTYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8", "INT64": "int64"}
+_RETRYABLE_STATUS = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED",
+                     "StatusCode.RESOURCE_EXHAUSTED", "503", "502", "504", "429")  # fmt: skip
+
+
+class TritonBackend:
+    def __init__(
+        self, url: str, protocol: Literal["http", "grpc"] = "http", timeout_s: float = 60.0
+    ) -> None:
+        self._protocol = protocol
+        self._timeout = timeout_s
+        if protocol == "http":
+            import tritonclient.http as client_module
+
+            self._client: Any = client_module.InferenceServerClient(
+                url, connection_timeout=timeout_s, network_timeout=timeout_s
+            )
+        else:
+            import tritonclient.grpc as client_module
+
+            self._client = client_module.InferenceServerClient(url)
+        self._module: Any = client_module
+        self._metadata: dict[str, ModelMetadata] = {}
+
+    def _classify(self, model: str, exc: Exception) -> BackendError:
+        status = str(getattr(exc, "status", lambda: "")() or "")
+        message = f"Triton, model {model!r}: {exc}"
+        if isinstance(exc, ConnectionError | TimeoutError | OSError) or any(
+            code in status for code in _RETRYABLE_STATUS
+        ):
+            return RetryableBackendError(message)
+        return PermanentBackendError(message)
+
+    def ready(self, model: str) -> bool:
+        try:
+            return bool(self._client.is_server_ready() and self._client.is_model_ready(model))
+        except Exception as exc:  # noqa: BLE001 - tritonclient raises many kinds; any means "no"
+            del exc
+            return False
+
+    def metadata(self, model: str) -> ModelMetadata:
+        if model not in self._metadata:
+            try:
+                raw = self._client.get_model_metadata(model)
+            except (self._module.InferenceServerException, ConnectionError, OSError) as exc:
+                raise self._classify(model, exc) from exc
+            if not isinstance(raw, dict):  # gRPC returns a protobuf message
+                from google.protobuf.json_format import MessageToDict
+
+                raw = MessageToDict(raw, preserving_proto_field_name=True)
+
+            def tensors(items: list[dict[str, Any]]) -> tuple[TensorMetadata, ...]:
+                return tuple(
+                    TensorMetadata(
+                        item["name"],
+                        _DTYPES.get(item["datatype"], item["datatype"]),
+                        tuple(int(d) for d in item["shape"]),
+                    )
+                    for item in items
+                )
+
+            versions = raw.get("versions") or ["1"]
+            self._metadata[model] = ModelMetadata(
+                raw["name"],
+                int(max(versions, key=int)),
+                tensors(raw["inputs"]),
+                tensors(raw["outputs"]),
+            )
+        return self._metadata[model]
+
+    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        metadata = self.metadata(model)
+        (input_meta,), (output_meta,) = metadata.inputs, metadata.outputs
+        tensor = self._module.InferInput(input_meta.name, list(batch.shape), "FP32")
+        requested = self._module.InferRequestedOutput(output_meta.name)
+        if self._protocol == "http":
+            tensor.set_data_from_numpy(batch, binary_data=True)
+            requested = self._module.InferRequestedOutput(output_meta.name, binary_data=True)
+        else:
+            tensor.set_data_from_numpy(batch)
+        try:
+            if self._protocol == "http":
+                result = self._client.infer(
+                    model, [tensor], outputs=[requested], timeout=int(self._timeout * 1_000_000)
+                )
+            else:
+                result = self._client.infer(
+                    model, [tensor], outputs=[requested], client_timeout=self._timeout
+                )
+        except (self._module.InferenceServerException, ConnectionError, OSError) as exc:
+            raise self._classify(model, exc) from exc
+        return np.asarray(result.as_numpy(output_meta.name), dtype=np.float32)
