@@ -242,6 +242,34 @@ def models_check(ctx: click.Context) -> None:
         sys.exit(EXIT_REFUSED)
 
 
+@models.command("build-trt")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Where to write the TensorRT model repository.",
+)
+@click.option("--max-batch", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--fp32", is_flag=True, help="Build FP32 engines instead of FP16.")
+@click.pass_context
+def models_build_trt(ctx: click.Context, output: Path, max_batch: int, fp32: bool) -> None:
+    """Build TensorRT engines (on the GPU host) and their tensorrt_plan configs."""
+    from appliance.inference.tensorrt import (
+        EngineBuildFailed,
+        TensorRTUnavailable,
+        build_tensorrt_repository,
+    )
+
+    try:
+        built = build_tensorrt_repository(
+            _settings(ctx).inference.repository, output, max_batch, fp16=not fp32
+        )
+    except (TensorRTUnavailable, EngineBuildFailed) as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"built {', '.join(built)} into {output}")
+
+
 @main.command()
 @click.argument("model", type=click.Choice(["us_frame"]))
 @click.option("--steps", type=click.IntRange(1, 100_000), default=450, show_default=True)
