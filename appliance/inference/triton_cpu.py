@@ -6,7 +6,16 @@ runs on CPU. This lets tests, benchmarks and a development box use a real Triton
 (protocol, batching, readiness, metadata) on exactly the models production serves.
 """
 
+import importlib.util
+import os
 import shutil
+import socket
+import stat
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
 from pathlib import Path
 
 from appliance.inference.backend import MODEL_FILE
@@ -91,3 +100,92 @@ def build_cpu_repository(source: Path, target: Path) -> list[str]:
         (destination / CONFIG_FILE).write_text(python_backend_config(directory), encoding="utf-8")
         names.append(model.name)
     return names
+
+
+class TritonUnavailable(RuntimeError):
+    """The tritonserver binary (nvidia-pytriton wheel) is not installed, or did not start."""
+
+
+def _pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")  # located, never imported: it pins numpy<2
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonUnavailable("the nvidia-pytriton wheel is not installed")
+    root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (root / "bin" / "tritonserver").exists():
+        raise TritonUnavailable(f"no tritonserver binary under {root}")
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class CpuTritonServer:
+    """A real Triton server on loopback serving a CPU copy of a model repository."""
+
+    def __init__(self, source: Path, workdir: Path) -> None:
+        self._source = source
+        self._workdir = workdir
+        self.http_port = _free_port()
+        self.grpc_port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "tritonserver.log"
+
+    def start(self, timeout_s: float = 90.0) -> "CpuTritonServer":
+        root = _pytriton_root()
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        backend = self._workdir / "backends" / "python"
+        backend.mkdir(parents=True, exist_ok=True)
+        for part in (
+            "backends/python/libtriton_python.so",
+            "backends/python/triton_python_backend_utils.py",
+            f"python_backend_stubs/{version}/triton_python_backend_stub",
+        ):
+            shutil.copy2(root / part, backend)
+        stub = backend / "triton_python_backend_stub"
+        stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+        repository = self._workdir / "repository"
+        build_cpu_repository(self._source, repository)
+        environment = {
+            **os.environ,
+            # The stub must load this interpreter's libpython, then the wheel's own libraries.
+            "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:"
+            f"{root.parent.parent / 'nvidia_pytriton.libs'}",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+        command = [
+            str(root / "bin" / "tritonserver"), f"--model-repository={repository}",
+            f"--backend-directory={self._workdir / 'backends'}", "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}", "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}", "--allow-metrics=false",
+            "--pinned-memory-pool-byte-size=0", "--exit-on-error=true",
+        ]  # fmt: skip
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, env=environment, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout_s
+        ready = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(ready, timeout=1):
+                    return self
+            except OSError:
+                if self._process.poll() is not None:
+                    break
+                time.sleep(0.5)
+        self.stop()
+        raise TritonUnavailable(f"tritonserver did not become ready; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None

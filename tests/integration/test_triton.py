@@ -1,15 +1,6 @@
 """The real Triton server (the tritonserver binary from nvidia-pytriton, CPU, Python backend)
 serving the committed models: identical outputs to ONNX Runtime, one backend contract."""
 
-import importlib.util
-import os
-import shutil
-import stat
-import subprocess
-import sys
-import sysconfig
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,85 +14,22 @@ from appliance.inference.backend import (
     RetryableBackendError,
 )
 from appliance.inference.triton import TritonBackend
-from appliance.inference.triton_cpu import build_cpu_repository
+from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from tests.conftest import missing_service
 from tests.integration.test_crash import free_port
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
-PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def _pytriton_root() -> Path | None:
-    spec = importlib.util.find_spec("pytriton")  # not imported: it pins an older numpy
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
 
 
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    root = _pytriton_root()
-    if root is None or not (root / "bin" / "tritonserver").exists():
-        missing_service("tritonserver from the nvidia-pytriton wheel")
-    assert root is not None
-    work = tmp_path_factory.mktemp("triton")
-    backend = work / "backends" / "python"
-    backend.mkdir(parents=True)
-    for source in (
-        "backends/python/libtriton_python.so",
-        "backends/python/triton_python_backend_utils.py",
-        f"python_backend_stubs/{PYTHON_VERSION}/triton_python_backend_stub",
-    ):
-        shutil.copy2(root / source, backend)
-    stub = backend / "triton_python_backend_stub"
-    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
-    repository = work / "repository"
-    assert build_cpu_repository(REPOSITORY, repository)
-    http, grpc = free_port(), free_port()
-    libs = root.parent.parent / "nvidia_pytriton.libs"
-    env = {
-        **os.environ,
-        "LD_LIBRARY_PATH": f"{sysconfig.get_config_var('LIBDIR')}:{libs}",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
-    log = (work / "tritonserver.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(root / "bin" / "tritonserver"),
-            f"--model-repository={repository}",
-            f"--backend-directory={work / 'backends'}",
-            "--http-address=127.0.0.1",
-            f"--http-port={http}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={grpc}",
-            "--allow-metrics=false",
-            "--pinned-memory-pool-byte-size=0",
-            "--exit-on-error=true",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=1):
-                break
-        except OSError:
-            if server.poll() is not None:
-                pytest.fail("tritonserver exited:\n" + (work / "tritonserver.log").read_text())
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("tritonserver not ready:\n" + (work / "tritonserver.log").read_text())
-    yield http, grpc
-    server.terminate()
+    server = CpuTritonServer(REPOSITORY, tmp_path_factory.mktemp("triton"))
     try:
-        server.wait(timeout=45)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-    log.close()
+        server.start()
+    except TritonUnavailable as exc:
+        missing_service(str(exc))
+    yield server.http_port, server.grpc_port
+    server.stop()
 
 
 @pytest.fixture(params=["onnxruntime", "triton-http", "triton-grpc"])
