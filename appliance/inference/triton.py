@@ -41,6 +41,7 @@ class TritonBackend:
             self._client = client_module.InferenceServerClient(url)
         self._module: Any = client_module
         self._metadata: dict[str, ModelMetadata] = {}
+        self._max_batch: dict[str, int] = {}
 
     def _classify(self, model: str, exc: Exception) -> BackendError:
         status = str(getattr(exc, "status", lambda: "")() or "")
@@ -88,7 +89,24 @@ class TritonBackend:
             )
         return self._metadata[model]
 
+    def max_batch_size(self, model: str) -> int:
+        """The server's batch limit for `model`; larger batches are sent in parts."""
+        if model not in self._max_batch:
+            try:
+                config = self._client.get_model_config(model)
+            except (self._module.InferenceServerException, ConnectionError, OSError) as exc:
+                raise self._classify(model, exc) from exc
+            if not isinstance(config, dict):  # gRPC: a response message holding the config
+                config = {"max_batch_size": config.config.max_batch_size}
+            self._max_batch[model] = max(1, int(config.get("max_batch_size", 1)))
+        return self._max_batch[model]
+
     def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        limit = self.max_batch_size(model)
+        parts = [self._infer(model, batch[i : i + limit]) for i in range(0, len(batch), limit)]
+        return np.concatenate(parts)
+
+    def _infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         metadata = self.metadata(model)
         (input_meta,), (output_meta,) = metadata.inputs, metadata.outputs
         tensor = self._module.InferInput(input_meta.name, list(batch.shape), "FP32")

@@ -43,7 +43,7 @@ def backend(request: pytest.FixtureRequest) -> InferenceBackend:
 
 
 def test_backend_contract(backend: InferenceBackend) -> None:
-    batch = np.random.default_rng(0).random((3, 1, 256, 256), dtype=np.float32)
+    batch = np.random.default_rng(0).random((11, 1, 256, 256), dtype=np.float32)  # > max batch
     reference = OnnxRuntimeBackend(REPOSITORY, threads=2).infer("us_frame", batch)
 
     output = backend.infer("us_frame", batch)
@@ -51,7 +51,7 @@ def test_backend_contract(backend: InferenceBackend) -> None:
 
     assert backend.ready("us_frame")
     assert not backend.ready("no_such_model")
-    assert output.shape == (3, 2, 256, 256)
+    assert output.shape == (11, 2, 256, 256)
     np.testing.assert_allclose(output, reference, rtol=1e-5, atol=1e-5)
     assert metadata.inputs[0].name == "image"
     assert metadata.inputs[0].shape[1:] == (1, 256, 256)
