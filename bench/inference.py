@@ -76,9 +76,10 @@ def main() -> None:
             seconds = timed(lambda b=backend: segment_cine(cine, b, contract), args.repeats)
             baseline = baseline or seconds
             total = seconds + decode
+            overhead = (seconds - baseline) / seconds
             print(
                 f"{name:<28} {seconds:>9.2f} {total:>8.2f} {args.frames / seconds:>9.1f} "
-                f"{seconds / baseline:>6.2f}x"
+                f"{overhead:>8.0%}"
             )
         server.stop()
 

@@ -55,7 +55,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         directory = os.path.join(args["model_repository"], args["model_version"])
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = 0  # as many as cores, like the in-process backend
         self.session = onnxruntime.InferenceSession(
             os.path.join(directory, "model.onnx"), options, providers=["CPUExecutionProvider"]
         )
