@@ -270,24 +270,41 @@ def models_build_trt(ctx: click.Context, output: Path, max_batch: int, fp32: boo
     click.echo(f"built {', '.join(built)} into {output}")
 
 
+TRAINING_STEPS = {"us_frame": 450, "organ_ct": 4000}
+
+
 @main.command()
-@click.argument("model", type=click.Choice(["us_frame"]))
-@click.option("--steps", type=click.IntRange(1, 100_000), default=450, show_default=True)
+@click.argument("model", type=click.Choice(sorted(TRAINING_STEPS)))
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 1_000_000),
+    default=None,
+    help="Training steps (default: the model's reference count).",
+)
 @click.option("--seed", type=int, default=20261124, show_default=True)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="3D models: resume from and save to this file (default checkpoints/MODEL.pt).",
+)
 @click.pass_context
-def train(ctx: click.Context, model: str, steps: int, seed: int) -> None:
+def train(
+    ctx: click.Context, model: str, steps: int | None, seed: int, checkpoint: Path | None
+) -> None:
     """Train a reference model on phantoms (needs the `train` extra: torch)."""
     try:
-        from appliance.training import us_frame
+        from appliance.training import organ_ct, us_frame
     except ImportError as exc:
         click.echo(f"training needs the train extra (pip install -e '.[train]'): {exc}", err=True)
         sys.exit(EXIT_BAD_SETTINGS)
     output = _settings(ctx).inference.repository / model
-    metrics = us_frame.train(output, seed=seed, steps=steps)
-    click.echo(
-        f"{model}: dice {metrics.dice:.3f}, negatives called negative "
-        f"{metrics.negative_frames_called_negative:.3f}; written to {output}"
-    )
+    steps = steps or TRAINING_STEPS[model]
+    if model == "us_frame":
+        us_frame.train(output, seed=seed, steps=steps)
+    else:
+        organ_ct.train(output, checkpoint or Path("checkpoints") / f"{model}.pt", steps, seed)
+    click.echo(f"{model}: written to {output}; see its card.md for the measured metrics")
 
 
 @main.group()
