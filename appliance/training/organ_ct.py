@@ -18,7 +18,7 @@ from tqdm import tqdm
 from appliance.inference.contract import ModelContract
 from appliance.inference.ct import normalise, sliding_window
 from appliance.phantoms.ct import Grid, Organ, generate_ct
-from appliance.training.publish import publish
+from appliance.training.publish import export_onnx, publish
 from appliance.training.unet import UNet
 
 SPACING = 3.0
@@ -167,7 +167,7 @@ def train(
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "step": step + 1}, checkpoint)
     metrics = evaluate(model, _phantoms(TEST_SEEDS))
-    export_onnx(model, output / "1" / "model.onnx")
+    export_onnx(model, output / "1" / "model.onnx", CONTRACT)
     publish(
         output,
         CONTRACT,
@@ -182,18 +182,3 @@ def train(
     )
     print(f"organ_ct: {metrics} in {(time.monotonic() - started) / 60:.1f} min")
     return metrics
-
-
-def export_onnx(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, PATCH, PATCH, PATCH),),
-        str(path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )

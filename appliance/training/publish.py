@@ -1,9 +1,11 @@
-"""Write a trained model's contract, Triton config and model card beside its ONNX file."""
+"""Write a trained model into the repository: its ONNX file, contract, Triton config and card."""
 
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
 import yaml
+from torch import nn
 
 from appliance.inference.contract import CONTRACT_FILE, ModelContract
 from appliance.inference.repository import CONFIG_FILE, render_config
@@ -13,6 +15,23 @@ SYNTHETIC_WARNING = (
     "on procedural phantoms to prove the serving path. Replace it with a validated model "
     "before any clinical use."
 )
+
+
+def export_onnx(model: nn.Module, path: Path, contract: ModelContract) -> None:
+    """ONNX opset 17 with a dynamic batch dimension, tensor names from the contract."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    example = torch.zeros(1, *contract.input.shape[1:])
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=[contract.input.name],
+        output_names=[contract.output.name],
+        dynamic_axes={contract.input.name: {0: "batch"}, contract.output.name: {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 def publish(

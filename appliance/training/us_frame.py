@@ -17,7 +17,7 @@ from tqdm import tqdm
 from appliance.inference.contract import ModelContract
 from appliance.inference.ultrasound import MIN_AREA_PX
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.training.publish import publish
+from appliance.training.publish import export_onnx, publish
 from appliance.training.unet import UNet
 
 PATCH = 256
@@ -106,27 +106,11 @@ def train(output: Path, seed: int = 20261124, steps: int = 600, batch: int = 8) 
         progress.set_postfix(loss=f"{loss.item():.3f}")
     test_images, test_masks = frames_from(TEST_SEEDS, frames_per_cine=10)
     metrics = evaluate(model, test_images, test_masks)
-    export_onnx(model, output / "1" / "model.onnx")
+    export_onnx(model, output / "1" / "model.onnx", CONTRACT)
     publish_model(output, metrics, steps, seed)
     minutes = (time.monotonic() - started) / 60
     print(f"us_frame: {metrics} after {steps} steps in {minutes:.1f} min")
     return metrics
-
-
-def export_onnx(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    example = torch.zeros(1, 1, PATCH, PATCH)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
 
 
 CONTRACT = ModelContract.model_validate({
