@@ -132,22 +132,51 @@ def sliding_window(
     return totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
 
 
+def segment_in_region(
+    volume: CTVolume,
+    region: NDArray[np.bool_],
+    backend: InferenceBackend,
+    contract: ModelContract,
+    margin_mm: float = 10.0,
+) -> NDArray[np.uint8]:
+    """The cascade's second stage: segment only the box around `region` (for example the liver
+    found by the organ model), at the second model's finer spacing; zero elsewhere."""
+    labels = np.zeros(volume.hu.shape, dtype=np.uint8)
+    if not region.any():
+        return labels
+    found = np.argwhere(region)
+    margins = [int(np.ceil(margin_mm / s)) for s in volume.geometry.spacing]
+    low = np.maximum(found.min(axis=0) - margins, 0)
+    high = np.minimum(found.max(axis=0) + 1 + np.array(margins), volume.hu.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
+    labels[box] = segment_grid(volume.hu[box], volume.geometry.spacing, backend, contract)
+    return labels
+
+
 def segment_ct(
     volume: CTVolume, backend: InferenceBackend, contract: ModelContract
 ) -> NDArray[np.uint8]:
     """Label map (contract label values, 0 background) on the source grid of `volume`."""
+    return segment_grid(volume.hu, volume.geometry.spacing, backend, contract)
+
+
+def segment_grid(
+    hu: NDArray[np.float32],
+    spacing: tuple[float, float, float],
+    backend: InferenceBackend,
+    contract: ModelContract,
+) -> NDArray[np.uint8]:
+    """Label map on the grid of `hu` (slice, row, column) with `spacing` in mm."""
     if contract.spacing_mm is None:
         raise UnsupportedSeries("the model has no target spacing")
-    factors = [s / t for s, t in zip(volume.geometry.spacing, contract.spacing_mm, strict=True)]
+    factors = [s / t for s, t in zip(spacing, contract.spacing_mm, strict=True)]
     # grid_mode: both grids cover the same physical extent, voxel edges to voxel edges.
     model_grid = ndimage.zoom(
-        normalise(volume.hu, contract.intensity), factors, order=1, grid_mode=True, mode="nearest"
+        normalise(hu, contract.intensity), factors, order=1, grid_mode=True, mode="nearest"
     )
     probabilities = sliding_window(model_grid, backend, contract)
     channel_values = np.array([0] + [label.value for label in contract.labels], dtype=np.uint8)
     labels = channel_values[probabilities.argmax(axis=0)]
-    back = [target / current for target, current in zip(volume.hu.shape, labels.shape, strict=True)]
+    back = [target / current for target, current in zip(hu.shape, labels.shape, strict=True)]
     on_source = ndimage.zoom(labels, back, order=0, grid_mode=True, mode="nearest")
-    return np.asarray(
-        on_source[: volume.hu.shape[0], : volume.hu.shape[1], : volume.hu.shape[2]], dtype=np.uint8
-    )
+    return np.asarray(on_source[: hu.shape[0], : hu.shape[1], : hu.shape[2]], dtype=np.uint8)

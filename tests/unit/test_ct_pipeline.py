@@ -102,3 +102,25 @@ def test_labels_land_on_the_source_grid_within_half_a_voxel(phantom, tmp_path: P
     assert dice > 0.85  # boundary voxels of 7-mm slabs differ after two resamplings
     shift = np.array(ndimage.center_of_mass(predicted)) - np.array(ndimage.center_of_mass(truth))
     assert np.all(np.abs(shift) <= 0.5), shift
+
+
+def test_cascade_segments_only_around_the_region(phantom, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from appliance.inference.ct import segment_in_region
+    from appliance.phantoms.ct import Organ
+
+    contract = bone_model(tmp_path, [2.5, 3.5, 3.5])  # finer than the source, as lesion_ct is
+    volume = load_series(write_ct_series(phantom, tmp_path / "series"))
+    region = phantom.organs == Organ.VERTEBRAE
+    region[: region.shape[0] // 2] = False  # only the upper half of the spine
+
+    labels = segment_in_region(volume, region, OnnxRuntimeBackend(tmp_path), contract, 7.0)
+
+    found = np.argwhere(labels == 7)
+    assert len(found)
+    limit = np.argwhere(region).min(axis=0)[0] - 2  # 7 mm of margin: two 5-mm slices
+    assert found[:, 0].min() >= limit
+    whole = segment_ct(volume, OnnxRuntimeBackend(tmp_path), contract)
+    inside = labels == 7
+    assert np.array_equal(whole[inside], labels[inside])
+    empty = segment_in_region(volume, np.zeros_like(region), OnnxRuntimeBackend(tmp_path), contract)
+    assert not empty.any()
