@@ -270,7 +270,7 @@ def models_build_trt(ctx: click.Context, output: Path, max_batch: int, fp32: boo
     click.echo(f"built {', '.join(built)} into {output}")
 
 
-TRAINING_STEPS = {"us_frame": 450, "organ_ct": 4000}
+TRAINING_STEPS = {"us_frame": 450, "organ_ct": 4000, "lesion_ct": 3000}
 
 
 @main.command()
@@ -294,16 +294,19 @@ def train(
 ) -> None:
     """Train a reference model on phantoms (needs the `train` extra: torch)."""
     try:
-        from appliance.training import organ_ct, us_frame
+        from appliance.training import lesion_ct, organ_ct, us_frame
     except ImportError as exc:
         click.echo(f"training needs the train extra (pip install -e '.[train]'): {exc}", err=True)
         sys.exit(EXIT_BAD_SETTINGS)
     output = _settings(ctx).inference.repository / model
     steps = steps or TRAINING_STEPS[model]
+    checkpoint = checkpoint or Path("checkpoints") / f"{model}.pt"
     if model == "us_frame":
         us_frame.train(output, seed=seed, steps=steps)
+    elif model == "organ_ct":
+        organ_ct.train(output, checkpoint, steps, seed)
     else:
-        organ_ct.train(output, checkpoint or Path("checkpoints") / f"{model}.pt", steps, seed)
+        lesion_ct.train(output, checkpoint, steps, seed)
     click.echo(f"{model}: written to {output}; see its card.md for the measured metrics")
 
 

@@ -127,9 +127,10 @@ def evaluate(
     )
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, classes: int = CLASSES) -> torch.Tensor:
+    """Soft Dice over the foreground classes of a 3D batch."""
     probability = torch.softmax(logits, dim=1)[:, 1:]
-    truth = nn.functional.one_hot(target, CLASSES).permute(0, 4, 1, 2, 3)[:, 1:].float()
+    truth = nn.functional.one_hot(target, classes).permute(0, 4, 1, 2, 3)[:, 1:].float()
     overlap = (probability * truth).sum(dim=(0, 2, 3, 4))
     sizes = probability.sum(dim=(0, 2, 3, 4)) + truth.sum(dim=(0, 2, 3, 4))
     return 1 - ((2 * overlap + 1) / (sizes + 1)).mean()
