@@ -7,6 +7,7 @@ each time and the share of the Triton time that is serving overhead (Triton minu
 over Triton): the model computation is the same ONNX Runtime session in both.
 
     .venv/bin/python bench/inference.py [--frames 100] [--repeats 3]
+    .venv/bin/python bench/inference.py --ct --repeats 1     # needs the train extra (torch)
 """
 
 import argparse
@@ -30,6 +31,7 @@ from appliance.phantoms.ultrasound import generate_cine  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
 CINE_TARGET_S = 10.0
+CT_TARGET_S = 20.0
 
 
 def timed(action: Callable[[], object], repeats: int) -> float:
@@ -42,11 +44,80 @@ def timed(action: Callable[[], object], repeats: int) -> float:
     return statistics.median(runs)
 
 
+def ct_repository(directory: Path) -> Path:
+    """organ_ct and lesion_ct as ONNX, from their checkpoints when present (timing does not
+    depend on the weights: an untrained network costs the same)."""
+    import torch
+
+    from appliance.training import lesion_ct, organ_ct
+    from appliance.training.publish import export_onnx, publish
+    from appliance.training.unet import UNet
+
+    for module, name in ((organ_ct, "organ_ct"), (lesion_ct, "lesion_ct")):
+        model = UNet(dims=3, in_channels=1, classes=module.CLASSES, base=8, levels=4)
+        checkpoint = ROOT / "checkpoints" / f"{name}.pt"
+        if checkpoint.exists():
+            model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+        export_onnx(model, directory / name / "1" / "model.onnx", module.CONTRACT)
+        publish(directory / name, module.CONTRACT, "benchmark", "benchmark", {}, {})
+    return directory
+
+
+def bench_ct(repeats: int) -> None:
+    """A 512x512x300 abdominal CT at 0.78 x 0.78 x 1.5 mm: organs, then lesions in the liver."""
+    from appliance.inference.ct import load_series, segment_ct, segment_in_region
+    from appliance.inference.measurements import measure_lesions
+    from appliance.phantoms.ct import Grid, Organ, generate_ct
+    from appliance.phantoms.dicom import write_ct_series
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = ct_repository(Path(tmp) / "repository")
+        backend = OnnxRuntimeBackend(repository, threads=2)
+        organs, lesions = (load_contract(repository / n) for n in ("organ_ct", "lesion_ct"))
+        phantom = generate_ct(77, Grid((300, 512, 512), (1.5, 0.78, 0.78)), lesion_count=3)
+        paths = write_ct_series(phantom, Path(tmp) / "series")
+        del phantom
+        stages: dict[str, list[float]] = {}
+
+        def stage(name: str, action: Callable[[], object]) -> object:
+            started = time.perf_counter()
+            result = action()
+            stages.setdefault(name, []).append(time.perf_counter() - started)
+            return result
+
+        for _ in range(repeats):
+            volume = stage("load series (300 files)", lambda: load_series(paths))
+            labels = stage("organ_ct (3 mm)", lambda v=volume: segment_ct(v, backend, organs))
+            liver = labels == int(Organ.LIVER)  # type: ignore[operator]
+            found = stage(
+                "lesion_ct in the liver box (1.5 mm)",
+                lambda v=volume, r=liver: segment_in_region(v, r, backend, lesions),
+            )
+            stage(
+                "lesion measurements",
+                lambda f=found, v=volume: measure_lesions(f > 0, v.geometry.spacing),
+            )  # type: ignore[operator, union-attr]
+        print(
+            f"CT 512x512x300, organs then lesions, 2 CPU cores, median of {repeats}; "
+            f"target {CT_TARGET_S:.0f} s"
+        )
+        total = 0.0
+        for name, runs in stages.items():
+            seconds = statistics.median(runs)
+            total += seconds
+            print(f"  {name:<40} {seconds:>6.2f} s")
+        print(f"  {'total':<40} {total:>6.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ct", action="store_true", help="the CT study instead (needs torch)")
     args = parser.parse_args()
+    if args.ct:
+        bench_ct(args.repeats)
+        return
     contract = load_contract(REPOSITORY / "us_frame")
     with tempfile.TemporaryDirectory() as tmp:
         path = write_us_cine(generate_cine(424242, frames=args.frames), Path(tmp) / "cine.dcm")
