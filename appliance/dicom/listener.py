@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ from appliance.domain.policy import AssociationPolicy, DuplicatePolicy, RefusalR
 
 LOG = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
+ACCEPT_RETRY_SECONDS = 0.1
 TOO_MANY_ASSOCIATIONS = "too many concurrent associations"
 
 _REFUSAL_DIAGNOSTICS = {
@@ -185,6 +187,8 @@ class Listener:
         """Stop accepting and abort the associations still open."""
         self._stopping.set()
         if self._socket is not None:
+            with contextlib.suppress(OSError):  # wakes the thread blocked in accept()
+                self._socket.shutdown(socket.SHUT_RDWR)
             self._socket.close()
         with self._lock:
             for connection in list(self._connections):
@@ -199,9 +203,11 @@ class Listener:
         while not self._stopping.is_set():
             try:
                 connection, address = self._socket.accept()
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
+                LOG.error("accept failed: %s", exc)  # out of file descriptors, for one
+                time.sleep(ACCEPT_RETRY_SECONDS)
                 continue
             # Without TCP_NODELAY, Nagle's algorithm holds each small response back ~40 ms.
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
