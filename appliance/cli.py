@@ -196,6 +196,41 @@ def studies_force_complete(ctx: click.Context, study_instance_uid: str, operator
 
 
 @main.group()
+def spool() -> None:
+    """The spool of received instances."""
+
+
+@spool.command("verify")
+@click.option("--no-hashes", is_flag=True, help="Only check that files exist (faster).")
+@click.pass_context
+def spool_verify(ctx: click.Context, no_hashes: bool) -> None:
+    """Check every recorded instance's file and hash, and find files with no record."""
+    from appliance.integrity import verify_spool
+    from appliance.runtime import open_database
+
+    settings = _settings(ctx)
+    report = verify_spool(
+        open_database(settings, migrate=False),
+        settings.spool.path,
+        datetime.now(UTC),
+        hashes=not no_hashes,
+    )
+    click.echo(
+        f"{report.checked} instances checked: {len(report.missing)} missing, "
+        f"{len(report.corrupted)} corrupted, {len(report.orphans)} orphan files"
+    )
+    for kind, paths in (
+        ("missing", report.missing),
+        ("corrupted", report.corrupted),
+        ("orphan", report.orphans),
+    ):
+        for path in paths:
+            click.echo(f"  {kind}: {path}")
+    if not report.healthy:
+        sys.exit(EXIT_REFUSED)
+
+
+@main.group()
 def models() -> None:
     """The model repository."""
 
