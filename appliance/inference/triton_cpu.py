@@ -96,7 +96,9 @@ def build_cpu_repository(source: Path, target: Path) -> list[str]:
         version.mkdir(parents=True, exist_ok=True)
         shutil.copy2(directory / str(model.version) / MODEL_FILE, version / MODEL_FILE)
         (version / "model.py").write_text(MODEL_PY, encoding="utf-8")
-        shutil.copy2(directory / CONTRACT_FILE, destination / CONTRACT_FILE)
+        contract = load_contract(directory)
+        for name in (CONTRACT_FILE, contract.card):  # Triton must load beside them
+            shutil.copy2(directory / name, destination / name)
         (destination / CONFIG_FILE).write_text(python_backend_config(directory), encoding="utf-8")
         names.append(model.name)
     return names
