@@ -144,7 +144,11 @@ def train(
         model.load_state_dict(state["model"])
         done = int(state["step"])  # the optimiser restarts: its moments are not kept
         rng = np.random.default_rng(seed + done)
-    crops = [_liver_crop(s, grid) for s in tqdm(seeds, desc="phantoms", unit="volume")]
+    crops = (
+        [_liver_crop(s, grid) for s in tqdm(seeds, desc="phantoms", unit="volume")]
+        if done < steps
+        else []
+    )
     cross_entropy = nn.CrossEntropyLoss(weight=torch.tensor([0.2, 1.0, 1.0]))
     started = time.monotonic()
     model.train()

@@ -149,7 +149,7 @@ def train(
         model.load_state_dict(state["model"])
         done = int(state["step"])  # the optimiser restarts: its moments are not kept
         rng = np.random.default_rng(seed + done)
-    volumes = _phantoms(TRAIN_SEEDS)
+    volumes = _phantoms(TRAIN_SEEDS) if done < steps else []
     cross_entropy = nn.CrossEntropyLoss()
     started = time.monotonic()
     model.train()

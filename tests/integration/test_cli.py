@@ -87,3 +87,27 @@ def test_listen_refuses_an_old_schema(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "run `appliance db upgrade`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_models_commands_on_the_committed_repository() -> None:
+    listed = appliance(None, "models", "list")
+    assert listed.returncode == 0
+    assert "us_frame v1 [us_frame]: cyst  (synthetic training data; not for clinical use)" in (
+        listed.stdout
+    )
+    checked = appliance(None, "models", "check")
+    assert checked.returncode == 0, checked.stdout
+    assert "us_frame: ok" in checked.stdout
+
+
+def test_models_check_fails_on_a_broken_model(tmp_path: Path) -> None:
+    from tests.models import write_tiny_model
+
+    directory = write_tiny_model(tmp_path / "repository")
+    (directory / "card.md").unlink()
+    config = tmp_path / "appliance.yaml"
+    config.write_text(yaml.safe_dump({"inference": {"repository": str(tmp_path / "repository")}}))
+    result = appliance(config, "models", "check")
+    assert result.returncode == 4
+    assert "tiny: FAILED" in result.stdout
+    assert "model card card.md is missing" in result.stdout
