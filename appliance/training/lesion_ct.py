@@ -22,13 +22,13 @@ from appliance.inference.measurements import measure_lesions
 from appliance.phantoms.ct import Grid, LesionKind, Organ, generate_ct
 from appliance.training.publish import export_onnx, publish
 from appliance.training.unet import UNet
+from appliance.training.volumes import TorchBackend, fit, resume
 
 SPACING = 1.5
 PATCH = 64
 GRID = Grid(shape=(200, 267, 267), spacing=(SPACING, SPACING, SPACING))
 TRAIN_SEEDS = range(5_000, 5_030)
 TEST_SEEDS = range(300_000, 300_004)
-CHECKPOINT_EVERY = 25
 METASTASIS, CYST = 1, 2
 CLASSES = 3
 DETECTABLE_MM = 10.0
@@ -78,36 +78,14 @@ def _liver_crop(seed: int, grid: Grid) -> tuple[NDArray[np.float32], NDArray[np.
     return image[box], classes[box]
 
 
-def _crop(
-    rng: np.random.Generator, image: NDArray[np.float32], labels: NDArray[np.int64]
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    padded = [max(n, PATCH) for n in labels.shape]
-    if padded != list(labels.shape):
-        image = np.pad(image, [(0, p - n) for p, n in zip(padded, labels.shape, strict=True)])
-        labels = np.pad(labels, [(0, p - n) for p, n in zip(padded, labels.shape, strict=True)])
-    points = np.argwhere(labels > 0)
-    if len(points) and rng.random() < 2 / 3:
-        centre = points[rng.integers(len(points))]
-    else:
-        centre = np.array([rng.integers(0, n) for n in labels.shape])
-    start = [
-        int(np.clip(c - PATCH // 2, 0, n - PATCH))
-        for c, n in zip(centre, labels.shape, strict=True)
-    ]
-    window = tuple(slice(s, s + PATCH) for s in start)
-    return image[window], labels[window]
-
-
 def evaluate(
     model: nn.Module, crops: list[tuple[NDArray[np.float32], NDArray[np.int64]]]
 ) -> Metrics:
-    from appliance.training.organ_ct import _TorchBackend
-
     model.eval()
     detected = detectable = 0
     overlap = total = 0.0
     for image, labels in crops:
-        predicted = sliding_window(image, _TorchBackend(model), CONTRACT).argmax(0) > 0  # type: ignore[arg-type]
+        predicted = sliding_window(image, TorchBackend(model), CONTRACT).argmax(0) > 0  # type: ignore[arg-type]
         truth = labels > 0
         overlap += 2 * float((predicted & truth).sum())
         total += float(predicted.sum() + truth.sum())
@@ -132,43 +110,26 @@ def train(
     seeds: range = TRAIN_SEEDS,
     test_seeds: range = TEST_SEEDS,
 ) -> Metrics:
-    from appliance.training.organ_ct import dice_loss
-
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     model = UNet(dims=3, in_channels=1, classes=CLASSES, base=8, levels=4)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    done = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(state["model"])
-        done = int(state["step"])  # the optimiser restarts: its moments are not kept
-        rng = np.random.default_rng(seed + done)
-    crops = (
-        [_liver_crop(s, grid) for s in tqdm(seeds, desc="phantoms", unit="volume")]
-        if done < steps
-        else []
-    )
-    cross_entropy = nn.CrossEntropyLoss(weight=torch.tensor([0.2, 1.0, 1.0]))
+    done = resume(model, checkpoint)
     started = time.monotonic()
-    model.train()
-    for step in (
-        progress := tqdm(
-            range(done, steps), desc="lesion_ct", unit="step", initial=done, total=steps
+    if done < steps:
+        crops = [_liver_crop(s, grid) for s in tqdm(seeds, desc="phantoms", unit="volume")]
+        rng = np.random.default_rng(seed + done)
+        fit(
+            "lesion_ct",
+            model,
+            crops,
+            PATCH,
+            CLASSES,
+            steps,
+            done,
+            checkpoint,
+            rng,
+            batch,
+            class_weights=(0.2, 1.0, 1.0),
         )
-    ):
-        pairs = [_crop(rng, *crops[rng.integers(len(crops))]) for _ in range(batch)]
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None].copy())
-        y = torch.from_numpy(np.stack([p[1] for p in pairs]).copy())
-        logits = model(x)
-        loss = cross_entropy(logits, y) + dice_loss(logits, y, CLASSES)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "step": step + 1}, checkpoint)
     metrics = evaluate(model, [_liver_crop(s, grid) for s in test_seeds])
     export_onnx(model, output / "1" / "model.onnx", CONTRACT)
     publish(

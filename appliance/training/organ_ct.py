@@ -20,13 +20,13 @@ from appliance.inference.ct import normalise, sliding_window
 from appliance.phantoms.ct import Grid, Organ, generate_ct
 from appliance.training.publish import export_onnx, publish
 from appliance.training.unet import UNet
+from appliance.training.volumes import TorchBackend, fit, resume
 
 SPACING = 3.0
 PATCH = 64
 GRID = Grid(shape=(110, 134, 134), spacing=(SPACING, SPACING, SPACING))
 TRAIN_SEEDS = range(1_000, 1_040)
 TEST_SEEDS = range(200_000, 200_004)
-CHECKPOINT_EVERY = 25
 CLASSES = len(Organ) + 1
 
 _SCT_ANATOMY = {"scheme": "SCT", "value": "91723000", "meaning": "Anatomical Structure"}
@@ -65,18 +65,6 @@ class Metrics:
     volumes: int
 
 
-class _TorchBackend:
-    """The training model behind the serving pipeline's backend protocol, for evaluation."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self._model = model
-
-    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
-        with torch.no_grad():
-            logits: NDArray[np.float32] = self._model(torch.from_numpy(batch)).numpy()
-        return logits
-
-
 def _phantoms(seeds: range) -> list[tuple[NDArray[np.float32], NDArray[np.int64]]]:
     volumes = []
     for seed in tqdm(seeds, desc="phantoms", unit="volume"):
@@ -90,31 +78,13 @@ def _phantoms(seeds: range) -> list[tuple[NDArray[np.float32], NDArray[np.int64]
     return volumes
 
 
-def _crop(
-    rng: np.random.Generator, volume: NDArray[np.float32], labels: NDArray[np.int64]
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """A patch, centred on a random organ voxel two times in three (small organs get seen)."""
-    if rng.random() < 2 / 3:
-        organ = rng.integers(1, CLASSES)
-        points = np.argwhere(labels == organ)
-        centre = points[rng.integers(len(points))] if len(points) else np.array(labels.shape) // 2
-    else:
-        centre = np.array([rng.integers(0, n) for n in labels.shape])
-    start = [
-        int(np.clip(c - PATCH // 2, 0, n - PATCH))
-        for c, n in zip(centre, labels.shape, strict=True)
-    ]
-    window = tuple(slice(s, s + PATCH) for s in start)
-    return volume[window], labels[window]
-
-
 def evaluate(
     model: nn.Module, volumes: list[tuple[NDArray[np.float32], NDArray[np.int64]]]
 ) -> Metrics:
     model.eval()
     overlap = dict.fromkeys(Organ, 0.0)
     total = dict.fromkeys(Organ, 0.0)
-    backend = _TorchBackend(model)
+    backend = TorchBackend(model)
     for volume, labels in volumes:
         predicted = sliding_window(volume, backend, CONTRACT).argmax(0)  # type: ignore[arg-type]
         for organ in Organ:
@@ -127,46 +97,17 @@ def evaluate(
     )
 
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, classes: int = CLASSES) -> torch.Tensor:
-    """Soft Dice over the foreground classes of a 3D batch."""
-    probability = torch.softmax(logits, dim=1)[:, 1:]
-    truth = nn.functional.one_hot(target, classes).permute(0, 4, 1, 2, 3)[:, 1:].float()
-    overlap = (probability * truth).sum(dim=(0, 2, 3, 4))
-    sizes = probability.sum(dim=(0, 2, 3, 4)) + truth.sum(dim=(0, 2, 3, 4))
-    return 1 - ((2 * overlap + 1) / (sizes + 1)).mean()
-
-
 def train(
     output: Path, checkpoint: Path, steps: int, seed: int = 20261124, batch: int = 2
 ) -> Metrics:
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     model = UNet(dims=3, in_channels=1, classes=CLASSES, base=8, levels=4)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    done = 0
-    if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(state["model"])
-        done = int(state["step"])  # the optimiser restarts: its moments are not kept
-        rng = np.random.default_rng(seed + done)
-    volumes = _phantoms(TRAIN_SEEDS) if done < steps else []
-    cross_entropy = nn.CrossEntropyLoss()
+    done = resume(model, checkpoint)
     started = time.monotonic()
-    model.train()
-    progress = tqdm(range(done, steps), desc="organ_ct", unit="step", initial=done, total=steps)
-    for step in progress:
-        crops = [_crop(rng, *volumes[rng.integers(len(volumes))]) for _ in range(batch)]
-        x = torch.from_numpy(np.stack([c[0] for c in crops])[:, None].copy())
-        y = torch.from_numpy(np.stack([c[1] for c in crops]).copy())
-        logits = model(x)
-        loss = cross_entropy(logits, y) + dice_loss(logits, y)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "step": step + 1}, checkpoint)
+    if done < steps:
+        volumes = _phantoms(TRAIN_SEEDS)
+        rng = np.random.default_rng(seed + done)
+        fit("organ_ct", model, volumes, PATCH, CLASSES, steps, done, checkpoint, rng, batch)
     metrics = evaluate(model, _phantoms(TEST_SEEDS))
     export_onnx(model, output / "1" / "model.onnx", CONTRACT)
     publish(
