@@ -17,9 +17,9 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 
 from appliance.audit.models import Instance
+from appliance.dicom.spool import data_set_of
 
 ORPHAN_GRACE = timedelta(hours=1)
-_PREAMBLE_AND_GROUP_LENGTH = 144  # 128-byte preamble, "DICM", then (0002,0000) UL
 
 
 @dataclass
@@ -36,9 +36,7 @@ class SpoolReport:
 
 def dataset_sha256(path: Path) -> str:
     """SHA-256 of the data set of a Part 10 file, the part stored exactly as received."""
-    data = path.read_bytes()
-    group_length = int.from_bytes(data[140:_PREAMBLE_AND_GROUP_LENGTH], "little")
-    return hashlib.sha256(data[_PREAMBLE_AND_GROUP_LENGTH + group_length :]).hexdigest()
+    return hashlib.sha256(data_set_of(path.read_bytes())).hexdigest()
 
 
 def _spool_files(root: Path) -> Iterator[Path]:

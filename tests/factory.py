@@ -7,6 +7,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from appliance.dicom.spool import data_set_of
+
 PATIENT_NAME = "Testpatient^Recognisable"
 PATIENT_ID = "PID-4711-SECRET"
 
@@ -91,9 +93,5 @@ def write_series(spec: SeriesSpec, directory: Path) -> list[Path]:
 
 
 def dataset_bytes(path: Path) -> bytes:
-    """The data set part of a Part 10 file: after the preamble and the (0002) group, whose
-    length is in File Meta Information Group Length (0002,0000), the group's first element."""
-    data = path.read_bytes()
-    assert data[128:132] == b"DICM"
-    group_length = int.from_bytes(data[140:144], "little")
-    return data[144 + group_length :]
+    """The data set part of a Part 10 file (everything after the File Meta Information)."""
+    return data_set_of(path.read_bytes())

@@ -25,6 +25,18 @@ _DIRECTORY_MODE = 0o750
 _FILE_MODE = 0o640
 
 
+_META_GROUP_LENGTH_END = len(PREAMBLE) + 12  # (0002,0000) UL: tag, VR, length, value
+
+
+def data_set_of(part10: bytes) -> bytes:
+    """The data set of a Part 10 file: everything after the File Meta Information, whose
+    length is the value of its first element, File Meta Information Group Length."""
+    group_length = int.from_bytes(
+        part10[_META_GROUP_LENGTH_END - 4 : _META_GROUP_LENGTH_END], "little"
+    )
+    return part10[_META_GROUP_LENGTH_END + group_length :]
+
+
 class SpoolFull(OSError):
     """The spool's disk is above its watermark, or out of space."""
 

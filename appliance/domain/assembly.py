@@ -82,7 +82,3 @@ def completion_deadline(
         settle = min(policy.hint_settle, policy.quiet_period)
         return CompletionDeadline(last_received_at + settle, CompletionReason.COUNT_HINTS)
     return CompletionDeadline(last_received_at + policy.quiet_period, CompletionReason.QUIET_PERIOD)
-
-
-def is_due(state: StudyState, deadline: datetime | None, now: datetime) -> bool:
-    return state is StudyState.RECEIVING and deadline is not None and deadline <= now

@@ -10,9 +10,7 @@ from appliance.domain.assembly import (
     CompletionPolicy,
     CompletionReason,
     SeriesProgress,
-    StudyState,
     completion_deadline,
-    is_due,
 )
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -52,13 +50,6 @@ def test_settle_never_exceeds_quiet_period() -> None:
     policy = CompletionPolicy(quiet_period=timedelta(seconds=2), hint_settle=timedelta(seconds=9))
     deadline = completion_deadline(T0, [SeriesProgress(1, 1, False)], policy)
     assert deadline.at == T0 + timedelta(seconds=2)
-
-
-def test_due_only_when_receiving_and_past_deadline() -> None:
-    assert is_due(StudyState.RECEIVING, T0, T0)
-    assert not is_due(StudyState.RECEIVING, T0, T0 - timedelta(microseconds=1))
-    assert not is_due(StudyState.COMPLETE, T0, T0 + timedelta(hours=1))
-    assert not is_due(StudyState.RECEIVING, None, T0)
 
 
 hints = st.tuples(st.one_of(st.none(), st.integers(1, 4)), st.one_of(st.none(), st.integers(0, 50)))

@@ -11,6 +11,7 @@ from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from appliance.dicom.parse import InvalidInstance, parse_instance
+from appliance.dicom.spool import data_set_of
 from appliance.dicom.status import StoreStatus
 from tests.factory import ct_slice, dataset_bytes, new_series
 
@@ -146,6 +147,4 @@ def _encode(ds) -> bytes:  # type: ignore[no-untyped-def]
 
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    data = buffer.getvalue()
-    group_length = int.from_bytes(data[140:144], "little")
-    return data[144 + group_length :]
+    return data_set_of(buffer.getvalue())
