@@ -22,6 +22,7 @@ from appliance.inference.contract import Intensity, ModelContract
 
 OVERLAP = 0.5
 BATCH = 2
+BODY_HU = -500.0  # air and lung below; skin, fat, the table and everything inside above
 
 
 class UnsupportedSeries(ValueError):
@@ -132,6 +133,35 @@ def sliding_window(
     return totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
 
 
+def bounding_box(mask: NDArray[np.bool_], margins: Sequence[int]) -> tuple[slice, ...] | None:
+    """The box around the True voxels of `mask`, grown by `margins` voxels along each axis and
+    kept inside the array; None when `mask` is empty. Found from one projection per axis, so a
+    mask of a whole CT costs no list of its voxels."""
+    box = []
+    for axis, (size, margin) in enumerate(zip(mask.shape, margins, strict=True)):
+        others = tuple(other for other in range(mask.ndim) if other != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, size)))
+    return tuple(box)
+
+
+def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """The largest face-connected part of `mask` (all of it when it has one part or none)."""
+    box = bounding_box(mask, (0,) * mask.ndim)
+    if box is None:
+        return mask
+    components, count = ndimage.label(mask[box])
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    largest = np.zeros_like(mask)
+    largest[box] = components == int(sizes.argmax())
+    return largest
+
+
 def segment_in_region(
     volume: CTVolume,
     region: NDArray[np.bool_],
@@ -140,24 +170,26 @@ def segment_in_region(
     margin_mm: float = 10.0,
 ) -> NDArray[np.uint8]:
     """The cascade's second stage: segment only the box around `region` (for example the liver
-    found by the organ model), at the second model's finer spacing; zero elsewhere."""
+    found by the organ model), at the second model's finer spacing; zero elsewhere.
+
+    The box is drawn around the largest connected part of `region`, so that a few stray voxels
+    of the first stage's output cannot stretch it across the body."""
     labels = np.zeros(volume.hu.shape, dtype=np.uint8)
-    if not region.any():
-        return labels
-    found = np.argwhere(region)
     margins = [int(np.ceil(margin_mm / s)) for s in volume.geometry.spacing]
-    low = np.maximum(found.min(axis=0) - margins, 0)
-    high = np.minimum(found.max(axis=0) + 1 + np.array(margins), volume.hu.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
-    labels[box] = segment_grid(volume.hu[box], volume.geometry.spacing, backend, contract)
+    box = bounding_box(largest_component(region), margins)
+    if box is not None:
+        labels[box] = segment_grid(volume.hu[box], volume.geometry.spacing, backend, contract)
     return labels
 
 
 def segment_ct(
     volume: CTVolume, backend: InferenceBackend, contract: ModelContract
 ) -> NDArray[np.uint8]:
-    """Label map (contract label values, 0 background) on the source grid of `volume`."""
-    return segment_grid(volume.hu, volume.geometry.spacing, backend, contract)
+    """Label map (contract label values, 0 background) on the source grid of `volume`.
+
+    Only the box around the body is segmented: the air around a patient holds no anatomy and
+    is often half of the field of view, and so half of the patches."""
+    return segment_in_region(volume, volume.hu > BODY_HU, backend, contract)
 
 
 def segment_grid(

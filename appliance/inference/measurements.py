@@ -13,6 +13,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from appliance.inference.ct import bounding_box
+
 # Face-connected components only: lesions touching at an edge are two lesions.
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
 
@@ -40,9 +42,13 @@ def measure_lesions(
     mask: NDArray[np.bool_], spacing: tuple[float, float, float], min_voxels: int = 1
 ) -> list[LesionMeasurement]:
     """Measure every connected component of `mask` (slice, row, column; spacing in mm)."""
-    components, _ = ndimage.label(mask, structure=_CONNECTIVITY)
+    found: list[tuple[float, float, tuple[float, ...], int]] = []
+    box = bounding_box(mask, (0, 0, 0))
+    if box is None:
+        return []
+    origin = [axis.start for axis in box]
+    components, _ = ndimage.label(mask[box], structure=_CONNECTIVITY)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    found = []
     for index, bounds in enumerate(ndimage.find_objects(components), start=1):
         if bounds is None:
             continue
@@ -50,18 +56,20 @@ def measure_lesions(
         voxels = int(lesion.sum())
         if voxels < min_voxels:
             continue
-        longest, longest_slice = 0.0, bounds[0].start
+        longest, longest_slice = 0.0, origin[0] + bounds[0].start
         for offset, plane in enumerate(lesion):
             points = np.argwhere(plane).astype(np.float64) * (spacing[1], spacing[2])
             diameter = _longest_in_plane(points) + min(spacing[1], spacing[2])  # voxel extent
             if plane.any() and diameter > longest:
-                longest, longest_slice = diameter, bounds[0].start + offset
+                longest, longest_slice = diameter, origin[0] + bounds[0].start + offset
         centre = ndimage.center_of_mass(lesion)
         found.append(
             (
                 voxels * voxel_ml,
                 longest,
-                tuple(float(c + b.start) for c, b in zip(centre, bounds, strict=True)),
+                tuple(
+                    float(c + b.start + o) for c, b, o in zip(centre, bounds, origin, strict=True)
+                ),
                 longest_slice,
             )
         )

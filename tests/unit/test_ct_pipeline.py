@@ -13,7 +13,13 @@ from scipy import ndimage
 
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import ModelContract, load_contract
-from appliance.inference.ct import UnsupportedSeries, load_series, segment_ct, sliding_window
+from appliance.inference.ct import (
+    UnsupportedSeries,
+    bounding_box,
+    load_series,
+    segment_ct,
+    sliding_window,
+)
 from appliance.inference.repository import render_config
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series
@@ -112,15 +118,25 @@ def test_cascade_segments_only_around_the_region(phantom, tmp_path: Path) -> Non
     volume = load_series(write_ct_series(phantom, tmp_path / "series"))
     region = phantom.organs == Organ.VERTEBRAE
     region[: region.shape[0] // 2] = False  # only the upper half of the spine
+    limit = np.argwhere(region).min(axis=0)[0] - 2  # 7 mm of margin: two 5-mm slices
+    stray = region.copy()
+    stray[0, 30, 30] = True  # a first stage's stray voxel must not stretch the box
 
-    labels = segment_in_region(volume, region, OnnxRuntimeBackend(tmp_path), contract, 7.0)
+    labels = segment_in_region(volume, stray, OnnxRuntimeBackend(tmp_path), contract, 7.0)
 
     found = np.argwhere(labels == 7)
     assert len(found)
-    limit = np.argwhere(region).min(axis=0)[0] - 2  # 7 mm of margin: two 5-mm slices
     assert found[:, 0].min() >= limit
     whole = segment_ct(volume, OnnxRuntimeBackend(tmp_path), contract)
     inside = labels == 7
     assert np.array_equal(whole[inside], labels[inside])
     empty = segment_in_region(volume, np.zeros_like(region), OnnxRuntimeBackend(tmp_path), contract)
     assert not empty.any()
+
+
+def test_bounding_box_grows_by_its_margins_inside_the_array() -> None:
+    mask = np.zeros((10, 20, 30), dtype=bool)
+    mask[4, 1, 20:25] = True
+    mask[6, 3, 22] = True
+    assert bounding_box(mask, (1, 2, 10)) == (slice(3, 8), slice(0, 6), slice(10, 30))
+    assert bounding_box(np.zeros_like(mask), (1, 1, 1)) is None
