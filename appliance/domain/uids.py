@@ -1,6 +1,7 @@
 """DICOM unique identifiers (PS3.5 section 9): typed and validated once, at the edge."""
 
 import re
+import uuid
 from typing import NewType
 
 Uid = NewType("Uid", str)
@@ -27,3 +28,20 @@ def parse_uid(value: object, attribute: str) -> Uid:
     if not _UID_PATTERN.match(text):
         raise InvalidUid(f"{attribute} is not a valid UID")
     return Uid(text)
+
+
+# Namespace of the appliance's derived UIDs (a fixed random UUID; never change it, or re-runs
+# would stop reproducing the UIDs the PACS already holds).
+_DERIVED_NAMESPACE = uuid.UUID("6b1f4f9e-3d5c-4c1b-9a57-2f0e8c4d7a31")
+
+
+def derive_uid(*parts: str) -> Uid:
+    """A UID that is a function of `parts` only (PS3.5 B.2: ``2.25.`` and a UUID as an integer,
+    here a name-based UUID of RFC 9562 section 5.5).
+
+    Results take their UIDs from their inputs, pipeline and model version, so a re-run makes
+    the same SOP Instance UIDs and the PACS replaces rather than duplicates."""
+    if not parts:
+        raise ValueError("a derived UID needs at least one part")
+    name = "\x1f".join(parts)  # unit separator: ("a", "bc") and ("ab", "c") differ
+    return Uid(f"2.25.{uuid.uuid5(_DERIVED_NAMESPACE, name).int}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeometry, build_volume
@@ -33,6 +34,7 @@ class UnsupportedSeries(ValueError):
 class CTVolume:
     hu: NDArray[np.float32]  # (slices, rows, columns), slices along the normal
     geometry: VolumeGeometry
+    headers: tuple[Dataset, ...]  # each slice's data set without pixels, in volume order
 
 
 def load_series(paths: Sequence[Path]) -> CTVolume:
@@ -68,7 +70,7 @@ def load_series(paths: Sequence[Path]) -> CTVolume:
         slope = float(dataset.get("RescaleSlope", 1) or 1)
         intercept = float(dataset.get("RescaleIntercept", 0) or 0)
         hu[k] = dataset.pixel_array.astype(np.float32) * slope + intercept
-    return CTVolume(hu, geometry)
+    return CTVolume(hu, geometry, tuple(headers[uid][1] for uid in geometry.sop_instance_uids))
 
 
 def normalise(hu: NDArray[np.float32], intensity: Intensity) -> NDArray[np.float32]:

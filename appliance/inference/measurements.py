@@ -42,10 +42,19 @@ def measure_lesions(
     mask: NDArray[np.bool_], spacing: tuple[float, float, float], min_voxels: int = 1
 ) -> list[LesionMeasurement]:
     """Measure every connected component of `mask` (slice, row, column; spacing in mm)."""
-    found: list[tuple[float, float, tuple[float, ...], int]] = []
+    return number_lesions(mask, spacing, min_voxels)[1]
+
+
+def number_lesions(
+    mask: NDArray[np.bool_], spacing: tuple[float, float, float], min_voxels: int = 1
+) -> tuple[NDArray[np.uint16], list[LesionMeasurement]]:
+    """`measure_lesions`, and a map of `mask`'s grid holding each measured lesion's tracking
+    number (0 elsewhere, and on components under `min_voxels`)."""
+    numbered = np.zeros(mask.shape, dtype=np.uint16)
+    found: list[tuple[float, float, tuple[float, ...], int, int]] = []
     box = bounding_box(mask, (0, 0, 0))
     if box is None:
-        return []
+        return numbered, []
     origin = [axis.start for axis in box]
     components, _ = ndimage.label(mask[box], structure=_CONNECTIVITY)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
@@ -71,10 +80,16 @@ def measure_lesions(
                     float(c + b.start + o) for c, b, o in zip(centre, bounds, origin, strict=True)
                 ),
                 longest_slice,
+                index,
             )
         )
     found.sort(key=lambda item: -item[0])
-    return [
+    renumber = np.zeros(len(found) and int(components.max()) + 1, dtype=np.uint16)
+    for number, item in enumerate(found, start=1):
+        renumber[item[4]] = number
+    if found:
+        numbered[box] = renumber[components]
+    return numbered, [
         LesionMeasurement(number, volume, diameter, centroid, slice_index)  # type: ignore[arg-type]
-        for number, (volume, diameter, centroid, slice_index) in enumerate(found, start=1)
+        for number, (volume, diameter, centroid, slice_index, _) in enumerate(found, start=1)
     ]

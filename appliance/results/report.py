@@ -1,0 +1,231 @@
+"""TID 1500 Measurement Reports (Comprehensive 3D SR) from a run's findings, with highdicom.
+
+Every measurement group references its segment in the run's SEG (Referenced Segment for a
+CT volume, Referenced Segmentation Frame for an ultrasound frame) and carries the segment's
+tracking identifier and UID. The observer is the device: the appliance and the models' names
+and versions, never a person. A plain-language summary, made from a fixed template, sits in
+the report's Qualitative Evaluations container for a radiologist to read at a glance.
+"""
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID
+
+from appliance.results.findings import CTFindings, Segment, UltrasoundFindings
+from appliance.results.segmentation import Equipment, coded
+from appliance.results.summary import ct_summary, ultrasound_summary
+
+SR_SERIES_NUMBER = 9002
+_MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+_MILLIMETRE = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+_SQUARE_MILLIMETRE = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
+_PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")
+_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_CT_PROCEDURE = hd.sr.CodedConcept("77477000", "SCT", "Computed Tomography")
+_US_PROCEDURE = hd.sr.CodedConcept("16310003", "SCT", "Ultrasonography")
+
+
+def _observation_context(equipment: Equipment, software: str, uid: str) -> hd.sr.ObservationContext:
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=uid,
+                name=f"{equipment.model_name} {equipment.software_version}",
+                manufacturer_name=equipment.manufacturer,
+                model_name=software,
+                serial_number=equipment.device_serial_number,
+            ),
+        )
+    )
+
+
+def _tracking(segment: Segment) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id)
+
+
+def _finding_sites(segment: Segment) -> list[hd.sr.FindingSite] | None:
+    return [hd.sr.FindingSite(coded(segment.finding_site))] if segment.finding_site else None
+
+
+def _frame_reference_only(
+    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """highdicom 0.28 writes Referenced Segment Number beside Referenced Frame Number in a
+    Referenced Segmentation Frame item; the Image Reference macro (PS3.3 C.18.3.1) forbids
+    the pair, since a SEG frame already belongs to one segment. Drop the segment number."""
+    for item in group[0].ContentSequence:
+        for reference in item.get("ReferencedSOPSequence", []):
+            if "ReferencedFrameNumber" in reference and "ReferencedSegmentNumber" in reference:
+                del reference.ReferencedSegmentNumber
+    return group
+
+
+def _with_summary(report: hd.sr.MeasurementReport, text: str) -> hd.sr.MeasurementReport:
+    evaluations = hd.sr.ContainerContentItem(
+        name=_QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    evaluations.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.DCM.Summary,
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        ]
+    )
+    report[0].ContentSequence.append(evaluations)
+    return report
+
+
+def _document(
+    evidence: Sequence[Dataset],
+    report: hd.sr.MeasurementReport,
+    uid: object,
+    series_uid: object,
+    equipment: Equipment,
+    description: str,
+) -> hd.sr.Comprehensive3DSR:
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_number=SR_SERIES_NUMBER,
+        series_instance_uid=str(series_uid),
+        sop_instance_uid=str(uid),
+        instance_number=1,
+        manufacturer=equipment.manufacturer,
+        series_description=description,
+        is_complete=True,
+        is_final=False,  # VERIFIED needs a person: a device's report stays unverified
+    )
+
+
+def ct_report(
+    sources: Sequence[Dataset],
+    seg: Dataset,
+    findings: CTFindings,
+    equipment: Equipment,
+    description: str,
+) -> hd.sr.Comprehensive3DSR:
+    """Per organ its volume; per lesion its volume and longest axial diameter, with finding
+    site; each group referencing its segment of `seg`."""
+    identity = findings.identity
+    segments = {segment.number: segment for segment in findings.segments}
+    source_series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
+    groups = []
+    for measured in findings.measurements:
+        segment = segments[measured.segment]
+        measurements = [
+            hd.sr.Measurement(name=codes.SCT.Volume, value=measured.volume_ml, unit=_MILLILITRE)
+        ]
+        if measured.longest_axial_diameter_mm is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=codes.SCT.LongAxis,
+                    value=measured.longest_axial_diameter_mm,
+                    unit=_MILLIMETRE,
+                )
+            )
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(segment),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=UID(seg.SOPClassUID),
+                    sop_instance_uid=UID(seg.SOPInstanceUID),
+                    segment_number=segment.number,
+                    source_series=source_series,
+                ),
+                finding_type=coded(segment.type),
+                finding_sites=_finding_sites(segment),
+                measurements=measurements,
+                algorithm_id=hd.sr.AlgorithmIdentification(
+                    segment.algorithm.name, str(segment.algorithm.version)
+                ),
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(
+            equipment, identity.software_version, identity.uid("device")
+        ),
+        procedure_reported=_CT_PROCEDURE,
+        imaging_measurements=groups,
+    )
+    return _document(
+        [*sources, seg],
+        _with_summary(report, ct_summary(findings)),
+        identity.uid("sr", "instance"),
+        identity.uid("sr", "series"),
+        equipment,
+        description,
+    )
+
+
+def ultrasound_report(
+    source: Dataset,
+    seg: Dataset | None,
+    findings: UltrasoundFindings,
+    equipment: Equipment,
+    description: str,
+) -> hd.sr.Comprehensive3DSR:
+    """One planar group per frame where the structure is present, with its area, referencing
+    that frame of `seg`; with no such frame (and no SEG), one group saying it is absent."""
+    identity = findings.identity
+    segment = findings.segment
+    groups: list[
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
+    for seg_frame, area in enumerate(findings.present, start=1):
+        assert seg is not None  # a present frame always has its SEG
+        measured = (
+            hd.sr.Measurement(name=codes.SCT.Area, value=area.area_mm2, unit=_SQUARE_MILLIMETRE)
+            if area.area_mm2 is not None
+            else hd.sr.Measurement(name=codes.SCT.Area, value=area.area_px, unit=_PIXELS)
+        )
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=identity.uid("frame", str(area.frame)),
+                identifier=f"{segment.tracking_id} frame {area.frame}",
+            ),
+            referenced_segment=hd.sr.ReferencedSegmentationFrame(
+                sop_class_uid=UID(seg.SOPClassUID),
+                sop_instance_uid=UID(seg.SOPInstanceUID),
+                frame_number=seg_frame,
+                segment_number=segment.number,
+                source_image=hd.sr.SourceImageForSegmentation(
+                    referenced_sop_class_uid=UID(source.SOPClassUID),
+                    referenced_sop_instance_uid=UID(source.SOPInstanceUID),
+                    referenced_frame_numbers=[area.frame],
+                ),
+            ),
+            finding_type=coded(segment.type),
+            measurements=[measured],
+        )
+        groups.append(_frame_reference_only(group))
+    if not groups:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(segment),
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=coded(segment.type), value=codes.SCT.Absent)
+                ],
+            )
+        )
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(
+            equipment, identity.software_version, identity.uid("device")
+        ),
+        procedure_reported=_US_PROCEDURE,
+        imaging_measurements=groups,
+    )
+    return _document(
+        [source] if seg is None else [source, seg],
+        _with_summary(report, ultrasound_summary(findings, int(source.NumberOfFrames))),
+        identity.uid("sr", "instance"),
+        identity.uid("sr", "series"),
+        equipment,
+        description,
+    )

@@ -1,0 +1,164 @@
+"""DICOM Segmentation objects (PS3.3 A.51, A.78) from a run's findings, with highdicom.
+
+CT: one SEG per run over the source series, frames placed by the source geometry, segments
+coded from the model contracts. Either the Label Map Segmentation IOD (one lossless-compressed
+frame per slice) or the classic BINARY type (one bit-packed frame per segment and slice, empty
+frames left out), since some receivers do not yet accept the Label Map SOP class.
+
+Ultrasound: a multi-frame US image has no Frame of Reference, and highdicom 0.28 builds a SEG
+without one for a single source frame only. The SEG IOD needs neither a Frame of Reference nor
+plane positions when every frame says which source frame it derives from (Derivation Image
+functional group, Source Image Sequence with Referenced Frame Number, PS3.3 C.7.6.16.2.6). So
+highdicom builds the SEG for one frame, and `us_segmentation` then gives it one frame per
+source frame where the structure is present, each referencing its source frame and indexed by
+that frame's temporal position.
+"""
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pack_bits
+from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    RLELossless,
+    UltrasoundImageStorage,
+)
+
+from appliance.results.findings import Code, CTFindings, Segment, UltrasoundFindings
+
+SEG_SERIES_NUMBER = 9001
+
+
+class SegmentationType(StrEnum):
+    BINARY = "binary"
+    LABELMAP = "labelmap"
+
+
+@dataclass(frozen=True)
+class Equipment:
+    """The device that makes the results (General Equipment and Enhanced General Equipment)."""
+
+    manufacturer: str
+    model_name: str
+    software_version: str
+    device_serial_number: str
+
+
+def coded(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _description(segment: Segment) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=segment.number,
+        segment_label=segment.label,
+        segmented_property_category=coded(segment.category),
+        segmented_property_type=coded(segment.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=segment.algorithm.name,
+            version=str(segment.algorithm.version),
+            family=codes.cid7162.ArtificialIntelligence,
+        ),
+        tracking_uid=segment.tracking_uid,
+        tracking_id=segment.tracking_id,
+        anatomic_regions=[coded(segment.finding_site)] if segment.finding_site else None,
+    )
+
+
+def _common(equipment: Equipment, description: str) -> dict[str, object]:
+    return {
+        "series_number": SEG_SERIES_NUMBER,
+        "instance_number": 1,
+        "manufacturer": equipment.manufacturer,
+        "manufacturer_model_name": equipment.model_name,
+        "software_versions": equipment.software_version,
+        "device_serial_number": equipment.device_serial_number,
+        "series_description": description,
+        "content_label": "AI_RESULT",
+        "content_description": description,
+    }
+
+
+def ct_segmentation(
+    sources: Sequence[Dataset],
+    findings: CTFindings,
+    kind: SegmentationType,
+    equipment: Equipment,
+    description: str,
+) -> hd.seg.Segmentation:
+    """`sources`: the series' data sets (pixel data not needed) in the order of the label
+    map's slices."""
+    labelmap = kind is SegmentationType.LABELMAP
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=findings.labels,
+        segmentation_type=hd.seg.SegmentationTypeValues(kind.value.upper()),
+        segment_descriptions=[_description(segment) for segment in findings.segments],
+        series_instance_uid=findings.identity.uid("seg", "series"),
+        sop_instance_uid=findings.identity.uid("seg", "instance"),
+        transfer_syntax_uid=RLELossless if labelmap else ExplicitVRLittleEndian,
+        omit_empty_frames=True,
+        **_common(equipment, description),  # type: ignore[arg-type]
+    )
+
+
+_FRAME_CONTENT = Tag("FrameContentSequence")
+_TEMPORAL_POSITION_INDEX = Tag("TemporalPositionIndex")
+
+
+def us_segmentation(
+    source: Dataset, findings: UltrasoundFindings, equipment: Equipment, description: str
+) -> Dataset:
+    """A BINARY SEG of a multi-frame ultrasound `source` (pixel data not needed): one frame per
+    source frame where the structure is present. Raises ValueError when there is none."""
+    frames = [area.frame for area in findings.present]
+    if not frames:
+        raise ValueError("the structure is present in no frame: there is nothing to segment")
+    # highdicom's single-frame path, on a single-frame view of the source's header.
+    single = copy.deepcopy(source)
+    single.SOPClassUID = UltrasoundImageStorage
+    for keyword in ("NumberOfFrames", "FrameIncrementPointer", "FrameTime", "PixelData"):
+        if keyword in single:
+            delattr(single, keyword)
+    seg = hd.seg.Segmentation(
+        source_images=[single],
+        pixel_array=findings.masks[frames[0] - 1][None].astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_description(findings.segment)],
+        series_instance_uid=findings.identity.uid("seg", "series"),
+        sop_instance_uid=findings.identity.uid("seg", "instance"),
+        omit_empty_frames=False,
+        **_common(equipment, description),  # type: ignore[arg-type]
+    )
+    for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence:
+        item.ReferencedSOPClassUID = source.SOPClassUID
+    template = seg.PerFrameFunctionalGroupsSequence[0]
+    per_frame = []
+    for frame in frames:
+        item = copy.deepcopy(template)
+        reference = item.DerivationImageSequence[0].SourceImageSequence[0]
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedFrameNumber = frame
+        content = item.FrameContentSequence[0]
+        content.TemporalPositionIndex = frame
+        content.DimensionIndexValues = [findings.segment.number, frame]
+        per_frame.append(item)
+    seg.PerFrameFunctionalGroupsSequence = per_frame
+    temporal = Dataset()
+    temporal.DimensionOrganizationUID = seg.DimensionIndexSequence[0].DimensionOrganizationUID
+    temporal.DimensionIndexPointer = _TEMPORAL_POSITION_INDEX
+    temporal.FunctionalGroupPointer = _FRAME_CONTENT
+    temporal.DimensionDescriptionLabel = "Temporal Position Index"
+    seg.DimensionIndexSequence.append(temporal)
+    seg.NumberOfFrames = len(frames)
+    seg.PixelData = pack_bits(findings.masks[[f - 1 for f in frames]].astype(np.uint8))
+    seg.PatientOrientation = source.get("PatientOrientation", "")  # Type 2C without a FoR
+    return seg
