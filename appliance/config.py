@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from appliance.domain.policy import DuplicatePolicy
 from appliance.domain.uids import InvalidUid, parse_uid
+from appliance.results.findings import SegmentationType
 
 ENV_PREFIX = "APPLIANCE_"
 ENV_SEPARATOR = "__"
@@ -173,6 +174,25 @@ class InferenceSettings(_Section):
     )
 
 
+class ResultsSettings(_Section):
+    """How results are encoded."""
+
+    segmentation_type: SegmentationType = Field(
+        default=SegmentationType.BINARY,
+        description="binary (every receiver) or labelmap (Label Map SEG, RLE Lossless; newer "
+        "receivers only).",
+    )
+    manufacturer: str = Field(
+        default="Appliance project", max_length=64, description="Manufacturer in every result."
+    )
+    device_serial_number: str = Field(
+        default="appliance-1",
+        min_length=1,
+        max_length=64,
+        description="This installation's serial number in every result.",
+    )
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -197,6 +217,7 @@ class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     study: StudySettings = Field(default_factory=StudySettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 

@@ -50,7 +50,7 @@ def code(concept: CodedConcept) -> Code:
 
 
 def algorithm(contract: ModelContract) -> Algorithm:
-    return Algorithm(contract.name, contract.version, contract.family.value)
+    return Algorithm(contract.name, contract.version, contract.family.value, contract.synthetic)
 
 
 def run_ct(

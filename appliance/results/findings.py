@@ -7,11 +7,17 @@ pipeline and each model's name and version), so a re-run makes the same objects.
 """
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from numpy.typing import NDArray
 
 from appliance.domain.uids import Uid, derive_uid
+
+
+class SegmentationType(StrEnum):
+    BINARY = "binary"
+    LABELMAP = "labelmap"
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class Algorithm:
     name: str
     version: int
     family: str
+    synthetic: bool  # trained on phantoms: never for clinical use
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ that frame's temporal position.
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import highdicom as hd
 import numpy as np
@@ -31,14 +30,15 @@ from pydicom.uid import (
     UltrasoundImageStorage,
 )
 
-from appliance.results.findings import Code, CTFindings, Segment, UltrasoundFindings
+from appliance.results.findings import (
+    Code,
+    CTFindings,
+    Segment,
+    SegmentationType,
+    UltrasoundFindings,
+)
 
 SEG_SERIES_NUMBER = 9001
-
-
-class SegmentationType(StrEnum):
-    BINARY = "binary"
-    LABELMAP = "labelmap"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,13 @@ TYPICAL_ADULT_ML = {
 }
 
 
-def _models(findings: CTFindings | UltrasoundFindings) -> str:
-    return ", ".join(f"{m.name} v{m.version}" for m in findings.identity.models)
+def _provenance(findings: CTFindings | UltrasoundFindings) -> str:
+    models = findings.identity.models
+    text = "Automated analysis by " + ", ".join(f"{m.name} v{m.version}" for m in models)
+    text += "; not reviewed by a person."
+    if any(model.synthetic for model in models):
+        text += " Reference models trained on synthetic phantoms: not for clinical use."
+    return text
 
 
 def ct_summary(findings: CTFindings) -> str:
@@ -38,7 +43,7 @@ def ct_summary(findings: CTFindings) -> str:
             organs.append(text)
         else:
             lesions.append((measured.longest_axial_diameter_mm, measured.volume_ml, segment))
-    lines = [f"Automated analysis by {_models(findings)}; not reviewed by a person."]
+    lines = [_provenance(findings)]
     lines.append("Organs: " + ("; ".join(organs) if organs else "none found") + ".")
     if lesions:
         diameter, volume, largest = max(lesions, key=lambda item: item[0])
@@ -56,7 +61,7 @@ def ct_summary(findings: CTFindings) -> str:
 def ultrasound_summary(findings: UltrasoundFindings, frames: int) -> str:
     name = findings.segment.label
     present = findings.present
-    lines = [f"Automated analysis by {_models(findings)}; not reviewed by a person."]
+    lines = [_provenance(findings)]
     if not present:
         lines.append(f"The {name} was not seen in any of the {frames} frames.")
     else:
