@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from appliance.domain.policy import DuplicatePolicy
 from appliance.domain.uids import InvalidUid, parse_uid
@@ -193,6 +201,69 @@ class ResultsSettings(_Section):
     )
 
 
+class DestinationKind(StrEnum):
+    DIMSE = "dimse"
+    STOW = "stow"
+
+
+class DestinationSettings(_Section):
+    """Where results go: a DICOM node (C-STORE) or a DICOMweb STOW-RS endpoint."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Name in logs.")
+    kind: DestinationKind = Field(default=DestinationKind.DIMSE, description="dimse or stow.")
+    ae_title: AeTitle | None = Field(default=None, description="Called AE title (dimse).")
+    host: str | None = Field(default=None, description="Host name or address (dimse).")
+    port: int | None = Field(default=None, ge=1, le=65535, description="DICOM port (dimse).")
+    url: str | None = Field(default=None, description="STOW-RS studies URL (stow).")
+    username: str | None = Field(default=None, description="HTTP basic user (stow).")
+    password: SecretStr | None = Field(default=None, description="HTTP basic password (stow).")
+    tls: bool = Field(default=False, description="DICOM TLS to the node (dimse).")
+    ca_certificates: Path | None = Field(
+        default=None, description="PEM CAs to trust for TLS or HTTPS; the system's if unset."
+    )
+    certificate: Path | None = Field(default=None, description="PEM client certificate.")
+    private_key: Path | None = Field(default=None, description="PEM client key.")
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Network timeout.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "DestinationSettings":
+        if self.kind is DestinationKind.DIMSE and not (self.ae_title and self.host and self.port):
+            raise ValueError(f"destination {self.name}: dimse needs ae_title, host and port")
+        if self.kind is DestinationKind.STOW and not self.url:
+            raise ValueError(f"destination {self.name}: stow needs url")
+        return self
+
+
+class DeliverySettings(_Section):
+    """Sending results back: the outbox, the destinations, and how long to keep trying."""
+
+    outbox: Path = Field(default=Path("var/outbox"), description="Result files awaiting delivery.")
+    calling_ae_title: AeTitle = Field(
+        default="APPLIANCE", description="Calling AE title when sending results."
+    )
+    destinations: list[DestinationSettings] = Field(
+        default_factory=list, description="Every result goes to each of them."
+    )
+    retry_initial_seconds: float = Field(
+        default=10.0, gt=0, description="First wait after a failed attempt; doubles each time."
+    )
+    retry_max_seconds: float = Field(default=600.0, gt=0, description="Longest wait.")
+    deadline_seconds: float = Field(
+        default=86_400.0, gt=0, description="After this long, a result is a dead letter."
+    )
+    interval_seconds: float = Field(
+        default=2.0, gt=0, description="How often due deliveries are attempted."
+    )
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique(cls, destinations: list[DestinationSettings]) -> list[DestinationSettings]:
+        names = [destination.name for destination in destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("destination names must be unique")
+        return destinations
+
+
 class LogFormat(StrEnum):
     TEXT = "text"
     JSON = "json"
@@ -218,6 +289,7 @@ class Settings(_Section):
     study: StudySettings = Field(default_factory=StudySettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 

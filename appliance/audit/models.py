@@ -156,6 +156,31 @@ class Job(Base):
     __table_args__ = (UniqueConstraint("study_id", "study_version"),)
 
 
+class Delivery(Base):
+    """One result object on its way to one destination (the outbox), until it is delivered or
+    a dead letter. The file lies in the outbox directory under `path`."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    path: Mapped[str] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (UniqueConstraint("destination", "sop_instance_uid"),)
+
+
 class AuditEvent(Base):
     """One audit message (PS3.15 A.5): who did what to which object, when, with what outcome."""
 

@@ -43,6 +43,7 @@ class Command:
     affected_sop_class_uid: str
     affected_sop_instance_uid: str
     has_data_set: bool
+    status: int | None = None  # responses only
 
 
 def decode_command(data: bytes | bytearray | memoryview) -> Command:
@@ -60,8 +61,11 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         offset += length
     try:
         (command_field,) = struct.unpack("<H", values[_COMMAND_FIELD])
-        (message_id,) = struct.unpack("<H", values.get(_MESSAGE_ID, b"\x00\x00"))
+        (message_id,) = struct.unpack(
+            "<H", values.get(_MESSAGE_ID, values.get(_MESSAGE_ID_BEING_RESPONDED_TO, b"\0\0"))
+        )
         (data_set_type,) = struct.unpack("<H", values[_COMMAND_DATA_SET_TYPE])
+        status = struct.unpack("<H", values[_STATUS])[0] if _STATUS in values else None
     except (KeyError, struct.error) as exc:
         raise InvalidCommand(f"command set lacks a required element: {exc}") from None
     return Command(
@@ -70,6 +74,7 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         affected_sop_class_uid=_text(values.get(_AFFECTED_SOP_CLASS_UID, b"")),
         affected_sop_instance_uid=_text(values.get(_AFFECTED_SOP_INSTANCE_UID, b"")),
         has_data_set=data_set_type != NO_DATA_SET,
+        status=status,
     )
 
 
@@ -88,6 +93,33 @@ def _us(element: int, value: int) -> bytes:
     return _ELEMENT.pack(0x0000, element, 2) + struct.pack("<H", value)
 
 
+def _with_group_length(body: bytes) -> bytes:
+    return _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<L", len(body)) + body
+
+
+MEDIUM_PRIORITY = 0x0000
+DATA_SET_PRESENT = 0x0000  # any value but NO_DATA_SET; 0x0000 as most implementations send
+
+
+def encode_store_request(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """A C-STORE-RQ command set; the data set follows in its own P-DATA values."""
+    body = _uid(_AFFECTED_SOP_CLASS_UID, sop_class_uid)
+    body += _us(_COMMAND_FIELD, CommandField.C_STORE_RQ)
+    body += _us(_MESSAGE_ID, message_id)
+    body += _us(_PRIORITY, MEDIUM_PRIORITY)
+    body += _us(_COMMAND_DATA_SET_TYPE, DATA_SET_PRESENT)
+    body += _uid(_AFFECTED_SOP_INSTANCE_UID, sop_instance_uid)
+    return _with_group_length(body)
+
+
+def encode_echo_request(message_id: int) -> bytes:
+    body = _uid(_AFFECTED_SOP_CLASS_UID, "1.2.840.10008.1.1")
+    body += _us(_COMMAND_FIELD, CommandField.C_ECHO_RQ)
+    body += _us(_MESSAGE_ID, message_id)
+    body += _us(_COMMAND_DATA_SET_TYPE, NO_DATA_SET)
+    return _with_group_length(body)
+
+
 def encode_response(request: Command, status: int) -> bytes:
     """The response command set to `request` (C-STORE-RSP, C-ECHO-RSP or a generic failure)."""
     body = _uid(_AFFECTED_SOP_CLASS_UID, request.affected_sop_class_uid)
@@ -97,5 +129,4 @@ def encode_response(request: Command, status: int) -> bytes:
     body += _us(_STATUS, status)
     if request.affected_sop_instance_uid:
         body += _uid(_AFFECTED_SOP_INSTANCE_UID, request.affected_sop_instance_uid)
-    group_length = _ELEMENT.pack(0x0000, 0x0000, 4) + struct.pack("<L", len(body))
-    return group_length + body
+    return _with_group_length(body)

@@ -10,6 +10,7 @@ import os
 import shutil
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,34 @@ def encode_file_meta(record: InstanceRecord, source_ae_title: str) -> bytes:
     return _element(0x0002, 0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
+def write_durably(final: Path, staging: Path, root: Path, parts: Sequence[bytes]) -> None:
+    """Write `parts` to `final` so that a crash leaves either nothing or the whole file: a
+    temporary file in `staging` (same file system) is fsync'd and renamed into place, then the
+    directory entry is fsync'd, and so are directories created below `root` on the way."""
+    temporary = staging / f"{uuid.uuid4().hex}.part"
+    try:
+        with open(temporary, "xb") as handle:
+            os.fchmod(handle.fileno(), _FILE_MODE)
+            for part in parts:
+                handle.write(part)
+            handle.flush()
+            os.fsync(handle.fileno())
+        missing = []
+        current = final.parent
+        while not current.exists() and current != root:
+            missing.append(current)
+            current = current.parent
+        for directory in reversed(missing):
+            directory.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
+        os.replace(temporary, final)
+        _fsync_directory(final.parent)
+        for directory in missing:
+            _fsync_directory(directory.parent)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 class Spool:
     """A directory of received instances, laid out by study, series and instance UID."""
 
@@ -119,25 +148,10 @@ class Spool:
         if not self.has_room():
             raise SpoolFull(f"spool disk above {self.watermark_percent}% watermark")
         relative = self.relative_path(record)
-        final = self.root / relative
-        staging = self._staging / f"{uuid.uuid4().hex}.part"
         digest = hashlib.sha256(dataset)
-        try:
-            with open(staging, "xb") as handle:
-                os.fchmod(handle.fileno(), _FILE_MODE)
-                handle.write(PREAMBLE)
-                handle.write(file_meta)
-                handle.write(dataset)
-                handle.flush()
-                os.fsync(handle.fileno())
-            created = self._make_directories(final.parent)
-            os.replace(staging, final)
-            _fsync_directory(final.parent)
-            for directory in created:
-                _fsync_directory(directory.parent)
-        except OSError:
-            staging.unlink(missing_ok=True)
-            raise
+        write_durably(
+            self.root / relative, self._staging, self.root, (PREAMBLE, file_meta, dataset)
+        )
         size = len(PREAMBLE) + len(file_meta) + len(dataset)
         return StoredFile(path=str(relative), size_bytes=size, sha256=digest.hexdigest())
 
@@ -152,14 +166,3 @@ class Spool:
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed
-
-    def _make_directories(self, directory: Path) -> list[Path]:
-        """Create missing directories below the root, returning those created (top first)."""
-        missing = []
-        current = directory
-        while not current.exists() and current != self.root:
-            missing.append(current)
-            current = current.parent
-        for path in reversed(missing):
-            path.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
-        return list(reversed(missing))

@@ -48,6 +48,10 @@ class AuditEventType(StrEnum):
     STUDY_COMPLETED = "study_completed"
     STUDY_REOPENED = "study_reopened"
     JOB_CREATED = "job_created"
+    RESULT_QUEUED = "result_queued"
+    RESULT_DELIVERED = "result_delivered"
+    DELIVERY_RETRY = "delivery_retry"
+    DELIVERY_DEAD_LETTER = "delivery_dead_letter"
 
 
 _BEGIN_TRANSFER = CodedEvent("110102", "DCM", "Begin Transferring DICOM Instances")
@@ -67,4 +71,8 @@ EVENT_IDS: dict[AuditEventType, CodedEvent] = {
     AuditEventType.STUDY_COMPLETED: CodedEvent("STUDY-COMPLETE", _APPLIANCE, "Study complete"),
     AuditEventType.STUDY_REOPENED: CodedEvent("STUDY-REOPEN", _APPLIANCE, "Study re-opened"),
     AuditEventType.JOB_CREATED: CodedEvent("JOB-CREATE", _APPLIANCE, "Job created"),
+    AuditEventType.RESULT_QUEUED: CodedEvent("RESULT-QUEUE", _APPLIANCE, "Result queued"),
+    AuditEventType.RESULT_DELIVERED: _TRANSFERRED,
+    AuditEventType.DELIVERY_RETRY: _TRANSFERRED,
+    AuditEventType.DELIVERY_DEAD_LETTER: _TRANSFERRED,
 }
