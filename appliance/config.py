@@ -214,7 +214,9 @@ class DestinationSettings(_Section):
     ae_title: AeTitle | None = Field(default=None, description="Called AE title (dimse).")
     host: str | None = Field(default=None, description="Host name or address (dimse).")
     port: int | None = Field(default=None, ge=1, le=65535, description="DICOM port (dimse).")
-    url: str | None = Field(default=None, description="STOW-RS studies URL (stow).")
+    url: str | None = Field(
+        default=None, description="DICOMweb base URL, e.g. https://host/dicom-web (stow)."
+    )
     username: str | None = Field(default=None, description="HTTP basic user (stow).")
     password: SecretStr | None = Field(default=None, description="HTTP basic password (stow).")
     tls: bool = Field(default=False, description="DICOM TLS to the node (dimse).")

@@ -91,19 +91,23 @@ class Deliverer:
         return report
 
     def check(self, destination: DestinationSettings) -> str:
-        """A health check: C-ECHO for a DICOM node, an HTTP request for STOW-RS. Raises
+        """A health check: C-ECHO for a DICOM node; for DICOMweb a one-study QIDO-RS search
+        on the same base URL, which any conformant origin server answers. Raises
         DestinationUnavailable."""
         if destination.kind is DestinationKind.DIMSE:
             status = echo(self._peer(destination))
             return f"C-ECHO {describe_status(status)}"
         try:
             answer = requests.get(
-                str(destination.url), timeout=destination.timeout_seconds, auth=_auth(destination)
+                f"{str(destination.url).rstrip('/')}/studies",
+                params={"limit": "1"},
+                timeout=destination.timeout_seconds,
+                auth=_auth(destination),
             )
         except requests.RequestException as exc:
             raise DestinationUnavailable(str(exc)) from exc
-        if answer.status_code >= 500:
-            raise DestinationUnavailable(f"HTTP {answer.status_code}")
+        if answer.status_code >= 300:
+            raise DestinationUnavailable(f"QIDO-RS answered HTTP {answer.status_code}")
         return f"HTTP {answer.status_code}"
 
     def _deliver(

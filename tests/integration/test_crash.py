@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from appliance.audit.db import create_db_engine, upgrade
 from appliance.audit.models import Instance
+from tests.conftest import free_port
 from tests.factory import dataset_bytes, new_series, write_series
 from tests.scu import associate, send_files
 
@@ -55,14 +56,6 @@ def send(port: int, paths: list[Path], acknowledged: list[Path]) -> None:
     send_files(assoc, paths, acknowledged)
     if assoc.is_established:
         assoc.release()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_sigkill_mid_transfer_loses_no_acknowledged_instance(tmp_path: Path, db_url: str) -> None:

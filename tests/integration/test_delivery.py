@@ -1,0 +1,208 @@
+"""Delivery to a real PACS (Orthanc) and real DICOM peers: stored and read back, retried while
+the PACS is down and delivered exactly once when it comes up, dead letters with reasons."""
+
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    Comprehensive3DSRStorage,
+    SegmentationStorage,
+)
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from appliance.audit.models import AuditEvent
+from appliance.config import DeliverySettings
+from appliance.delivery import Deliverer
+from appliance.domain.delivery import DeliveryState
+from appliance.inference.backend import OnnxRuntimeBackend
+from appliance.inference.contract import load_contract
+from appliance.phantoms.dicom import write_us_cine
+from appliance.phantoms.ultrasound import generate_cine
+from appliance.pipelines import run_ultrasound
+from appliance.results.encode import ultrasound_results
+from appliance.results.segmentation import Equipment
+from appliance.results.validate import CheckedResult
+from tests.conftest import free_port
+from tests.orthanc import AE_TITLE, running_orthanc
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+EQUIPMENT = Equipment("Appliance project", "DICOM inference appliance", "0.1.0", "test-1")
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[CheckedResult]]:
+    """A SEG and an SR from the ultrasound pipeline on a phantom cine."""
+    path = write_us_cine(
+        generate_cine(300_003, frames=8), tmp_path_factory.mktemp("us") / "cine.dcm"
+    )
+    run = run_ultrasound(
+        path, OnnxRuntimeBackend(REPOSITORY, threads=2), load_contract(REPOSITORY / "us_frame")
+    )
+    found = ultrasound_results(run.source, run.findings, EQUIPMENT)
+    assert [r.modality for r in found] == ["SEG", "SR"]
+    return str(run.source.StudyInstanceUID), found
+
+
+def settings(
+    tmp_path: Path, destinations: list[dict[str, Any]], **retry: float
+) -> DeliverySettings:
+    return DeliverySettings.model_validate(
+        {
+            "outbox": str(tmp_path / "outbox"),
+            "destinations": destinations,
+            "retry_initial_seconds": retry.get("initial", 10),
+            "retry_max_seconds": retry.get("maximum", 60),
+            "deadline_seconds": retry.get("deadline", 3600),
+        }
+    )
+
+
+def dimse(name: str, port: int, ae_title: str = AE_TITLE) -> dict[str, Any]:
+    return {"name": name, "ae_title": ae_title, "host": "127.0.0.1", "port": port}
+
+
+def test_results_reach_orthanc_and_read_back_byte_for_byte(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    study, objects = results
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        deliverer = Deliverer(settings(tmp_path, [dimse("pacs", pacs.dicom_port)]), engine)
+        deliverer.queue(objects, study, T0)
+        report = deliverer.deliver_due(T0)
+        assert (report.delivered, report.retrying, report.dead_letters) == (2, 0, 0)
+        assert pacs.sop_instance_uids() == sorted(r.sop_instance_uid for r in objects)
+        for identifier in pacs.get("/instances"):
+            stored = dcmread(BytesIO(pacs.get(f"/instances/{identifier}/file")))
+            sent = next(r for r in objects if r.sop_instance_uid == stored.SOPInstanceUID)
+            assert stored.Modality == sent.modality
+            assert stored.StudyInstanceUID == study
+    rows = deliverer.ledger.rows()
+    assert {row.state for row in rows} == {DeliveryState.DELIVERED}
+    with Session(engine) as session:
+        events = session.scalars(
+            select(AuditEvent.event_type).where(AuditEvent.actor == "delivery")
+        ).all()
+    assert sorted(events) == ["result_delivered"] * 2 + ["result_queued"] * 2
+
+
+def test_a_pacs_down_at_first_receives_each_result_exactly_once(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    study, objects = results
+    port = free_port()
+    deliverer = Deliverer(settings(tmp_path, [dimse("pacs", port)], initial=10), engine)
+    deliverer.queue(objects, study, T0)
+
+    first = deliverer.deliver_due(T0)  # nothing listens on the port yet
+    assert (first.delivered, first.retrying) == (0, 2)
+    pending = deliverer.ledger.rows(DeliveryState.PENDING)
+    assert [row.attempts for row in pending] == [1, 1]
+    assert all("Connection refused" in (row.reason or "") for row in pending)
+    assert all(row.next_attempt_at == T0 + timedelta(seconds=10) for row in pending)
+
+    with running_orthanc(tmp_path / "pacs", dicom_port=port) as pacs:
+        early = deliverer.deliver_due(T0 + timedelta(seconds=5))  # backoff not over: no attempt
+        assert (early.delivered, early.retrying) == (0, 0)
+        assert pacs.instance_count() == 0
+        later = deliverer.deliver_due(T0 + timedelta(seconds=10))
+        assert later.delivered == 2
+        assert deliverer.deliver_due(T0 + timedelta(seconds=60)).delivered == 0  # nothing due
+        # A re-run of the job makes the same UIDs: queued again, the PACS replaces them.
+        deliverer.queue(objects, study, T0 + timedelta(seconds=70))
+        assert deliverer.deliver_due(T0 + timedelta(seconds=70)).delivered == 2
+        assert pacs.instance_count() == 2
+        assert pacs.sop_instance_uids() == sorted(r.sop_instance_uid for r in objects)
+
+
+class RefusingPacs:
+    """A pynetdicom Storage SCP that stores SEG and refuses SR with 0xA900: Orthanc 1.10
+    answers Success even when its Lua filter drops an instance, so it cannot show this."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        ae = AE(ae_title="REFUSER")
+        ae.add_supported_context(SegmentationStorage)
+        ae.add_supported_context(Comprehensive3DSRStorage)
+        self.port = free_port()
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+
+    def _store(self, event: Event) -> int:
+        self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0xA900 if event.request.AffectedSOPClassUID == Comprehensive3DSRStorage else 0
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+
+def test_a_failure_status_leaves_a_dead_letter_with_the_reason(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    study, objects = results
+    pacs = RefusingPacs()
+    try:
+        deliverer = Deliverer(settings(tmp_path, [dimse("refuser", pacs.port, "REFUSER")]), engine)
+        deliverer.queue(objects, study, T0)
+        report = deliverer.deliver_due(T0)
+    finally:
+        pacs.stop()
+    assert (report.delivered, report.retrying, report.dead_letters) == (1, 0, 1)
+    assert len(pacs.received) == 2  # one association, both sent
+    (dead,) = deliverer.ledger.rows(DeliveryState.DEAD_LETTER)
+    assert dead.sop_class_uid == Comprehensive3DSRStorage
+    assert dead.last_status == 0xA900
+    assert dead.reason == "refused: 0xA900 Error: data set does not match SOP Class"
+    assert deliverer.deliver_due(T0 + timedelta(hours=1)).dead_letters == 0  # never retried
+
+
+def test_an_unreachable_pacs_becomes_a_dead_letter_at_the_deadline(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    study, objects = results
+    delivery = settings(tmp_path, [dimse("gone", free_port())], initial=10, maximum=20, deadline=75)
+    deliverer = Deliverer(delivery, engine)
+    deliverer.queue(objects[:1], study, T0)
+    waits = []
+    now = T0
+    while deliverer.ledger.rows(DeliveryState.PENDING):
+        deliverer.deliver_due(now)
+        (row,) = deliverer.ledger.rows()
+        waits.append((row.next_attempt_at - now).total_seconds())
+        now = row.next_attempt_at
+    (dead,) = deliverer.ledger.rows(DeliveryState.DEAD_LETTER)
+    assert waits[:4] == [10, 20, 20, 20]  # doubling, capped at the maximum
+    # Attempts at 0, 10, 30, 50 and 70 s; the next would be at 90 s, past the 75 s deadline.
+    assert dead.attempts == 5
+    assert dead.reason is not None
+    assert dead.reason.startswith("deadline passed after 5 attempts")
+    assert "Connection refused" in dead.reason
+
+
+def test_stow_rs_to_orthanc_dicomweb(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    study, objects = results
+    with running_orthanc(tmp_path / "pacs", dicomweb=True) as pacs:
+        delivery = settings(tmp_path, [{"name": "web", "kind": "stow", "url": pacs.dicomweb_url}])
+        deliverer = Deliverer(delivery, engine)
+        assert deliverer.check(delivery.destinations[0]) == "HTTP 200"
+        deliverer.queue(objects, study, T0)
+        assert deliverer.deliver_due(T0).delivered == 2
+        assert pacs.sop_instance_uids() == sorted(r.sop_instance_uid for r in objects)
+
+
+def test_echo_reports_health(engine: Engine, tmp_path: Path) -> None:
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        delivery = settings(tmp_path, [dimse("pacs", pacs.dicom_port)])
+        assert (
+            Deliverer(delivery, engine).check(delivery.destinations[0]) == "C-ECHO 0x0000 Success"
+        )

@@ -1,0 +1,111 @@
+"""A real Orthanc PACS for tests: the Debian `orthanc` binary on loopback ports of its own,
+with its own configuration, storage and (optionally) the DICOMweb plugin, read back through
+its REST API."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.conftest import free_port, missing_service
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+AE_TITLE = "ORTHANC"
+
+
+@dataclass
+class Orthanc:
+    dicom_port: int
+    http_port: int
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def get(self, path: str) -> Any:
+        answer = requests.get(f"{self.url}{path}", timeout=10)
+        answer.raise_for_status()
+        return answer.json() if "json" in answer.headers.get("content-type", "") else answer.content
+
+    def sop_instance_uids(self) -> list[str]:
+        return sorted(
+            self.get(f"/instances/{identifier}/simplified-tags")["SOPInstanceUID"]
+            for identifier in self.get("/instances")
+        )
+
+    def instance_count(self) -> int:
+        return int(self.get("/statistics")["CountInstances"])
+
+
+def require_orthanc(dicomweb: bool = False) -> None:
+    if shutil.which("Orthanc") is None:
+        missing_service("Orthanc (Debian package orthanc) is not installed")
+    if dicomweb and not DICOMWEB_PLUGIN.exists():
+        missing_service("the Orthanc DICOMweb plugin (Debian orthanc-dicomweb) is not installed")
+
+
+@contextmanager
+def running_orthanc(
+    directory: Path, dicom_port: int | None = None, dicomweb: bool = False
+) -> Iterator[Orthanc]:
+    """Start Orthanc and wait until its REST API answers; stop it on exit. Orthanc 1.10 binds
+    every interface (it cannot choose an address); tests only ever use 127.0.0.1."""
+    require_orthanc(dicomweb)
+    server = Orthanc(dicom_port or free_port(), free_port(), directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {
+        "Name": "test-pacs",
+        "StorageDirectory": str(directory / "storage"),
+        "IndexDirectory": str(directory / "storage"),
+        "DicomAet": AE_TITLE,
+        "DicomPort": server.dicom_port,
+        "HttpPort": server.http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": True,
+        "UnknownSopClassAccepted": True,
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (directory / "orthanc.json").write_text(json.dumps(config))
+    log = open(directory / "orthanc.log", "wb")  # noqa: SIM115 - closed after the process
+    process = subprocess.Popen(
+        ["Orthanc", str(directory / "orthanc.json")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{server.url}/system", timeout=1).raise_for_status()
+                break
+            except requests.RequestException:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"Orthanc did not start: {(directory / 'orthanc.log').read_text()[-2000:]}"
+                    ) from None
+                time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
