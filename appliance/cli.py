@@ -14,6 +14,7 @@ from appliance.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from appliance.audit.studies import StudyService
+    from appliance.delivery import Deliverer
 
 EXIT_BAD_SETTINGS = 2
 EXIT_NOT_FOUND = 3
@@ -32,6 +33,14 @@ def _study_service(ctx: click.Context) -> "StudyService":
 
     settings = _settings(ctx)
     return StudyService(open_database(settings, migrate=False), completion_policy(settings))
+
+
+def _deliverer(ctx: click.Context) -> "Deliverer":
+    from appliance.delivery import Deliverer
+    from appliance.runtime import open_database
+
+    settings = _settings(ctx)
+    return Deliverer(settings.delivery, open_database(settings, migrate=False))
 
 
 def _print_json(value: Any) -> None:
@@ -343,6 +352,89 @@ def train(
     else:
         lesion_ct.train(output, checkpoint, steps, seed)
     click.echo(f"{model}: written to {output}; see its card.md for the measured metrics")
+
+
+@main.group()
+def destinations() -> None:
+    """Where results are sent."""
+
+
+@destinations.command("check")
+@click.pass_context
+def destinations_check(ctx: click.Context) -> None:
+    """C-ECHO each DICOM destination, query each DICOMweb one; exit 4 if any is down."""
+    from appliance.domain.delivery import DestinationUnavailable
+
+    deliverer = _deliverer(ctx)
+    down = 0
+    for destination in _settings(ctx).delivery.destinations:
+        try:
+            click.echo(f"{destination.name}: {deliverer.check(destination)}")
+        except DestinationUnavailable as exc:
+            down += 1
+            click.echo(f"{destination.name}: DOWN: {exc}")
+    if down:
+        sys.exit(EXIT_REFUSED)
+
+
+@main.group()
+def outbox() -> None:
+    """Results on their way to the destinations."""
+
+
+@outbox.command("list")
+@click.option("--state", type=click.Choice(["pending", "delivered", "dead_letter"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def outbox_list(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
+    """Most recent deliveries first, with attempts and the last reason."""
+    from appliance.domain.delivery import DeliveryState
+
+    rows = _deliverer(ctx).ledger.rows(DeliveryState(state) if state else None, limit)
+    if as_json:
+        _print_json([asdict(row) for row in rows])
+        return
+    click.echo(f"{'STATE':<11} {'DESTINATION':<14} {'TRIES':>5}  SOP INSTANCE UID / REASON")
+    for row in rows:
+        click.echo(
+            f"{row.state:<11} {row.destination:<14} {row.attempts:>5}  {row.sop_instance_uid}"
+        )
+        if row.reason:
+            click.echo(f"{'':<33}{row.reason}")
+
+
+@outbox.command("deliver")
+@click.pass_context
+def outbox_deliver(ctx: click.Context) -> None:
+    """Attempt every due delivery now (the sweeper does this every few seconds)."""
+    report = _deliverer(ctx).deliver_due(datetime.now(UTC))
+    click.echo(
+        f"delivered {report.delivered}, retrying {report.retrying}, "
+        f"dead letters {report.dead_letters}"
+    )
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.pass_context
+def send(ctx: click.Context, files: tuple[Path, ...]) -> None:
+    """Check DICOM files like results and queue them for every destination, then deliver."""
+    from pydicom import dcmread
+
+    from appliance.results.validate import InvalidResult, check
+
+    deliverer = _deliverer(ctx)
+    now = datetime.now(UTC)
+    for path in files:
+        dataset = dcmread(path)
+        try:
+            checked = check(dataset, [dataset])
+        except InvalidResult as exc:
+            click.echo(f"{path}: refused: {exc}", err=True)
+            sys.exit(EXIT_REFUSED)
+        deliverer.queue([checked], str(dataset.StudyInstanceUID), now)
+    ctx.invoke(outbox_deliver)
 
 
 @main.group()

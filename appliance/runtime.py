@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -18,6 +19,7 @@ from appliance.audit.db import create_db_engine, pending_migrations, upgrade
 from appliance.audit.ingest import DatabaseIngestLedger
 from appliance.audit.studies import StudyService
 from appliance.config import Settings
+from appliance.delivery import Deliverer
 from appliance.dicom.listener import Listener, ListenerOptions
 from appliance.dicom.sop_classes import STORAGE_SOP_CLASSES
 from appliance.dicom.spool import Spool
@@ -102,10 +104,22 @@ def sweep_once(studies: StudyService) -> int:
 
 
 def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
-    """Complete due studies until `stop` is set."""
+    """Complete due studies, and attempt due deliveries, until `stop` is set."""
     studies = StudyService(engine, completion_policy(settings))
+    deliverer = Deliverer(settings.delivery, engine)
+    delivered_at = 0.0
     while not stop.is_set():
         sweep_once(studies)
+        if time.monotonic() - delivered_at >= settings.delivery.interval_seconds:
+            report = deliverer.deliver_due(datetime.now(UTC))
+            if report.delivered or report.retrying or report.dead_letters:
+                LOG.info(
+                    "delivery: %d delivered, %d retrying, %d dead letters",
+                    report.delivered,
+                    report.retrying,
+                    report.dead_letters,
+                )
+            delivered_at = time.monotonic()
         stop.wait(settings.study.sweep_interval_seconds)
 
 

@@ -1,12 +1,14 @@
 """Delivery to a real PACS (Orthanc) and real DICOM peers: stored and read back, retried while
 the PACS is down and delivered exactly once when it comes up, dead letters with reasons."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
@@ -30,6 +32,7 @@ from appliance.results.encode import ultrasound_results
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import CheckedResult
 from tests.conftest import free_port
+from tests.integration.test_cli import appliance
 from tests.orthanc import AE_TITLE, running_orthanc
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -206,3 +209,37 @@ def test_echo_reports_health(engine: Engine, tmp_path: Path) -> None:
         assert (
             Deliverer(delivery, engine).check(delivery.destinations[0]) == "C-ECHO 0x0000 Success"
         )
+
+
+def test_operator_commands(results: tuple[str, list[CheckedResult]], tmp_path: Path) -> None:
+    _, objects = results
+    files = []
+    for result in objects:
+        files.append(tmp_path / f"{result.sop_instance_uid}.dcm")
+        files[-1].write_bytes(result.encoded)
+    config = tmp_path / "appliance.yaml"
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "database": {"url": f"sqlite:///{tmp_path}/appliance.db"},
+                    "delivery": {
+                        "outbox": str(tmp_path / "outbox"),
+                        "destinations": [dimse("pacs", pacs.dicom_port)],
+                    },
+                }
+            )
+        )
+        assert appliance(config, "db", "upgrade").returncode == 0
+        checked = appliance(config, "destinations", "check")
+        assert checked.returncode == 0, checked.stderr
+        assert checked.stdout.strip() == "pacs: C-ECHO 0x0000 Success"
+        sent = appliance(config, "send", *map(str, files))
+        assert sent.returncode == 0, sent.stderr
+        assert "delivered 2, retrying 0, dead letters 0" in sent.stdout
+        assert pacs.instance_count() == 2
+    listed = appliance(config, "outbox", "list", "--json")
+    assert {row["state"] for row in json.loads(listed.stdout)} == {"delivered"}
+    down = appliance(config, "destinations", "check")
+    assert down.returncode == 4
+    assert down.stdout.startswith("pacs: DOWN")
