@@ -1,0 +1,165 @@
+"""Results benchmark: encoding SEG and SR for a whole CT, and sending objects to a PACS.
+
+1. Encode: a 512x512x300 phantom CT (its 300 headers as the sources) with its 7 organs and
+   5 liver lesions as 12 segments, through the whole result path (highdicom encoding, then the
+   gate's strict read-back), once as a Label Map SEG (RLE Lossless) and once as a BINARY SEG
+   (empty frames omitted). Peak memory is what Python and numpy allocate during the encoding
+   (tracemalloc), over what was already held.
+2. Send: the same 512x512 CT instances sent over one association into one dcmtk storescp,
+   by dcmtk storescu (the peer every ratio is taken against), by the appliance's SCU, and by a
+   pynetdicom SCU tuned as far as it goes (TCP_NODELAY, chunked data set sending, its log
+   handler off), interleaved, median of the repeats.
+
+    .venv/bin/python bench/results.py [--count 300] [--repeats 3] [--only encode|send]
+"""
+
+import argparse
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ingest import ENV, free_port, instances, wait_for_port  # noqa: E402
+from pydicom import dcmread  # noqa: E402
+
+from appliance.dicom.sender import Association, Peer, outgoing  # noqa: E402
+from appliance.inference.contract import load_contract  # noqa: E402
+from appliance.phantoms.ct import Grid, LesionKind, generate_ct  # noqa: E402
+from appliance.phantoms.dicom import write_ct_series  # noqa: E402
+from appliance.pipelines import algorithm, ct_findings  # noqa: E402
+from appliance.results.encode import ct_results  # noqa: E402
+from appliance.results.findings import RunIdentity, SegmentationType  # noqa: E402
+from appliance.results.segmentation import Equipment  # noqa: E402
+from tests.scu import associate, send_files  # noqa: E402
+
+REPOSITORY = ROOT / "model_repository"
+EQUIPMENT = Equipment("Appliance project", "DICOM inference appliance", "bench", "bench-1")
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def bench_encode(scratch: Path) -> None:
+    organs, lesions = (load_contract(REPOSITORY / name) for name in ("organ_ct", "lesion_ct"))
+    phantom = generate_ct(77, Grid((300, 512, 512), (1.5, 0.78, 0.78)), lesion_count=5)
+    paths = write_ct_series(phantom, scratch / "series")
+    sources = sorted(
+        (dcmread(path, stop_before_pixels=True) for path in paths),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    kinds = {label.name: label.value for label in lesions.labels}
+    classes = np.zeros(phantom.lesions.shape, dtype=np.uint8)
+    for lesion in phantom.lesion_list:
+        kind = "cyst" if lesion.kind is LesionKind.CYST else "metastasis"
+        classes[phantom.lesions == lesion.label] = kinds[kind]
+    identity = RunIdentity(
+        "ct", (algorithm(organs), algorithm(lesions)), tuple(str(s.SOPInstanceUID) for s in sources)
+    )
+    findings = ct_findings(identity, phantom.organs, organs, phantom.grid.spacing, classes, lesions)
+    del phantom
+    print(
+        f"encode: CT 512x512x300, {len(findings.segments)} segments "
+        f"({sum(s.finding_site is not None for s in findings.segments)} lesions), SEG + SR, "
+        "with the gate's strict read-back"
+    )
+    print(f"{'SEG type':<10} {'seconds':>8} {'peak MiB':>9} {'SEG MiB':>8} {'frames':>7}")
+    for kind in (SegmentationType.LABELMAP, SegmentationType.BINARY):
+        tracemalloc.start()
+        started = time.perf_counter()
+        seg, _ = ct_results(sources, findings, kind, EQUIPMENT)
+        seconds = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        frames = int(dcmread(BytesIO(seg.encoded), stop_before_pixels=True).NumberOfFrames)
+        print(
+            f"{kind.value:<10} {seconds:>8.2f} {peak / 2**20:>9.0f} "
+            f"{len(seg.encoded) / 2**20:>8.1f} {frames:>7}"
+        )
+
+
+def _storescu(port: int, files: list[Path]) -> None:
+    command = ["storescu", "-R", "-aet", "BENCH", "-aec", "STORESCP", "127.0.0.1", str(port)]
+    subprocess.run([*command, *map(str, files)], env=ENV, check=True, capture_output=True)
+
+
+def _appliance(port: int, files: list[Path]) -> None:
+    items = [outgoing(path.read_bytes()) for path in files]
+    syntaxes = sorted({(item.sop_class_uid, item.transfer_syntax_uid) for item in items})
+    with Association(Peer("STORESCP", "127.0.0.1", port, "BENCH"), syntaxes) as association:
+        statuses = [association.store(item) for item in items]
+    assert set(statuses) == {0}
+
+
+def _pynetdicom(port: int, files: list[Path]) -> None:
+    logging.getLogger("pynetdicom").handlers.clear()
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+    association = associate(port, [(CT_IMAGE_STORAGE, None)], "BENCH", "STORESCP")
+    statuses = send_files(association, files, [])
+    association.release()
+    assert statuses == [0] * len(files)
+
+
+SENDERS = {
+    "dcmtk storescu": _storescu,
+    "appliance SCU": _appliance,
+    "pynetdicom (tuned)": _pynetdicom,
+}
+
+
+def bench_send(scratch: Path, count: int, repeats: int) -> None:
+    files = instances(count)
+    runs: dict[str, list[float]] = {name: [] for name in SENDERS}
+    for repeat in range(repeats):
+        for name, sender in SENDERS.items():
+            out = scratch / f"scp-{repeat}-{name.split()[0]}"
+            out.mkdir()
+            port = free_port()
+            server = subprocess.Popen(
+                ["storescp", "-aet", "STORESCP", "-od", str(out), str(port)],
+                env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                wait_for_port(port)
+                started = time.perf_counter()
+                sender(port, files)
+                runs[name].append(time.perf_counter() - started)
+            finally:
+                server.terminate()
+                server.wait()
+            stored = sum(1 for _ in out.iterdir())
+            assert stored == count, f"{name}: storescp stored {stored} of {count}"
+            shutil.rmtree(out)
+    size = files[0].stat().st_size / 2**10
+    print(f"\nsend: {count} CT instances of {size:.0f} KiB, one association, into dcmtk storescp")
+    print(f"{'sender':<20} {'inst/s':>8} {'ratio':>6}")
+    baseline = count / statistics.median(runs["dcmtk storescu"])
+    for name, seconds in runs.items():
+        rate = count / statistics.median(seconds)
+        print(f"{name:<20} {rate:>8.1f} {rate / baseline:>6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["encode", "send"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.only != "send":
+            bench_encode(Path(tmp))
+        if args.only != "encode":
+            bench_send(Path(tmp), args.count, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
