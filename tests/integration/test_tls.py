@@ -1,13 +1,18 @@
 """DICOM TLS with mutual authentication, against dcmtk's storescu as the TLS client."""
 
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from appliance.audit.models import Association, AuditEvent
+from appliance.config import DeliverySettings, DestinationSettings
+from appliance.delivery import Deliverer
+from appliance.results.validate import check
 from tests.conftest import dcmtk_env
 from tests.factory import new_series, write_series
 
@@ -155,3 +160,51 @@ def test_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
     assert [a.tls for a in associations] == [True]
     assert len(refusals) == 3
     assert all("TLS handshake failed" in (r.detail or "") for r in refusals)
+
+
+def test_results_go_out_over_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
+    """The delivery SCU as the TLS client, with the listener as the receiving node."""
+    running = start(
+        listener={
+            "tls": {
+                "enabled": True,
+                "certificate": str(pki / "server.pem"),
+                "private_key": str(pki / "server.key"),
+                "ca_certificates": str(pki / "hospital-ca.pem"),
+                "require_client_certificate": True,
+            }
+        }
+    )
+    datasets = [dcmread(path) for path in write_series(new_series(2), tmp_path / "in")]
+    checked = [check(dataset, [dataset]) for dataset in datasets]
+    study = str(datasets[0].StudyInstanceUID)
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+    def deliverer(client: str) -> tuple[Deliverer, DestinationSettings]:
+        destination = {
+            "name": "node", "ae_title": "APPLIANCE", "host": "127.0.0.1", "port": running.port,
+            "tls": True, "ca_certificates": str(pki / "hospital-ca.pem"),
+            "certificate": str(pki / f"{client}.pem"), "private_key": str(pki / f"{client}.key"),
+        }  # fmt: skip
+        settings = DeliverySettings.model_validate(
+            {
+                "outbox": str(tmp_path / client),
+                "calling_ae_title": "PYSCU",
+                "destinations": [destination],
+            }
+        )
+        return Deliverer(settings, running.engine), settings.destinations[0]
+
+    impostor, _ = deliverer("impostor")
+    impostor.queue(checked, study, now)
+    refused = impostor.deliver_due(now)
+    assert (refused.delivered, refused.retrying) == (0, 2)
+    assert all("UNKNOWN_CA" in (row.reason or "") for row in impostor.ledger.rows())
+    assert list(running.spool.rglob("*.dcm")) == []
+
+    trusted, node = deliverer("pacs")
+    assert trusted.check(node) == "C-ECHO 0x0000 Success"
+    trusted.queue(checked, study, now)  # the same UIDs: the rows are queued afresh
+    report = trusted.deliver_due(now)
+    assert report.delivered == 2
+    assert len(list(running.spool.rglob("*.dcm"))) == 2
