@@ -25,8 +25,6 @@ import tracemalloc
 from io import BytesIO
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -36,11 +34,11 @@ from pydicom import dcmread  # noqa: E402
 
 from appliance.dicom.sender import Association, Peer, outgoing  # noqa: E402
 from appliance.inference.contract import load_contract  # noqa: E402
-from appliance.phantoms.ct import Grid, LesionKind, generate_ct  # noqa: E402
+from appliance.phantoms.ct import Grid, generate_ct  # noqa: E402
 from appliance.phantoms.dicom import write_ct_series  # noqa: E402
-from appliance.pipelines import algorithm, ct_findings  # noqa: E402
+from appliance.phantoms.truth import truth_findings  # noqa: E402
 from appliance.results.encode import ct_results  # noqa: E402
-from appliance.results.findings import RunIdentity, SegmentationType  # noqa: E402
+from appliance.results.findings import SegmentationType  # noqa: E402
 from appliance.results.segmentation import Equipment  # noqa: E402
 from tests.scu import associate, send_files  # noqa: E402
 
@@ -57,15 +55,7 @@ def bench_encode(scratch: Path) -> None:
         (dcmread(path, stop_before_pixels=True) for path in paths),
         key=lambda ds: float(ds.ImagePositionPatient[2]),
     )
-    kinds = {label.name: label.value for label in lesions.labels}
-    classes = np.zeros(phantom.lesions.shape, dtype=np.uint8)
-    for lesion in phantom.lesion_list:
-        kind = "cyst" if lesion.kind is LesionKind.CYST else "metastasis"
-        classes[phantom.lesions == lesion.label] = kinds[kind]
-    identity = RunIdentity(
-        "ct", (algorithm(organs), algorithm(lesions)), tuple(str(s.SOPInstanceUID) for s in sources)
-    )
-    findings = ct_findings(identity, phantom.organs, organs, phantom.grid.spacing, classes, lesions)
+    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources], organs, lesions)
     del phantom
     print(
         f"encode: CT 512x512x300, {len(findings.segments)} segments "

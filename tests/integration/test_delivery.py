@@ -25,10 +25,13 @@ from appliance.delivery import Deliverer
 from appliance.domain.delivery import DeliveryState
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
-from appliance.phantoms.dicom import write_us_cine
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.truth import truth_findings
 from appliance.phantoms.ultrasound import generate_cine
 from appliance.pipelines import run_ultrasound
-from appliance.results.encode import ultrasound_results
+from appliance.results.encode import ct_results, ultrasound_results
+from appliance.results.findings import SegmentationType
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import CheckedResult
 from tests.conftest import free_port
@@ -243,3 +246,27 @@ def test_operator_commands(results: tuple[str, list[CheckedResult]], tmp_path: P
     down = appliance(config, "destinations", "check")
     assert down.returncode == 4
     assert down.stdout.startswith("pacs: DOWN")
+
+
+def test_orthanc_stores_a_label_map_seg(engine: Engine, tmp_path: Path) -> None:
+    """Orthanc 1.10 predates the Label Map SEG class, and stores it only because the test's
+    configuration sets UnknownSopClassAccepted; it is offered and taken in RLE Lossless."""
+    phantom = generate_ct(12, Grid((24, 64, 64), (5.0, 5.0, 5.0)))
+    paths = write_ct_series(phantom, tmp_path / "ct")
+    sources = sorted(
+        (dcmread(path, stop_before_pixels=True) for path in paths),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    findings = truth_findings(
+        phantom, [str(s.SOPInstanceUID) for s in sources], load_contract(REPOSITORY / "organ_ct")
+    )
+    objects = ct_results(sources, findings, SegmentationType.LABELMAP, EQUIPMENT)
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        deliverer = Deliverer(settings(tmp_path, [dimse("pacs", pacs.dicom_port)]), engine)
+        deliverer.queue(objects, str(sources[0].StudyInstanceUID), T0)
+        assert deliverer.deliver_due(T0).delivered == 2
+        stored = {
+            pacs.get(f"/instances/{i}/simplified-tags")["SOPClassUID"]
+            for i in pacs.get("/instances")
+        }
+    assert stored == {"1.2.840.10008.5.1.4.1.1.66.7", Comprehensive3DSRStorage}
