@@ -1,0 +1,83 @@
+"""Routing: which pipeline runs on which series of a complete study.
+
+Rules are data, never code: each names a pipeline and the facts a series must have (modality,
+SOP class, body part, a series description pattern, the calling and called AE titles). Every
+condition a rule leaves empty matches anything. The first matching rule takes a series; a
+series no rule takes is left alone (and said so in the job's record).
+"""
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Priority(StrEnum):
+    URGENT = "urgent"
+    NORMAL = "normal"
+
+
+@dataclass(frozen=True)
+class SeriesFacts:
+    series_instance_uid: str
+    modality: str
+    sop_class_uids: frozenset[str]
+    body_part: str
+    series_description: str
+    calling_ae: str
+    called_ae: str
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    name: str
+    pipeline: str
+    priority: Priority = Priority.NORMAL
+    modalities: frozenset[str] = frozenset()
+    sop_classes: frozenset[str] = frozenset()
+    body_parts: frozenset[str] = frozenset()
+    description_pattern: str | None = None  # shell-style, case-insensitive: "*abdomen*"
+    calling_aes: frozenset[str] = frozenset()
+    called_aes: frozenset[str] = frozenset()
+
+    def matches(self, series: SeriesFacts) -> bool:
+        return (
+            _any_or(self.modalities, series.modality.upper())
+            and (not self.sop_classes or bool(self.sop_classes & series.sop_class_uids))
+            and _any_or(self.body_parts, series.body_part.upper())
+            and (
+                self.description_pattern is None
+                or fnmatch.fnmatch(
+                    series.series_description.lower(), self.description_pattern.lower()
+                )
+            )
+            and _any_or(self.calling_aes, series.calling_ae)
+            and _any_or(self.called_aes, series.called_ae)
+        )
+
+
+@dataclass(frozen=True)
+class Route:
+    rule: RouteRule
+    series: tuple[SeriesFacts, ...]
+
+
+def _any_or(allowed: frozenset[str], value: str) -> bool:
+    return not allowed or value in {item.upper() for item in allowed}
+
+
+def route(series: Sequence[SeriesFacts], rules: Sequence[RouteRule]) -> list[Route]:
+    """Group the series by the first rule each matches, in rule order."""
+    taken: dict[str, list[SeriesFacts]] = {}
+    for facts in series:
+        for rule in rules:
+            if rule.matches(facts):
+                taken.setdefault(rule.name, []).append(facts)
+                break
+    return [Route(rule, tuple(taken[rule.name])) for rule in rules if rule.name in taken]
+
+
+def priority_of(routes: Sequence[Route]) -> Priority:
+    """A job is urgent when any of its routes is."""
+    urgent = any(r.rule.priority is Priority.URGENT for r in routes)
+    return Priority.URGENT if urgent else Priority.NORMAL

@@ -1,0 +1,47 @@
+"""Routing rules: declarative matching, first rule wins, urgent beats normal."""
+
+from appliance.domain.routing import Priority, RouteRule, SeriesFacts, priority_of, route
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
+def facts(
+    uid: str, modality: str, sop: str, body: str = "", description: str = "", calling: str = "PACS"
+) -> SeriesFacts:
+    return SeriesFacts(uid, modality, frozenset({sop}), body, description, calling, "APPLIANCE")
+
+
+RULES = [
+    RouteRule("stroke", "ct", Priority.URGENT, frozenset({"CT"}), description_pattern="*stroke*"),
+    RouteRule("abdomen", "ct", modalities=frozenset({"CT"}), body_parts=frozenset({"abdomen"})),
+    RouteRule(
+        "echo", "us", sop_classes=frozenset({US_MULTIFRAME}), calling_aes=frozenset({"ECHO_CART"})
+    ),
+]
+
+
+def test_first_matching_rule_takes_each_series() -> None:
+    series = [
+        facts("1", "CT", CT, "ABDOMEN", "Abdomen 1.5 mm"),
+        facts("2", "CT", CT, "HEAD", "CODE STROKE head"),
+        facts("3", "CT", CT, "ABDOMEN", "STROKE protocol, abdomen too"),
+        facts("4", "US", US_MULTIFRAME, calling="ECHO_CART"),
+        facts("5", "US", US_MULTIFRAME, calling="OTHER"),  # wrong sender: no rule
+        facts("6", "MR", "1.2.840.10008.5.1.4.1.1.4", "ABDOMEN"),  # wrong modality
+    ]
+    routes = route(series, RULES)
+    assert [(r.rule.name, [s.series_instance_uid for s in r.series]) for r in routes] == [
+        ("stroke", ["2", "3"]),
+        ("abdomen", ["1"]),
+        ("echo", ["4"]),
+    ]
+    assert priority_of(routes) is Priority.URGENT
+    assert priority_of(routes[1:]) is Priority.NORMAL
+    assert route([series[5]], RULES) == []
+
+
+def test_empty_conditions_match_anything_and_case_does_not_matter() -> None:
+    anything = RouteRule("all", "ct")
+    assert anything.matches(facts("1", "ct", CT, "abdomen"))
+    assert RULES[1].matches(facts("1", "ct", CT, "Abdomen"))
