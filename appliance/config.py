@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from appliance.domain.policy import DuplicatePolicy
+from appliance.domain.routing import Priority, RouteRule
 from appliance.domain.uids import InvalidUid, parse_uid
 from appliance.results.findings import SegmentationType
 
@@ -180,6 +181,89 @@ class InferenceSettings(_Section):
     threads: int = Field(
         default=0, ge=0, le=256, description="ONNX Runtime threads per model; 0 lets it choose."
     )
+    backend: Literal["onnxruntime", "triton"] = Field(
+        default="onnxruntime",
+        description="onnxruntime in the worker (embedded), or a Triton server (production).",
+    )
+    triton_url: str = Field(
+        default="127.0.0.1:8001", description="Triton host:port (gRPC port for grpc)."
+    )
+    triton_protocol: Literal["grpc", "http"] = Field(
+        default="grpc", description="How to talk to Triton."
+    )
+
+
+class RouteRuleSettings(_Section):
+    """One routing rule; an empty condition matches anything, the first matching rule wins."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Name in job records.")
+    pipeline: Literal["ct", "us"] = Field(
+        description="ct: organs then liver lesions; us: per-frame structure segmentation."
+    )
+    priority: Priority = Field(default=Priority.NORMAL, description="urgent or normal.")
+    modalities: list[str] = Field(default_factory=list, description="e.g. [CT].")
+    sop_classes: list[str] = Field(default_factory=list, description="SOP Class UIDs.")
+    body_parts: list[str] = Field(default_factory=list, description="Body Part Examined values.")
+    description_pattern: str | None = Field(
+        default=None, description="Series description, shell pattern, case-insensitive."
+    )
+    calling_aes: list[str] = Field(default_factory=list, description="Senders' AE titles.")
+    called_aes: list[str] = Field(default_factory=list, description="Called AE titles.")
+
+    def rule(self) -> RouteRule:
+        return RouteRule(
+            name=self.name,
+            pipeline=self.pipeline,
+            priority=self.priority,
+            modalities=frozenset(self.modalities),
+            sop_classes=frozenset(self.sop_classes),
+            body_parts=frozenset(self.body_parts),
+            description_pattern=self.description_pattern,
+            calling_aes=frozenset(self.calling_aes),
+            called_aes=frozenset(self.called_aes),
+        )
+
+
+def _default_rules() -> list[RouteRuleSettings]:
+    return [
+        RouteRuleSettings(name="ct", pipeline="ct", modalities=["CT"]),
+        RouteRuleSettings(
+            name="ultrasound-cine", pipeline="us", sop_classes=["1.2.840.10008.5.1.4.1.1.3.1"]
+        ),
+    ]
+
+
+class RoutingSettings(_Section):
+    """Which pipeline runs on which series of a complete study."""
+
+    rules: list[RouteRuleSettings] = Field(
+        default_factory=_default_rules,
+        description="In order; the default sends CT series to ct and US cines to us.",
+    )
+
+
+class QueueSettings(_Section):
+    """The job queue: broker, leases and time limits."""
+
+    broker_url: str = Field(
+        default="sqla+sqlite:///var/broker.db",
+        description="Celery broker: sqla+sqlite (embedded), redis:// or amqp://.",
+    )
+    lease_seconds: float = Field(
+        default=900.0, gt=0, description="A running job not finished by then runs again."
+    )
+    time_limit_seconds: float = Field(
+        default=1800.0, gt=0, description="Hard time limit of one job attempt."
+    )
+    redispatch_seconds: float = Field(
+        default=300.0, gt=0, description="A queued job not picked up by then is sent again."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Attempts before a job fails for good."
+    )
+    worker_concurrency: int = Field(
+        default=1, ge=1, le=64, description="Jobs one worker process runs at once."
+    )
 
 
 class ResultsSettings(_Section):
@@ -290,6 +374,8 @@ class Settings(_Section):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     study: StudySettings = Field(default_factory=StudySettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -48,6 +48,7 @@ class AuditEventType(StrEnum):
     STUDY_COMPLETED = "study_completed"
     STUDY_REOPENED = "study_reopened"
     JOB_CREATED = "job_created"
+    JOB_STATE = "job_state"
     RESULT_QUEUED = "result_queued"
     RESULT_DELIVERED = "result_delivered"
     DELIVERY_RETRY = "delivery_retry"
@@ -71,6 +72,7 @@ EVENT_IDS: dict[AuditEventType, CodedEvent] = {
     AuditEventType.STUDY_COMPLETED: CodedEvent("STUDY-COMPLETE", _APPLIANCE, "Study complete"),
     AuditEventType.STUDY_REOPENED: CodedEvent("STUDY-REOPEN", _APPLIANCE, "Study re-opened"),
     AuditEventType.JOB_CREATED: CodedEvent("JOB-CREATE", _APPLIANCE, "Job created"),
+    AuditEventType.JOB_STATE: CodedEvent("JOB-STATE", _APPLIANCE, "Job state changed"),
     AuditEventType.RESULT_QUEUED: CodedEvent("RESULT-QUEUE", _APPLIANCE, "Result queued"),
     AuditEventType.RESULT_DELIVERED: _TRANSFERRED,
     AuditEventType.DELIVERY_RETRY: _TRANSFERRED,

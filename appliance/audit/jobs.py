@@ -1,0 +1,194 @@
+"""The job ledger: the database is the source of truth for jobs.
+
+A worker claims a queued job by moving it to RUNNING with a lease; a job whose lease expires
+(its worker died) goes back to QUEUED for the sweeper to dispatch again, since not every broker
+redelivers a lost task. Every move follows the domain's transition table and is audited in the
+same transaction.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, or_, select
+from sqlalchemy.orm import Session
+
+from appliance.audit.db import session_factory
+from appliance.audit.events import record_event
+from appliance.audit.models import Delivery, Instance, Job, Series, Study
+from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
+from appliance.domain.delivery import DeliveryState
+from appliance.domain.jobs import JobState, check_transition
+from appliance.domain.routing import SeriesFacts
+
+ACTOR = "worker"
+_FAILURES = {JobState.FAILED, JobState.DEAD_LETTER}
+
+
+@dataclass(frozen=True)
+class SeriesWork:
+    facts: SeriesFacts
+    paths: tuple[str, ...]  # spool-relative, in arrival order
+
+
+@dataclass(frozen=True)
+class JobWork:
+    job_id: int
+    study_instance_uid: str
+    study_version: int
+    attempts: int
+    series: tuple[SeriesWork, ...]
+
+
+class JobLedger:
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = session_factory(engine)
+
+    def claim(self, job_id: int, now: datetime, lease: timedelta) -> JobWork | None:
+        """Move a QUEUED job to RUNNING under a lease and return what it must work on; None
+        when the job is not queued (another worker has it, or it is finished)."""
+        with self._sessions.begin() as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job is None or job.state != JobState.QUEUED:
+                return None
+            study = session.get_one(Study, job.study_id)
+            job.attempts += 1
+            job.lease_until = now + lease
+            self._move(session, job, study.study_instance_uid, JobState.RUNNING, now, None)
+            series = self._series(session, study)
+            return JobWork(
+                job.id, study.study_instance_uid, job.study_version, job.attempts, series
+            )
+
+    def move(self, job_id: int, target: JobState, now: datetime, reason: str | None = None) -> None:
+        with self._sessions.begin() as session:
+            job = session.get_one(Job, job_id, with_for_update=True)
+            study_uid = session.scalar(
+                select(Study.study_instance_uid).where(Study.id == job.study_id)
+            )
+            self._move(session, job, str(study_uid), target, now, reason)
+
+    def state(self, job_id: int) -> JobState:
+        with self._sessions() as session:
+            return JobState(session.get_one(Job, job_id).state)
+
+    def requeue_expired(self, now: datetime) -> list[int]:
+        """RUNNING jobs whose lease ran out go back to QUEUED: their worker is gone."""
+        with self._sessions.begin() as session:
+            jobs = session.scalars(
+                select(Job)
+                .where(Job.state == JobState.RUNNING, Job.lease_until < now)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for job in jobs:
+                study_uid = session.scalar(
+                    select(Study.study_instance_uid).where(Study.id == job.study_id)
+                )
+                self._move(
+                    session, job, str(study_uid), JobState.QUEUED, now, "lease expired: worker lost"
+                )
+            return [job.id for job in jobs]
+
+    def to_dispatch(self, now: datetime, again_after: timedelta) -> list[tuple[int, str]]:
+        """QUEUED jobs never dispatched, or dispatched longer ago than `again_after` (their
+        message was lost), as (id, priority); each is marked dispatched now."""
+        with self._sessions.begin() as session:
+            jobs = session.scalars(
+                select(Job)
+                .where(
+                    Job.state == JobState.QUEUED,
+                    or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - again_after),
+                )
+                .order_by(Job.id)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for job in jobs:
+                job.dispatched_at = now
+            return [(job.id, job.priority) for job in jobs]
+
+    def settle_deliveries(self, now: datetime) -> list[tuple[int, JobState]]:
+        """DELIVERING jobs whose deliveries are all finished become DONE, or DEAD_LETTER when
+        any of them is a dead letter."""
+        settled = []
+        with self._sessions.begin() as session:
+            jobs = session.scalars(select(Job).where(Job.state == JobState.DELIVERING)).all()
+            for job in jobs:
+                states = set(
+                    session.scalars(select(Delivery.state).where(Delivery.job_id == job.id))
+                )
+                if DeliveryState.PENDING.value in states:
+                    continue
+                target = (
+                    JobState.DEAD_LETTER
+                    if DeliveryState.DEAD_LETTER.value in states
+                    else JobState.DONE
+                )
+                study_uid = session.scalar(
+                    select(Study.study_instance_uid).where(Study.id == job.study_id)
+                )
+                reason = "a result could not be delivered" if target in _FAILURES else None
+                self._move(session, job, str(study_uid), target, now, reason)
+                settled.append((job.id, target))
+        return settled
+
+    @staticmethod
+    def _series(session: Session, study: Study) -> tuple[SeriesWork, ...]:
+        rows = session.execute(
+            select(Instance.series_instance_uid, Instance.sop_class_uid, Instance.path)
+            .where(Instance.study_instance_uid == study.study_instance_uid)
+            .order_by(Instance.id)
+        ).all()
+        paths: dict[str, list[str]] = defaultdict(list)
+        classes: dict[str, set[str]] = defaultdict(set)
+        for series_uid, sop_class, path in rows:
+            paths[series_uid].append(path)
+            classes[series_uid].add(sop_class)
+        known = {
+            s.series_instance_uid: s
+            for s in session.scalars(
+                select(Series).where(Series.study_instance_uid == study.study_instance_uid)
+            )
+        }
+        work = []
+        for series_uid, series_paths in paths.items():
+            series = known.get(series_uid)
+            facts = SeriesFacts(
+                series_instance_uid=series_uid,
+                modality=(series.modality if series else None) or "",
+                sop_class_uids=frozenset(classes[series_uid]),
+                body_part=(series.body_part_examined if series else None) or "",
+                series_description=(series.series_description if series else None) or "",
+                calling_ae=study.calling_ae,
+                called_ae=study.called_ae,
+            )
+            work.append(SeriesWork(facts, tuple(series_paths)))
+        return tuple(work)
+
+    @staticmethod
+    def _move(
+        session: Session,
+        job: Job,
+        study_uid: str,
+        target: JobState,
+        now: datetime,
+        reason: str | None,
+    ) -> None:
+        current = JobState(job.state)
+        check_transition(current, target)
+        job.state = target.value
+        job.updated_at = now
+        job.reason = reason
+        if target is not JobState.RUNNING:
+            job.lease_until = None
+        record_event(
+            session,
+            AuditEventType.JOB_STATE,
+            occurred_at=now,
+            actor=ACTOR,
+            action=EventAction.UPDATE,
+            outcome=EventOutcome.SERIOUS_FAILURE if target in _FAILURES else EventOutcome.SUCCESS,
+            study_instance_uid=study_uid,
+            study_id=job.study_id,
+            job_id=job.id,
+            detail=f"{current.value} -> {target.value}" + (f": {reason}" if reason else ""),
+        )

@@ -1,0 +1,149 @@
+"""A job, start to finish: claim it, route its series, run the pipelines, encode and check the
+results, and hand them to delivery.
+
+Wiring between `audit` (the job ledger), `domain` (routing), `inference` (backends and
+pipelines), `results` (encoders and the gate) and delivery. Bad input fails the job with its
+reason and nothing else; an unavailable inference server sends the job back to the queue until
+its attempts run out.
+"""
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import Engine
+
+from appliance import __version__
+from appliance.audit.jobs import JobLedger, JobWork
+from appliance.config import InferenceSettings, Settings
+from appliance.delivery import Deliverer
+from appliance.domain.jobs import JobState
+from appliance.domain.routing import route
+from appliance.inference.backend import (
+    InferenceBackend,
+    OnnxRuntimeBackend,
+    PermanentBackendError,
+    RetryableBackendError,
+)
+from appliance.inference.contract import ContractError, Family, ModelContract, load_contract
+from appliance.inference.ct import UnsupportedSeries
+from appliance.inference.repository import model_directories
+from appliance.inference.ultrasound import UnsupportedFrames
+from appliance.pipelines import run_ct, run_ultrasound
+from appliance.results.encode import ct_results, ultrasound_results
+from appliance.results.segmentation import Equipment
+from appliance.results.validate import CheckedResult, InvalidResult
+
+LOG = logging.getLogger(__name__)
+
+# What fails a job for good: the input or the model cannot be used as they are.
+JOB_FAILURES = (
+    UnsupportedSeries,
+    UnsupportedFrames,
+    InvalidResult,
+    InvalidDicomError,
+    PermanentBackendError,
+    ContractError,
+    OSError,
+    ValueError,
+)
+
+
+class NoRoute(ValueError):
+    """No routing rule takes any series of the study."""
+
+
+def make_backend(settings: InferenceSettings) -> InferenceBackend:
+    if settings.backend == "triton":
+        from appliance.inference.triton import TritonBackend
+
+        return TritonBackend(settings.triton_url, settings.triton_protocol)
+    return OnnxRuntimeBackend(settings.repository, threads=settings.threads)
+
+
+def models_by_family(repository: Path) -> dict[Family, ModelContract]:
+    """The first model of each family in the repository (directory order)."""
+    found: dict[Family, ModelContract] = {}
+    for directory in model_directories(repository):
+        contract = load_contract(directory)
+        found.setdefault(contract.family, contract)
+    return found
+
+
+class JobRunner:
+    def __init__(
+        self, settings: Settings, engine: Engine, backend: InferenceBackend | None = None
+    ) -> None:
+        self._settings = settings
+        self._jobs = JobLedger(engine)
+        self._deliverer = Deliverer(settings.delivery, engine)
+        self._backend = backend or make_backend(settings.inference)
+        self._rules = [rule.rule() for rule in settings.routing.rules]
+        self._equipment = Equipment(
+            settings.results.manufacturer,
+            "DICOM inference appliance",
+            __version__,
+            settings.results.device_serial_number,
+        )
+
+    @property
+    def jobs(self) -> JobLedger:
+        return self._jobs
+
+    def run(self, job_id: int) -> JobState:
+        """Run one attempt of a job; the state it ends this attempt in."""
+        queue = self._settings.queue
+        work = self._jobs.claim(job_id, _now(), timedelta(seconds=queue.lease_seconds))
+        if work is None:
+            return self._jobs.state(job_id)
+        try:
+            results = self._results(work)
+        except RetryableBackendError as exc:
+            target = JobState.QUEUED if work.attempts < queue.max_attempts else JobState.FAILED
+            reason = f"inference unavailable (attempt {work.attempts}): {exc}"
+            self._jobs.move(job_id, target, _now(), reason)
+            LOG.warning("job %d: %s", job_id, reason)
+            return target
+        except JOB_FAILURES as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self._jobs.move(job_id, JobState.FAILED, _now(), reason)
+            LOG.warning("job %d failed: %s", job_id, reason)
+            return JobState.FAILED
+        self._jobs.move(job_id, JobState.ENCODED, _now(), f"{len(results)} results")
+        self._deliverer.queue(results, work.study_instance_uid, _now(), job_id)
+        self._jobs.move(job_id, JobState.DELIVERING, _now())
+        LOG.info("job %d: %d results queued for delivery", job_id, len(results))
+        return JobState.DELIVERING
+
+    def _results(self, work: JobWork) -> list[CheckedResult]:
+        routes = route([series.facts for series in work.series], self._rules)
+        if not routes:
+            modalities = sorted({series.facts.modality for series in work.series})
+            raise NoRoute(f"no routing rule takes any series (modalities {modalities})")
+        models = models_by_family(self._settings.inference.repository)
+        spool = self._settings.spool.path
+        paths_of = {series.facts.series_instance_uid: series.paths for series in work.series}
+        kind = self._settings.results.segmentation_type
+        results: list[CheckedResult] = []
+        for matched in routes:
+            for series in matched.series:
+                paths = [spool / path for path in paths_of[series.series_instance_uid]]
+                if matched.rule.pipeline == "ct":
+                    if Family.ORGAN_CT not in models:
+                        raise ContractError("no organ_ct model in the repository")
+                    ct = run_ct(
+                        paths, self._backend, models[Family.ORGAN_CT], models.get(Family.LESION_CT)
+                    )
+                    results += ct_results(ct.volume.headers, ct.findings, kind, self._equipment)
+                else:
+                    if Family.US_FRAME not in models:
+                        raise ContractError("no us_frame model in the repository")
+                    for path in paths:
+                        us = run_ultrasound(path, self._backend, models[Family.US_FRAME])
+                        results += ultrasound_results(us.source, us.findings, self._equipment)
+        return results
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

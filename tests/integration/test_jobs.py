@@ -1,0 +1,75 @@
+"""Jobs from received studies to results at a real PACS: the listener receives, the study
+completes, the job runs the routed pipeline, and Orthanc ends up with the SEG and SR; a study
+with bad input fails with its reason and the next one goes through."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from appliance.audit.studies import StudyService
+from appliance.config import Settings
+from appliance.delivery import Deliverer
+from appliance.domain.jobs import JobState
+from appliance.jobs import JobRunner
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.ultrasound import generate_cine
+from appliance.runtime import completion_policy
+from tests.conftest import storescu
+from tests.orthanc import AE_TITLE, running_orthanc
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def appliance_for(start, pacs_port: int, outbox: Path):  # type: ignore[no-untyped-def]
+    """A listener whose settings route to the committed models and deliver to the PACS."""
+    return start(
+        inference={"repository": str(REPOSITORY), "threads": 2},
+        delivery={
+            "outbox": str(outbox),
+            "destinations": [
+                {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": pacs_port}
+            ],
+        },
+    )
+
+
+def complete(settings: Settings, engine, study_uid: str) -> int:  # type: ignore[no-untyped-def]
+    studies = StudyService(engine, completion_policy(settings))
+    studies.fold_pending(datetime.now(UTC))
+    return studies.force_complete(study_uid, datetime.now(UTC), "test").job_id
+
+
+def test_a_cine_goes_round_trip_and_bad_input_fails_alone(start, tmp_path: Path) -> None:
+    cine = write_us_cine(generate_cine(300_004, frames=6), tmp_path / "us" / "cine.dcm")
+    phantom = generate_ct(13, Grid((20, 48, 48), (5.0, 7.0, 7.0)))
+    ct = write_ct_series(phantom, tmp_path / "ct")
+    del ct[5]  # a gap in the series: the CT pipeline must refuse it with the reason
+
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        running = appliance_for(start, pacs.dicom_port, tmp_path / "outbox")
+        for files in ([cine], ct):
+            sent = storescu(running.port, files)
+            assert sent.returncode == 0, sent.stderr
+        runner = JobRunner(running.settings, running.engine)
+        deliverer = Deliverer(running.settings.delivery, running.engine)
+
+        bad = complete(running.settings, running.engine, str(dcmread(ct[0]).StudyInstanceUID))
+        good = complete(running.settings, running.engine, str(dcmread(cine).StudyInstanceUID))
+        assert runner.run(bad) is JobState.FAILED
+        assert runner.run(good) is JobState.DELIVERING
+        assert runner.run(good) is JobState.DELIVERING  # claimed once: a second run is a no-op
+        assert deliverer.deliver_due(datetime.now(UTC)).delivered == 2
+        assert runner.jobs.settle_deliveries(datetime.now(UTC)) == [(good, JobState.DONE)]
+        stored = {
+            pacs.get(f"/instances/{i}/simplified-tags")["Modality"] for i in pacs.get("/instances")
+        }
+    assert stored == {"SEG", "SR"}
+    studies = StudyService(running.engine, completion_policy(running.settings))
+    (failed,) = studies.show(str(dcmread(ct[0]).StudyInstanceUID)).jobs
+    assert failed.state == JobState.FAILED
+    assert failed.reason is not None
+    assert "uneven or has gaps" in failed.reason
