@@ -65,11 +65,11 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
         sys.exit(EXIT_BAD_SETTINGS)
 
 
-def _run(ctx: click.Context, listen: bool, sweep: bool, migrate: bool) -> None:
+def _run(ctx: click.Context, listen: bool, sweep: bool, migrate: bool, work: bool = False) -> None:
     from appliance.runtime import SchemaNotCurrent, run
 
     try:
-        run(_settings(ctx), listen=listen, sweep=sweep, migrate=migrate)
+        run(_settings(ctx), listen=listen, sweep=sweep, migrate=migrate, work=work)
     except SchemaNotCurrent as exc:
         click.echo(f"appliance: {exc}", err=True)
         sys.exit(EXIT_BAD_SETTINGS)
@@ -81,8 +81,9 @@ def _run(ctx: click.Context, listen: bool, sweep: bool, migrate: bool) -> None:
 @main.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Run every role in one process on the configured (by default embedded) services."""
-    _run(ctx, listen=True, sweep=True, migrate=True)
+    """Run every role on the configured (by default embedded) services: listener and sweeper
+    in this process, a worker beside it."""
+    _run(ctx, listen=True, sweep=True, migrate=True, work=True)
 
 
 @main.command()
@@ -95,8 +96,17 @@ def listen(ctx: click.Context) -> None:
 @main.command()
 @click.pass_context
 def sweep(ctx: click.Context) -> None:
-    """Run the study sweeper only: fold new instances in, complete quiet studies, queue jobs."""
+    """Run the sweeper only: complete quiet studies, dispatch jobs, deliver results."""
     _run(ctx, listen=False, sweep=True, migrate=False)
+
+
+@main.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a job worker (Celery) on the configured broker: pipelines, encoding, the gate."""
+    from appliance.runtime import run_worker
+
+    run_worker(_settings(ctx))
 
 
 @main.group()

@@ -261,6 +261,11 @@ class QueueSettings(_Section):
     max_attempts: int = Field(
         default=3, ge=1, le=100, description="Attempts before a job fails for good."
     )
+    retry_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Wait before a job whose inference server was down runs again.",
+    )
     worker_concurrency: int = Field(
         default=1, ge=1, le=64, description="Jobs one worker process runs at once."
     )

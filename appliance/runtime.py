@@ -6,17 +6,22 @@ talk through the protocols in `domain` and `dicom.listener`.
 
 import logging
 import multiprocessing
+import os
 import signal
+import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from kombu.exceptions import KombuError
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from appliance.audit.db import create_db_engine, pending_migrations, upgrade
 from appliance.audit.ingest import DatabaseIngestLedger
+from appliance.audit.jobs import JobLedger
 from appliance.audit.studies import StudyService
 from appliance.config import Settings
 from appliance.delivery import Deliverer
@@ -26,7 +31,11 @@ from appliance.dicom.spool import Spool
 from appliance.dicom.tls import server_context
 from appliance.domain.assembly import CompletionPolicy
 from appliance.domain.policy import AssociationPolicy, TrustedPeer
+from appliance.domain.routing import priority_of, route
+from appliance.jobs import JobRunner
 from appliance.logs import configure_logging
+from appliance.queue.app import PROCESS_STUDY, QUEUES, make_app
+from appliance.queue.tasks import register
 
 LOG = logging.getLogger(__name__)
 SUPERVISE_INTERVAL_SECONDS = 1.0
@@ -103,24 +112,78 @@ def sweep_once(studies: StudyService) -> int:
     return len(completed)
 
 
+class Dispatcher:
+    """Sends queued jobs to the broker, urgent ones on the urgent queue; puts jobs whose worker
+    was lost (lease expired) back in the queue first."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._settings = settings
+        self._jobs = JobLedger(engine)
+        self._rules = [rule.rule() for rule in settings.routing.rules]
+        self._app = make_app(settings.queue)
+
+    def dispatch(self, now: datetime) -> int:
+        for job_id in self._jobs.requeue_expired(now):
+            LOG.warning("job %d: its worker was lost; queued again", job_id)
+        again = timedelta(seconds=self._settings.queue.redispatch_seconds)
+        due = self._jobs.to_dispatch(now, again)
+        for job_id, _ in due:
+            priority = priority_of(route(self._jobs.series_facts(job_id), self._rules))
+            self._app.send_task(PROCESS_STUDY, args=[job_id], queue=priority.value)
+        return len(due)
+
+    def settle(self, now: datetime) -> None:
+        for job_id, state in self._jobs.settle_deliveries(now):
+            LOG.info("job %d %s", job_id, state.value)
+
+
 def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
-    """Complete due studies, and attempt due deliveries, until `stop` is set."""
+    """Complete due studies, dispatch their jobs, and attempt due deliveries, until `stop`."""
     studies = StudyService(engine, completion_policy(settings))
+    dispatcher = Dispatcher(settings, engine)
     deliverer = Deliverer(settings.delivery, engine)
     delivered_at = 0.0
     while not stop.is_set():
-        sweep_once(studies)
-        if time.monotonic() - delivered_at >= settings.delivery.interval_seconds:
-            report = deliverer.deliver_due(datetime.now(UTC))
-            if report.delivered or report.retrying or report.dead_letters:
-                LOG.info(
-                    "delivery: %d delivered, %d retrying, %d dead letters",
-                    report.delivered,
-                    report.retrying,
-                    report.dead_letters,
-                )
-            delivered_at = time.monotonic()
+        try:
+            sweep_once(studies)
+            dispatcher.dispatch(datetime.now(UTC))
+            if time.monotonic() - delivered_at >= settings.delivery.interval_seconds:
+                report = deliverer.deliver_due(datetime.now(UTC))
+                if report.delivered or report.retrying or report.dead_letters:
+                    LOG.info(
+                        "delivery: %d delivered, %d retrying, %d dead letters",
+                        report.delivered,
+                        report.retrying,
+                        report.dead_letters,
+                    )
+                dispatcher.settle(datetime.now(UTC))
+                delivered_at = time.monotonic()
+        except (OSError, SQLAlchemyError, KombuError) as exc:
+            LOG.error("sweep failed, trying again: %s", exc)  # a broker or database hiccup
         stop.wait(settings.study.sweep_interval_seconds)
+
+
+def run_worker(settings: Settings) -> None:
+    """A Celery worker consuming both queues; blocks until it is stopped."""
+    configure_logging(settings.logging)
+    engine = open_database(settings, migrate=False)
+    app = make_app(settings.queue)
+    register(
+        app, lambda: JobRunner(settings, engine).run, retry_seconds=settings.queue.retry_seconds
+    )
+    pool = "solo" if settings.queue.worker_concurrency == 1 else "prefork"
+    app.worker_main(
+        [
+            "worker",
+            f"--pool={pool}",
+            f"--queues={','.join(QUEUES)}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            f"--loglevel={settings.logging.level}",
+            f"--hostname=appliance-worker-{os.getpid()}@{socket.gethostname()}",
+        ]
+    )
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -140,6 +203,31 @@ def _listener_process(settings: Settings) -> None:
     listener = start_listener(settings, open_database(settings, migrate=False), reuse_port=True)
     stop.wait()
     listener.stop()
+
+
+class WorkerProcess:
+    """The worker role of `serve`: one child process running `run_worker`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._spawn = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+
+    def start(self) -> None:
+        self._process = self._spawn.Process(
+            target=run_worker, args=(self._settings,), name="worker"
+        )
+        self._process.start()
+
+    def supervise(self) -> None:
+        if self._process is not None and not self._process.is_alive():
+            LOG.error("worker exited with %s: restarting", self._process.exitcode)
+            self.start()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(timeout=30)
 
 
 class ListenerGroup:
@@ -186,12 +274,16 @@ class ListenerGroup:
             process.join(timeout=10)
 
 
-def run(settings: Settings, listen: bool, sweep: bool, migrate: bool) -> None:
-    """Run the chosen roles in this process until SIGTERM or SIGINT."""
+def run(settings: Settings, listen: bool, sweep: bool, migrate: bool, work: bool = False) -> None:
+    """Run the chosen roles until SIGTERM or SIGINT: listener and sweeper in this process, a
+    worker (with `work`) in a child process, restarted if it dies."""
     configure_logging(settings.logging)
     engine = open_database(settings, migrate=migrate)
     stop = threading.Event()
     _stop_on_signals(stop)
+    worker = WorkerProcess(settings) if work else None
+    if worker is not None:
+        worker.start()
     group = ListenerGroup(settings, engine) if listen else None
     if group is not None:
         group.start()
@@ -205,7 +297,11 @@ def run(settings: Settings, listen: bool, sweep: bool, migrate: bool) -> None:
         while not stop.wait(SUPERVISE_INTERVAL_SECONDS):
             if group is not None:
                 group.supervise()
+            if worker is not None:
+                worker.supervise()
     finally:
+        if worker is not None:
+            worker.stop()
         if group is not None:
             group.stop()
         if sweeper is not None:

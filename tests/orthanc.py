@@ -21,6 +21,26 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 AE_TITLE = "ORTHANC"
 
 
+# Send each stable study's image series to the appliance, once: a study that already holds a
+# SEG (the appliance's answer) is not sent again. Through the REST API's store route: Lua's
+# SendToModality in Orthanc 1.10.1 failed here with "Unable to read attachment".
+ROUTE_STABLE_STUDIES = """
+function OnStableStudy(studyId, tags, metadata)
+  local series = ParseJson(RestApiGet('/studies/' .. studyId .. '/series'))
+  for _, s in ipairs(series) do
+    if s['MainDicomTags']['Modality'] == 'SEG' then return end
+  end
+  local images = {}
+  for _, s in ipairs(series) do
+    if s['MainDicomTags']['Modality'] ~= 'SR' then
+      table.insert(images, s['ID'])
+    end
+  end
+  RestApiPost('/modalities/appliance/store', DumpJson(images, true))
+end
+"""
+
+
 @dataclass
 class Orthanc:
     dicom_port: int
@@ -59,10 +79,15 @@ def require_orthanc(dicomweb: bool = False) -> None:
 
 @contextmanager
 def running_orthanc(
-    directory: Path, dicom_port: int | None = None, dicomweb: bool = False
+    directory: Path,
+    dicom_port: int | None = None,
+    dicomweb: bool = False,
+    route_to: tuple[str, int] | None = None,
 ) -> Iterator[Orthanc]:
-    """Start Orthanc and wait until its REST API answers; stop it on exit. Orthanc 1.10 binds
-    every interface (it cannot choose an address); tests only ever use 127.0.0.1."""
+    """Start Orthanc and wait until its REST API answers; stop it on exit. With `route_to`
+    (AE title, port) it auto-routes each stable study's image series there, as a hospital
+    PACS routes to an AI node. Orthanc 1.10 binds every interface (it cannot choose an
+    address); tests only ever use 127.0.0.1."""
     require_orthanc(dicomweb)
     server = Orthanc(dicom_port or free_port(), free_port(), directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,7 +104,12 @@ def running_orthanc(
         "UnknownSopClassAccepted": True,
         "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        "StableAge": 2,
     }
+    if route_to is not None:
+        config["DicomModalities"] = {"appliance": [route_to[0], "127.0.0.1", route_to[1]]}
+        (directory / "route.lua").write_text(ROUTE_STABLE_STUDIES)
+        config["LuaScripts"] = [str(directory / "route.lua")]
     (directory / "orthanc.json").write_text(json.dumps(config))
     log = open(directory / "orthanc.log", "wb")  # noqa: SIM115 - closed after the process
     process = subprocess.Popen(

@@ -68,6 +68,13 @@ class JobLedger:
             )
             self._move(session, job, str(study_uid), target, now, reason)
 
+    def series_facts(self, job_id: int) -> list[SeriesFacts]:
+        """What routing needs to know about the series of a job's study."""
+        with self._sessions() as session:
+            job = session.get_one(Job, job_id)
+            study = session.get_one(Study, job.study_id)
+            return [work.facts for work in self._series(session, study)]
+
     def state(self, job_id: int) -> JobState:
         with self._sessions() as session:
             return JobState(session.get_one(Job, job_id).state)

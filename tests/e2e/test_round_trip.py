@@ -1,0 +1,92 @@
+"""The appliance end to end on its embedded defaults: a real Orthanc auto-routes a stable
+study to `appliance serve` (listener, sweeper and a Celery worker on kombu's SQLite
+transport), and receives the SEG and SR back into the same study, untouched by anyone."""
+
+import os
+import subprocess
+import sys
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+import yaml
+from pydicom import dcmread
+
+from appliance.phantoms.dicom import write_us_cine
+from appliance.phantoms.ultrasound import generate_cine
+from tests.conftest import free_port, storescu
+from tests.orthanc import AE_TITLE, running_orthanc
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def serve(tmp_path: Path, port: int, pacs_port: int) -> subprocess.Popen[bytes]:
+    config = tmp_path / "appliance.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "listener": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "peers": [{"ae_title": AE_TITLE, "hosts": ["127.0.0.1"]}],
+                },
+                "spool": {"path": str(tmp_path / "spool")},
+                "database": {"url": f"sqlite:///{tmp_path}/appliance.db"},
+                "study": {"quiet_period_seconds": 2, "sweep_interval_seconds": 0.5},
+                "inference": {"repository": str(REPOSITORY), "threads": 2},
+                "queue": {"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
+                "delivery": {
+                    "outbox": str(tmp_path / "outbox"),
+                    "interval_seconds": 0.5,
+                    "destinations": [
+                        {
+                            "name": "pacs",
+                            "ae_title": AE_TITLE,
+                            "host": "127.0.0.1",
+                            "port": pacs_port,
+                        }
+                    ],
+                },
+            }
+        )
+    )
+    log = open(tmp_path / "appliance.log", "wb")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+
+
+def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(tmp_path: Path) -> None:
+    cine = write_us_cine(generate_cine(300_005, frames=8), tmp_path / "cine.dcm")
+    study = str(dcmread(cine, stop_before_pixels=True).StudyInstanceUID)
+    port = free_port()
+    with running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs:
+        appliance = serve(tmp_path, port, pacs.dicom_port)
+        try:
+            sent = storescu(pacs.dicom_port, [cine], called=AE_TITLE)
+            assert sent.returncode == 0, sent.stderr
+            deadline = time.monotonic() + 120
+            modalities: list[str] = []
+            while time.monotonic() < deadline:
+                modalities = sorted(
+                    pacs.get(f"/instances/{i}/simplified-tags")["Modality"]
+                    for i in pacs.get("/instances")
+                )
+                if modalities == ["SEG", "SR", "US"]:
+                    break
+                time.sleep(0.5)
+            log = (tmp_path / "appliance.log").read_text(errors="replace")
+            assert modalities == ["SEG", "SR", "US"], log[-6000:]
+            for identifier in pacs.get("/instances"):
+                stored = dcmread(BytesIO(pacs.get(f"/instances/{identifier}/file")))
+                assert stored.StudyInstanceUID == study
+            time.sleep(4)  # Orthanc's study is stable again: it must not route it twice
+            assert pacs.instance_count() == 3
+        finally:
+            appliance.terminate()
+            appliance.wait(timeout=30)
