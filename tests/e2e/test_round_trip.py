@@ -6,52 +6,91 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 import yaml
 from pydicom import dcmread
 
+from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from tests.conftest import free_port, storescu
+from tests.conftest import free_port, missing_service, storescu
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+REDIS_DB = 13  # a database of its own on the machine's Redis, flushed before and after
 
 
-def serve(tmp_path: Path, port: int, pacs_port: int) -> subprocess.Popen[bytes]:
-    config = tmp_path / "appliance.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listener": {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "peers": [{"ae_title": AE_TITLE, "hosts": ["127.0.0.1"]}],
-                },
-                "spool": {"path": str(tmp_path / "spool")},
-                "database": {"url": f"sqlite:///{tmp_path}/appliance.db"},
-                "study": {"quiet_period_seconds": 2, "sweep_interval_seconds": 0.5},
-                "inference": {"repository": str(REPOSITORY), "threads": 2},
-                "queue": {"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
-                "delivery": {
-                    "outbox": str(tmp_path / "outbox"),
-                    "interval_seconds": 0.5,
-                    "destinations": [
-                        {
-                            "name": "pacs",
-                            "ae_title": AE_TITLE,
-                            "host": "127.0.0.1",
-                            "port": pacs_port,
-                        }
-                    ],
-                },
+@pytest.fixture(params=["embedded", "redis+postgresql", "triton"])
+def mode(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """Settings that differ per way of running: the embedded defaults; production's broker and
+    database; inference through the real Triton server."""
+    if request.param == "embedded":
+        yield {}
+    elif request.param == "redis+postgresql":
+        try:
+            client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=3)
+            client.flushdb()
+        except redis.RedisError as exc:
+            missing_service(f"Redis on 127.0.0.1:6379: {exc}")
+        yield {
+            "database": {"url": request.getfixturevalue("postgres_url")},
+            "queue": {"broker_url": f"redis://127.0.0.1:6379/{REDIS_DB}"},
+        }
+        client.flushdb()
+    else:
+        server = CpuTritonServer(REPOSITORY, tmp_path / "triton")
+        try:
+            server.start()
+        except TritonUnavailable as exc:
+            missing_service(str(exc))
+        yield {
+            "inference": {
+                "backend": "triton",
+                "triton_url": f"127.0.0.1:{server.grpc_port}",
+                "triton_protocol": "grpc",
             }
-        )
-    )
+        }
+        server.stop()
+
+
+def serve(
+    tmp_path: Path, port: int, pacs_port: int, overrides: dict[str, Any]
+) -> subprocess.Popen[bytes]:
+    config = tmp_path / "appliance.yaml"
+    tree: dict[str, Any] = {
+        "listener": {
+            "host": "127.0.0.1",
+            "port": port,
+            "peers": [{"ae_title": AE_TITLE, "hosts": ["127.0.0.1"]}],
+        },
+        "spool": {"path": str(tmp_path / "spool")},
+        "database": {"url": f"sqlite:///{tmp_path}/appliance.db"},
+        "study": {"quiet_period_seconds": 2, "sweep_interval_seconds": 0.5},
+        "inference": {"repository": str(REPOSITORY), "threads": 2},
+        "queue": {"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
+        "delivery": {
+            "outbox": str(tmp_path / "outbox"),
+            "interval_seconds": 0.5,
+            "destinations": [
+                {
+                    "name": "pacs",
+                    "ae_title": AE_TITLE,
+                    "host": "127.0.0.1",
+                    "port": pacs_port,
+                }
+            ],
+        },
+    }
+    for section, values in overrides.items():
+        tree[section] = {**tree.get(section, {}), **values}
+    config.write_text(yaml.safe_dump(tree))
     log = open(tmp_path / "appliance.log", "wb")  # noqa: SIM115 - the process owns it
     return subprocess.Popen(
         [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
@@ -61,12 +100,14 @@ def serve(tmp_path: Path, port: int, pacs_port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(tmp_path: Path) -> None:
+def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(
+    mode: dict[str, Any], tmp_path: Path
+) -> None:
     cine = write_us_cine(generate_cine(300_005, frames=8), tmp_path / "cine.dcm")
     study = str(dcmread(cine, stop_before_pixels=True).StudyInstanceUID)
     port = free_port()
     with running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs:
-        appliance = serve(tmp_path, port, pacs.dicom_port)
+        appliance = serve(tmp_path, port, pacs.dicom_port, mode)
         try:
             sent = storescu(pacs.dicom_port, [cine], called=AE_TITLE)
             assert sent.returncode == 0, sent.stderr
