@@ -8,6 +8,7 @@ its attempts run out.
 """
 
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 
 from appliance import __version__
-from appliance.audit.jobs import JobLedger, JobWork
+from appliance.audit.jobs import JobLedger, JobWork, LostJob
 from appliance.config import InferenceSettings, Settings
 from appliance.delivery import Deliverer
 from appliance.domain.jobs import JobState
@@ -92,27 +93,50 @@ class JobRunner:
         return self._jobs
 
     def run(self, job_id: int) -> JobState:
-        """Run one attempt of a job; the state it ends this attempt in."""
-        queue = self._settings.queue
-        work = self._jobs.claim(job_id, _now(), timedelta(seconds=queue.lease_seconds))
+        """Run one attempt of a job; the state it ends this attempt in. While it runs, its
+        lease is renewed, so only a dead worker's job is ever taken over."""
+        lease = timedelta(seconds=self._settings.queue.lease_seconds)
+        work = self._jobs.claim(job_id, _now(), lease)
         if work is None:
             return self._jobs.state(job_id)
+        stop = threading.Event()
+        heartbeat = threading.Thread(
+            target=self._renew, args=(work, lease, stop), name=f"lease-{job_id}", daemon=True
+        )
+        heartbeat.start()
+        try:
+            return self._attempt(work)
+        except LostJob as exc:
+            LOG.warning("%s; its results are left to the attempt that took over", exc)
+            return self._jobs.state(job_id)
+        finally:
+            stop.set()
+            heartbeat.join()
+
+    def _renew(self, work: JobWork, lease: timedelta, stop: threading.Event) -> None:
+        while not stop.wait(lease.total_seconds() / 3):
+            if not self._jobs.renew(work.job_id, work.attempts, _now() + lease):
+                return
+
+    def _attempt(self, work: JobWork) -> JobState:
+        job_id, attempt = work.job_id, work.attempts
         try:
             results = self._results(work)
         except RetryableBackendError as exc:
-            target = JobState.QUEUED if work.attempts < queue.max_attempts else JobState.FAILED
-            reason = f"inference unavailable (attempt {work.attempts}): {exc}"
-            self._jobs.move(job_id, target, _now(), reason)
+            retry = attempt < self._settings.queue.max_attempts
+            target = JobState.QUEUED if retry else JobState.FAILED
+            reason = f"inference unavailable (attempt {attempt}): {exc}"
+            self._jobs.move(job_id, target, _now(), reason, attempt)
             LOG.warning("job %d: %s", job_id, reason)
             return target
         except JOB_FAILURES as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            self._jobs.move(job_id, JobState.FAILED, _now(), reason)
+            self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.warning("job %d failed: %s", job_id, reason)
             return JobState.FAILED
-        self._jobs.move(job_id, JobState.ENCODED, _now(), f"{len(results)} results")
+        self._jobs.move(job_id, JobState.ENCODED, _now(), f"{len(results)} results", attempt)
         self._deliverer.queue(results, work.study_instance_uid, _now(), job_id)
-        self._jobs.move(job_id, JobState.DELIVERING, _now())
+        self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
         LOG.info("job %d: %d results queued for delivery", job_id, len(results))
         return JobState.DELIVERING
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from appliance.audit.db import session_factory
@@ -23,6 +23,10 @@ from appliance.domain.routing import SeriesFacts
 
 ACTOR = "worker"
 _FAILURES = {JobState.FAILED, JobState.DEAD_LETTER}
+
+
+class LostJob(Exception):
+    """The attempt's lease expired and the job went on without it."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,30 @@ class JobLedger:
                 job.id, study.study_instance_uid, job.study_version, job.attempts, series
             )
 
-    def move(self, job_id: int, target: JobState, now: datetime, reason: str | None = None) -> None:
+    def renew(self, job_id: int, attempt: int, until: datetime) -> bool:
+        """Extend the lease of a running attempt; False when the attempt lost the job."""
+        with self._sessions.begin() as session:
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+                .values(lease_until=until)
+            )
+            return bool(changed.rowcount)  # type: ignore[attr-defined]
+
+    def move(
+        self,
+        job_id: int,
+        target: JobState,
+        now: datetime,
+        reason: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """Move a job; with `attempt`, only if that attempt still holds it (else LostJob)."""
         with self._sessions.begin() as session:
             job = session.get_one(Job, job_id, with_for_update=True)
+            lost = job.attempts != attempt or job.state == JobState.QUEUED
+            if attempt is not None and lost:
+                raise LostJob(f"job {job_id}: attempt {attempt} lost its lease")
             study_uid = session.scalar(
                 select(Study.study_instance_uid).where(Study.id == job.study_id)
             )
@@ -91,6 +116,7 @@ class JobLedger:
                 study_uid = session.scalar(
                     select(Study.study_instance_uid).where(Study.id == job.study_id)
                 )
+                job.dispatched_at = None  # dispatch again at once
                 self._move(
                     session, job, str(study_uid), JobState.QUEUED, now, "lease expired: worker lost"
                 )

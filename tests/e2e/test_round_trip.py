@@ -20,7 +20,7 @@ from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
 from tests.conftest import free_port, missing_service, storescu
-from tests.orthanc import AE_TITLE, running_orthanc
+from tests.orthanc import AE_TITLE, Orthanc, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -100,6 +100,19 @@ def serve(
     )
 
 
+def wait_for_modalities(pacs: Orthanc, expected: list[str], seconds: float) -> list[str]:
+    """The sorted modalities of the PACS's instances, once they are `expected` or when
+    `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        modalities = sorted(
+            pacs.get(f"/instances/{i}/simplified-tags")["Modality"] for i in pacs.get("/instances")
+        )
+        if modalities == sorted(expected) or time.monotonic() > deadline:
+            return modalities
+        time.sleep(0.5)
+
+
 def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(
     mode: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -111,16 +124,7 @@ def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(
         try:
             sent = storescu(pacs.dicom_port, [cine], called=AE_TITLE)
             assert sent.returncode == 0, sent.stderr
-            deadline = time.monotonic() + 120
-            modalities: list[str] = []
-            while time.monotonic() < deadline:
-                modalities = sorted(
-                    pacs.get(f"/instances/{i}/simplified-tags")["Modality"]
-                    for i in pacs.get("/instances")
-                )
-                if modalities == ["SEG", "SR", "US"]:
-                    break
-                time.sleep(0.5)
+            modalities = wait_for_modalities(pacs, ["SEG", "SR", "US"], 120)
             log = (tmp_path / "appliance.log").read_text(errors="replace")
             assert modalities == ["SEG", "SR", "US"], log[-6000:]
             for identifier in pacs.get("/instances"):

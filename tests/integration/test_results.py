@@ -15,12 +15,13 @@ from pydicom.dataset import Dataset
 
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
-from appliance.phantoms.ct import Grid, LesionKind, generate_ct
+from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.truth import truth_findings
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.pipelines import algorithm, ct_findings, run_ultrasound
+from appliance.pipelines import run_ultrasound
 from appliance.results.encode import ct_results, ultrasound_results
-from appliance.results.findings import RunIdentity, SegmentationType
+from appliance.results.findings import SegmentationType
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import InvalidResult, check
 from tests.conftest import missing_service
@@ -66,17 +67,7 @@ def ct_case(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
         load_contract(REPOSITORY / "organ_ct"),
         load_contract(REPOSITORY / "lesion_ct"),
     )
-    kinds = {label.name: label.value for label in lesions.labels}
-    lesion_classes = np.zeros(phantom.lesions.shape, dtype=np.uint8)
-    for lesion in phantom.lesion_list:
-        name = "cyst" if lesion.kind is LesionKind.CYST else "metastasis"
-        lesion_classes[phantom.lesions == lesion.label] = kinds[name]
-    identity = RunIdentity(
-        "ct", (algorithm(organs), algorithm(lesions)), tuple(str(s.SOPInstanceUID) for s in sources)
-    )
-    findings = ct_findings(
-        identity, phantom.organs, organs, phantom.grid.spacing, lesion_classes, lesions
-    )
+    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources], organs, lesions)
     return sources, findings
 
 

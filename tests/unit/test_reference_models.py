@@ -12,10 +12,13 @@ from numpy.typing import NDArray
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
 from appliance.inference.ct import segment_grid
+from appliance.inference.measurements import number_lesions
 from appliance.inference.repository import check_model, model_directories
 from appliance.inference.ultrasound import Cine, segment_cine
 from appliance.phantoms.ct import Grid, Organ, generate_ct
+from appliance.phantoms.dicom import write_ct_series
 from appliance.phantoms.ultrasound import generate_cine
+from appliance.pipelines import run_ct
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 CI_SEEDS = range(300_000, 300_006)
@@ -73,3 +76,30 @@ def test_organ_ct_meets_its_targets() -> None:
         for organ in ORGAN_TARGETS
     }
     assert all(scores[organ] >= target for organ, target in ORGAN_TARGETS.items()), scores
+
+
+def test_lesion_ct_cascade_meets_its_targets(tmp_path: Path) -> None:
+    """The whole cascade from DICOM files: organ_ct finds the liver, lesion_ct segments inside
+    its box. Lesions over 10 mm (longest axial diameter of the truth) count for detection."""
+    organs = load_contract(REPOSITORY / "organ_ct")
+    lesions = load_contract(REPOSITORY / "lesion_ct")
+    backend = OnnxRuntimeBackend(REPOSITORY, threads=2)
+    grid = Grid(shape=(200, 267, 267), spacing=(1.5, 1.5, 1.5))
+    detected = detectable = 0
+    overlap = total = 0.0
+    for seed in CI_SEEDS[:4]:
+        phantom = generate_ct(seed, grid, lesion_count=3)
+        run = run_ct(write_ct_series(phantom, tmp_path / str(seed)), backend, organs, lesions)
+        lesion_segments = [s.number for s in run.findings.segments if s.finding_site is not None]
+        predicted = np.isin(run.findings.labels, lesion_segments)
+        truth = phantom.lesions > 0
+        overlap += 2 * float((predicted & truth).sum())
+        total += float(predicted.sum() + truth.sum())
+        numbered, measured = number_lesions(truth, grid.spacing)
+        for lesion in measured:
+            if lesion.longest_axial_diameter_mm > 10.0:
+                detectable += 1
+                detected += int(bool(predicted[numbered == lesion.tracking_number].any()))
+    assert detectable >= 8
+    assert detected / detectable >= 0.90, (detected, detectable)
+    assert overlap / total >= 0.70

@@ -1,0 +1,92 @@
+"""Faults on the running appliance: a worker killed mid-job, and a study with bad input."""
+
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from appliance.audit.models import AuditEvent, Job
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.ultrasound import generate_cine
+from tests.conftest import free_port, storescu
+from tests.e2e.test_round_trip import serve, wait_for_modalities
+from tests.orthanc import AE_TITLE, running_orthanc
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+
+
+def worker_of(appliance: psutil.Process) -> psutil.Process:
+    """`serve`'s worker: the child started by multiprocessing's spawn, not its resource
+    tracker."""
+    for child in appliance.children():
+        command = " ".join(child.cmdline())
+        if "spawn_main" in command and "resource_tracker" not in command:
+            return child
+    raise LookupError("serve has no worker process")
+
+
+def test_a_worker_killed_mid_job_leaves_one_copy_of_each_result(tmp_path: Path) -> None:
+    phantom = generate_ct(14, Grid((120, 200, 200), (2.5, 2.0, 2.0)), lesion_count=2)
+    series = write_ct_series(phantom, tmp_path / "ct")
+    port = free_port()
+    database = tmp_path / "appliance.db"
+    with running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs:
+        appliance = serve(tmp_path, port, pacs.dicom_port, {"queue": {"lease_seconds": 6}})
+        try:
+            assert storescu(pacs.dicom_port, series, called=AE_TITLE).returncode == 0
+            engine = create_engine(f"sqlite:///{database}")
+            deadline = time.monotonic() + 90
+            states: list[str] = []
+            while time.monotonic() < deadline:
+                try:
+                    with Session(engine) as session:
+                        states = list(session.scalars(select(Job.state)))
+                except OperationalError:  # serve has not created its database yet
+                    states = []
+                if states == ["running"]:
+                    break
+                time.sleep(0.05)
+            assert states == ["running"]
+            killed = worker_of(psutil.Process(appliance.pid))
+            killed.send_signal(signal.SIGKILL)
+            modalities = wait_for_modalities(pacs, ["CT"] * len(series) + ["SEG", "SR"], 180)
+            assert modalities.count("SEG") == 1
+            assert modalities.count("SR") == 1
+            with Session(engine) as session:
+                (job,) = session.scalars(select(Job)).all()
+                details = session.scalars(
+                    select(AuditEvent.detail).where(AuditEvent.event_type == "job_state")
+                ).all()
+            assert job.attempts == 2
+            assert "running -> queued: lease expired: worker lost" in details
+        finally:
+            appliance.terminate()
+            appliance.wait(timeout=30)
+
+
+def test_a_study_with_bad_input_fails_and_the_next_goes_through(tmp_path: Path) -> None:
+    broken = write_ct_series(generate_ct(15, Grid((20, 48, 48), (5.0, 7.0, 7.0))), tmp_path / "ct")
+    del broken[7]  # a gap: the CT pipeline refuses the series with its reason
+    cine = write_us_cine(generate_cine(300_006, frames=6), tmp_path / "us" / "cine.dcm")
+    port = free_port()
+    with running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs:
+        appliance = serve(tmp_path, port, pacs.dicom_port, {})
+        try:
+            assert storescu(pacs.dicom_port, broken, called=AE_TITLE).returncode == 0
+            assert storescu(pacs.dicom_port, [cine], called=AE_TITLE).returncode == 0
+            expected = sorted(["CT"] * len(broken) + ["US", "SEG", "SR"])
+            assert wait_for_modalities(pacs, expected, 120) == expected
+        finally:
+            appliance.terminate()
+            appliance.wait(timeout=30)
+    engine = create_engine(f"sqlite:///{tmp_path}/appliance.db")
+    with Session(engine) as session:
+        jobs = {job.state: job.reason for job in session.scalars(select(Job))}
+    assert set(jobs) == {"failed", "done"}
+    assert "uneven or has gaps" in (jobs["failed"] or "")
