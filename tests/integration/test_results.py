@@ -96,7 +96,7 @@ def test_ct_seg_and_sr_are_valid_and_reference_their_segments(
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(findings.segments)
     for group in groups:
-        reference = group.roi
+        reference = group.referenced_segment[0]  # the IMAGE item naming the SEG segment
         assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
         segment = findings.segments[reference.referenced_segment_numbers[0] - 1]
         assert group.tracking_uid == segment.tracking_uid
