@@ -447,6 +447,41 @@ def send(ctx: click.Context, files: tuple[Path, ...]) -> None:
     ctx.invoke(outbox_deliver)
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The appliance's address.")
+@click.option("--port", type=int, default=None, help="Its DICOM port (default: listener.port).")
+@click.option(
+    "--calling", default="STORESCU", show_default=True, help="Calling AE title (a trusted peer)."
+)
+@click.option("--ct-slices", type=click.IntRange(8, 600), default=160, show_default=True)
+@click.option("--frames", type=click.IntRange(1, 500), default=60, show_default=True)
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds to wait.")
+@click.pass_context
+def demo(
+    ctx: click.Context,
+    host: str,
+    port: int | None,
+    calling: str,
+    ct_slices: int,
+    frames: int,
+    timeout: float,
+) -> None:
+    """Send a phantom CT study and an ultrasound cine into a running appliance, wait for their
+    jobs, and print where the results went and how long each step took."""
+    from appliance.demo import run_demo
+    from appliance.dicom.sender import Peer
+    from appliance.domain.delivery import DestinationUnavailable
+
+    settings = _settings(ctx)
+    peer = Peer(settings.listener.ae_title, host, port or settings.listener.port, calling)
+    try:
+        done = run_demo(settings, peer, ct_slices, frames, timeout, click.echo)
+    except DestinationUnavailable as exc:
+        click.echo(f"appliance demo: the appliance is not reachable: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    sys.exit(0 if done else EXIT_REFUSED)
+
+
 @main.group()
 def config() -> None:
     """Settings."""

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from appliance.audit.db import session_factory
 from appliance.audit.events import record_event
-from appliance.audit.models import Delivery, Instance, Job, Series, Study
+from appliance.audit.models import AuditEvent, Delivery, Instance, Job, Series, Study
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
 from appliance.domain.delivery import DeliveryState
 from appliance.domain.jobs import JobState, check_transition
@@ -99,6 +99,18 @@ class JobLedger:
             job = session.get_one(Job, job_id)
             study = session.get_one(Study, job.study_id)
             return [work.facts for work in self._series(session, study)]
+
+    def history(self, job_id: int) -> list[tuple[datetime, str]]:
+        """The job's audited state changes, oldest first: (when, "from -> to[: reason]")."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(AuditEvent.occurred_at, AuditEvent.detail)
+                .where(
+                    AuditEvent.job_id == job_id, AuditEvent.event_type == AuditEventType.JOB_STATE
+                )
+                .order_by(AuditEvent.id)
+            ).all()
+        return [(when, detail or "") for when, detail in rows]
 
     def state(self, job_id: int) -> JobState:
         with self._sessions() as session:

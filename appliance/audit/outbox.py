@@ -150,11 +150,18 @@ class OutboxLedger:
                 session, row, AuditEventType.DELIVERY_DEAD_LETTER, EventOutcome.SERIOUS_FAILURE, now
             )
 
-    def rows(self, state: DeliveryState | None = None, limit: int = 200) -> list[DeliveryRow]:
+    def rows(
+        self,
+        state: DeliveryState | None = None,
+        limit: int = 200,
+        job_id: int | None = None,
+    ) -> list[DeliveryRow]:
         with self._sessions() as session:
             query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
             if state is not None:
                 query = query.where(Delivery.state == state.value)
+            if job_id is not None:
+                query = query.where(Delivery.job_id == job_id)
             return [
                 DeliveryRow(
                     r.destination, r.sop_instance_uid, r.sop_class_uid, r.study_instance_uid,

@@ -135,3 +135,25 @@ def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(
         finally:
             appliance.terminate()
             appliance.wait(timeout=30)
+
+
+def test_demo_follows_its_studies_to_the_pacs(tmp_path: Path) -> None:
+    port = free_port()
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        appliance = serve(tmp_path, port, pacs.dicom_port, {})
+        try:
+            demo = subprocess.run(
+                [
+                    sys.executable, "-m", "appliance", "--config", str(tmp_path / "appliance.yaml"),
+                    "demo", "--port", str(port), "--calling", AE_TITLE, "--ct-slices", "80",
+                    "--frames", "6", "--timeout", "240",
+                ],
+                capture_output=True, text=True, timeout=300, check=False,
+            )  # fmt: skip
+        finally:
+            appliance.terminate()
+            appliance.wait(timeout=30)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert demo.stdout.count("-> pacs: delivered") == 4  # SEG and SR for each study
+        assert "delivering -> done" in demo.stdout
+        assert pacs.instance_count() == 4
