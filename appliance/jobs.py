@@ -26,6 +26,7 @@ from appliance.inference.backend import (
     OnnxRuntimeBackend,
     PermanentBackendError,
     RetryableBackendError,
+    TimedBackend,
 )
 from appliance.inference.contract import ContractError, Family, ModelContract, load_contract
 from appliance.inference.ct import UnsupportedSeries
@@ -120,8 +121,9 @@ class JobRunner:
 
     def _attempt(self, work: JobWork) -> JobState:
         job_id, attempt = work.job_id, work.attempts
+        backend = TimedBackend(self._backend)
         try:
-            results = self._results(work)
+            results = self._results(work, backend)
         except RetryableBackendError as exc:
             retry = attempt < self._settings.queue.max_attempts
             target = JobState.QUEUED if retry else JobState.FAILED
@@ -134,13 +136,14 @@ class JobRunner:
             self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.warning("job %d failed: %s", job_id, reason)
             return JobState.FAILED
-        self._jobs.move(job_id, JobState.ENCODED, _now(), f"{len(results)} results", attempt)
+        summary = f"{len(results)} results; model compute {backend.seconds:.2f} s"
+        self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt)
         self._deliverer.queue(results, work.study_instance_uid, _now(), job_id)
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
         LOG.info("job %d: %d results queued for delivery", job_id, len(results))
         return JobState.DELIVERING
 
-    def _results(self, work: JobWork) -> list[CheckedResult]:
+    def _results(self, work: JobWork, backend: InferenceBackend) -> list[CheckedResult]:
         routes = route([series.facts for series in work.series], self._rules)
         if not routes:
             modalities = sorted({series.facts.modality for series in work.series})
@@ -157,14 +160,14 @@ class JobRunner:
                     if Family.ORGAN_CT not in models:
                         raise ContractError("no organ_ct model in the repository")
                     ct = run_ct(
-                        paths, self._backend, models[Family.ORGAN_CT], models.get(Family.LESION_CT)
+                        paths, backend, models[Family.ORGAN_CT], models.get(Family.LESION_CT)
                     )
                     results += ct_results(ct.volume.headers, ct.findings, kind, self._equipment)
                 else:
                     if Family.US_FRAME not in models:
                         raise ContractError("no us_frame model in the repository")
                     for path in paths:
-                        us = run_ultrasound(path, self._backend, models[Family.US_FRAME])
+                        us = run_ultrasound(path, backend, models[Family.US_FRAME])
                         results += ultrasound_results(us.source, us.findings, self._equipment)
         return results
 

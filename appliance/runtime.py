@@ -132,9 +132,19 @@ class Dispatcher:
             self._app.send_task(PROCESS_STUDY, args=[job_id], queue=priority.value)
         return len(due)
 
-    def settle(self, now: datetime) -> None:
-        for job_id, state in self._jobs.settle_deliveries(now):
-            LOG.info("job %d %s", job_id, state.value)
+
+def deliver_and_settle(deliverer: Deliverer, jobs: JobLedger) -> None:
+    """One delivery round, then jobs whose deliveries all finished become DONE or DEAD_LETTER."""
+    report = deliverer.deliver_due(datetime.now(UTC))
+    if report.delivered or report.retrying or report.dead_letters:
+        LOG.info(
+            "delivery: %d delivered, %d retrying, %d dead letters",
+            report.delivered,
+            report.retrying,
+            report.dead_letters,
+        )
+    for job_id, state in jobs.settle_deliveries(datetime.now(UTC)):
+        LOG.info("job %d %s", job_id, state.value)
 
 
 def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
@@ -142,21 +152,14 @@ def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> No
     studies = StudyService(engine, completion_policy(settings))
     dispatcher = Dispatcher(settings, engine)
     deliverer = Deliverer(settings.delivery, engine)
+    jobs = JobLedger(engine)
     delivered_at = 0.0
     while not stop.is_set():
         try:
             sweep_once(studies)
             dispatcher.dispatch(datetime.now(UTC))
             if time.monotonic() - delivered_at >= settings.delivery.interval_seconds:
-                report = deliverer.deliver_due(datetime.now(UTC))
-                if report.delivered or report.retrying or report.dead_letters:
-                    LOG.info(
-                        "delivery: %d delivered, %d retrying, %d dead letters",
-                        report.delivered,
-                        report.retrying,
-                        report.dead_letters,
-                    )
-                dispatcher.settle(datetime.now(UTC))
+                deliver_and_settle(deliverer, jobs)
                 delivered_at = time.monotonic()
         except (OSError, SQLAlchemyError, KombuError) as exc:
             LOG.error("sweep failed, trying again: %s", exc)  # a broker or database hiccup
@@ -168,8 +171,12 @@ def run_worker(settings: Settings) -> None:
     configure_logging(settings.logging)
     engine = open_database(settings, migrate=False)
     app = make_app(settings.queue)
+    deliverer = Deliverer(settings.delivery, engine)
     register(
-        app, lambda: JobRunner(settings, engine).run, retry_seconds=settings.queue.retry_seconds
+        app,
+        lambda: JobRunner(settings, engine).run,
+        lambda: lambda: deliver_and_settle(deliverer, JobLedger(engine)),
+        retry_seconds=settings.queue.retry_seconds,
     )
     pool = "solo" if settings.queue.worker_concurrency == 1 else "prefork"
     app.worker_main(

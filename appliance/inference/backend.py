@@ -6,6 +6,7 @@ production. Failures are classified where they arise: retryable (a server that i
 or permanent (a model that does not exist, an input of the wrong shape).
 """
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -53,6 +54,28 @@ class InferenceBackend(Protocol):
     def ready(self, model: str) -> bool: ...
     def metadata(self, model: str) -> ModelMetadata: ...
     def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
+
+
+class TimedBackend:
+    """A backend that adds up the time its `infer` calls take: the model compute share of a
+    job, as opposed to everything around it."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        self._backend = backend
+        self.seconds = 0.0
+
+    def ready(self, model: str) -> bool:
+        return self._backend.ready(model)
+
+    def metadata(self, model: str) -> ModelMetadata:
+        return self._backend.metadata(model)
+
+    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        started = time.perf_counter()
+        try:
+            return self._backend.infer(model, batch)
+        finally:
+            self.seconds += time.perf_counter() - started
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",

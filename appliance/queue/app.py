@@ -15,6 +15,7 @@ from appliance.config import QueueSettings
 from appliance.domain.routing import Priority
 
 PROCESS_STUDY = "appliance.process_study"
+DELIVER = "appliance.deliver"
 QUEUES = (Priority.URGENT.value, Priority.NORMAL.value)
 
 

@@ -1,35 +1,52 @@
-"""The worker's task: run one attempt of a job, by ID.
+"""The worker's tasks, by job ID: process a study, then deliver its results at once.
 
-The runner (models, backend sessions, database engine) is built once per worker process, on
-its first task, so a prefork child never shares a connection with its parent.
+The runners (models, backend sessions, database engine) are built once per worker process, on
+its first task, so a prefork child never shares a connection with its parent. Delivery also
+runs from the sweeper on its interval (retries with backoff); the `deliver` task only saves a
+just-encoded job that wait.
 """
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from celery import Celery, Task
 
 from appliance.domain.jobs import JobState
-from appliance.queue.app import PROCESS_STUDY
+from appliance.queue.app import DELIVER, PROCESS_STUDY
 
 LOG = logging.getLogger(__name__)
 
 Runner = Callable[[int], JobState]
+Delivery = Callable[[], object]
 
 
-def register(app: Celery, make_runner: Callable[[], Runner], retry_seconds: float) -> None:
-    """Register `process_study` on `app`; a job sent back to the queue (its inference server
-    was unavailable) is retried after `retry_seconds`."""
-    runners: list[Runner] = []
+def register(
+    app: Celery,
+    make_runner: Callable[[], Runner],
+    make_delivery: Callable[[], Delivery],
+    retry_seconds: float,
+) -> None:
+    """Register the tasks on `app`; a job sent back to the queue (its inference server was
+    unavailable) is retried after `retry_seconds`."""
+    built: dict[str, Any] = {}
 
     @app.task(  # type: ignore[untyped-decorator]
         name=PROCESS_STUDY, bind=True, acks_late=True, reject_on_worker_lost=True
     )
     def process_study(task: Task, job_id: int) -> str:
-        if not runners:
-            runners.append(make_runner())
-        state = runners[0](job_id)
+        if "runner" not in built:
+            built["runner"] = make_runner()
+        state: JobState = built["runner"](job_id)
         if state is JobState.QUEUED:
             LOG.info("job %d back in the queue; retrying in %.0f s", job_id, retry_seconds)
             raise task.retry(countdown=retry_seconds, max_retries=None)
+        if state is JobState.DELIVERING:
+            app.send_task(DELIVER, queue=task.request.delivery_info.get("routing_key"))
         return state.value
+
+    @app.task(name=DELIVER, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    def deliver() -> None:
+        if "delivery" not in built:
+            built["delivery"] = make_delivery()
+        built["delivery"]()
