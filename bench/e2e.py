@@ -1,0 +1,203 @@
+"""End-to-end benchmark: from the last instance received to SEG and SR stored at the PACS.
+
+`appliance serve` runs on its embedded defaults (SQLite, kombu's SQLite transport, ONNX Runtime
+with 2 threads) with a real Orthanc as the PACS it delivers to. A 512x512x300 phantom CT and
+a 100-frame phantom cine are sent to it one after the other; each is followed through the
+appliance's own audit records:
+
+- quiet period: last instance received -> study complete (the configured wait, shown apart);
+- dispatch: study complete -> job running on the worker;
+- pipeline: running -> encoded (decode, inference, measurement, SEG and SR, the gate), with
+  the model compute inside it (the backend's own infer calls, recorded with the job);
+- delivery: encoded -> the last result acknowledged by the PACS.
+
+Orchestration is everything after the quiet period but the model compute. The named peer is
+the bare pipeline: the same files through `run_ct`/`run_ultrasound` and the encoders, called
+directly in this process with the same models and threads, no listener, queue or PACS.
+
+    .venv/bin/python bench/e2e.py [--quiet 2]
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from pydicom import dcmread
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, select  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from appliance.audit.models import AuditEvent, Delivery, Job, Study  # noqa: E402
+from appliance.dicom.sender import Association, Peer, echo, outgoing  # noqa: E402
+from appliance.domain.delivery import DestinationUnavailable  # noqa: E402
+from appliance.inference.backend import OnnxRuntimeBackend, TimedBackend  # noqa: E402
+from appliance.inference.contract import load_contract  # noqa: E402
+from appliance.phantoms.ct import Grid, generate_ct  # noqa: E402
+from appliance.phantoms.dicom import write_ct_series, write_us_cine  # noqa: E402
+from appliance.phantoms.ultrasound import generate_cine  # noqa: E402
+from appliance.pipelines import run_ct, run_ultrasound  # noqa: E402
+from appliance.results.encode import ct_results, ultrasound_results  # noqa: E402
+from appliance.results.findings import SegmentationType  # noqa: E402
+from appliance.results.segmentation import Equipment  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.orthanc import AE_TITLE, running_orthanc  # noqa: E402
+
+REPOSITORY = ROOT / "model_repository"
+TARGET_SHARE = 0.05
+_COMPUTE = re.compile(r"model compute ([0-9.]+) s")
+
+
+def serve(work: Path, port: int, pacs_port: int, quiet: float) -> subprocess.Popen[bytes]:
+    config = work / "appliance.yaml"
+    config.write_text(yaml.safe_dump({
+        "listener": {"host": "127.0.0.1", "port": port,
+                     "peers": [{"ae_title": "BENCH", "hosts": ["127.0.0.1"]}]},
+        "spool": {"path": str(work / "spool")},
+        "database": {"url": f"sqlite:///{work}/appliance.db"},
+        "study": {"quiet_period_seconds": quiet},
+        "inference": {"repository": str(REPOSITORY), "threads": 2},
+        "queue": {"broker_url": f"sqla+sqlite:///{work}/broker.db"},
+        "delivery": {"outbox": str(work / "outbox"), "destinations": [
+            {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": pacs_port}]},
+    }))  # fmt: skip
+    log = open(work / "appliance.log", "wb")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def send(peer: Peer, files: list[Path]) -> None:
+    items = [outgoing(path.read_bytes()) for path in files]
+    syntaxes = sorted({(item.sop_class_uid, item.transfer_syntax_uid) for item in items})
+    with Association(peer, syntaxes) as association:
+        assert {association.store(item) for item in items} == {0}
+
+
+def follow(database: Path, study_uid: str, timeout: float) -> dict[str, float]:
+    """Wait until the study's job is done; its stage times from the audit records."""
+    engine = create_engine(f"sqlite:///{database}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with Session(engine) as session:
+            study = session.scalars(
+                select(Study).where(Study.study_instance_uid == study_uid)
+            ).first()
+            job = (
+                session.scalars(select(Job).where(Job.study_id == study.id)).first()
+                if study
+                else None
+            )
+            if (
+                study is not None
+                and job is not None
+                and job.state in ("done", "failed", "dead_letter")
+            ):
+                assert job.state == "done", f"job {job.id} {job.state}: {job.reason}"
+                events = session.execute(
+                    select(AuditEvent.occurred_at, AuditEvent.detail)
+                    .where(AuditEvent.job_id == job.id, AuditEvent.event_type == "job_state")
+                    .order_by(AuditEvent.id)
+                ).all()
+                at = {detail.split(":")[0]: when for when, detail in events}
+                compute = float(
+                    _COMPUTE.search(
+                        next(d for _, d in events if d.startswith("running -> encoded"))
+                    ).group(1)
+                )  # type: ignore[union-attr]
+                delivered = max(session.scalars(
+                    select(Delivery.finished_at).where(Delivery.job_id == job.id)
+                ))  # fmt: skip
+                assert study.completed_at is not None
+                return {
+                    "quiet": seconds(study.last_received_at, study.completed_at),
+                    "dispatch": seconds(study.completed_at, at["queued -> running"]),
+                    "pipeline": seconds(at["queued -> running"], at["running -> encoded"]),
+                    "compute": compute,
+                    "delivery": seconds(at["running -> encoded"], delivered),
+                }
+        time.sleep(0.2)
+    raise TimeoutError(f"study {study_uid} not done after {timeout:.0f} s")
+
+
+def seconds(start: datetime, end: datetime) -> float:
+    return (end - start).total_seconds()
+
+
+def bare(kind: str, files: list[Path]) -> float:
+    """The peer: the same pipeline and encoders called directly, no appliance around them."""
+    backend = TimedBackend(OnnxRuntimeBackend(REPOSITORY, threads=2))
+    equipment = Equipment("bench", "bench", "bench", "bench")
+    started = time.perf_counter()
+    if kind == "ct":
+        organs, lesions = (load_contract(REPOSITORY / n) for n in ("organ_ct", "lesion_ct"))
+        run = run_ct(files, backend, organs, lesions)
+        ct_results(run.volume.headers, run.findings, SegmentationType.BINARY, equipment)
+    else:
+        us = run_ultrasound(files[0], backend, load_contract(REPOSITORY / "us_frame"))
+        ultrasound_results(us.source, us.findings, equipment)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quiet", type=float, default=2.0, help="quiet period, seconds")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ct = write_ct_series(
+            generate_ct(77, Grid((300, 512, 512), (1.5, 0.78, 0.78)), lesion_count=3),
+            work / "ct",
+        )
+        cine = write_us_cine(generate_cine(424242, frames=100), work / "us" / "cine.dcm")
+        studies = [
+            ("ct", "CT 512x512x300", ct),
+            ("us", "US cine, 100 frames", [cine]),
+        ]
+        port = free_port()
+        with running_orthanc(work / "pacs") as pacs:
+            appliance = serve(work, port, pacs.dicom_port, args.quiet)
+            peer = Peer("APPLIANCE", "127.0.0.1", port, "BENCH")
+            try:
+                for _ in range(120):
+                    try:
+                        echo(peer)
+                        break
+                    except DestinationUnavailable:
+                        time.sleep(0.5)
+                rows = []
+                for kind, name, files in studies:
+                    send(peer, files)
+                    uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+                    rows.append((name, follow(work / "appliance.db", uid, 600), bare(kind, files)))
+            finally:
+                appliance.terminate()
+                appliance.wait(timeout=30)
+    print("e2e: last instance received -> SEG and SR stored at Orthanc, embedded defaults, "
+          "2 CPU cores")  # fmt: skip
+    header = (f"{'study':<22} {'quiet':>6} {'dispatch':>8} {'pipeline':>8} {'(compute)':>9} "
+              f"{'delivery':>8} {'total*':>7} {'orchestr.':>9} {'bare peer':>9}")  # fmt: skip
+    print(header)
+    for name, t, peer_seconds in rows:
+        total = t["dispatch"] + t["pipeline"] + t["delivery"]
+        share = (total - t["compute"]) / total
+        print(
+            f"{name:<22} {t['quiet']:>6.2f} {t['dispatch']:>8.2f} {t['pipeline']:>8.2f} "
+            f"{t['compute']:>9.2f} {t['delivery']:>8.2f} {total:>7.2f} {share:>9.0%} "
+            f"{peer_seconds:>9.2f}"
+        )
+    print(f"* after the quiet period; orchestration = total - model compute, target "
+          f"<= {TARGET_SHARE:.0%}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
