@@ -12,12 +12,13 @@ from appliance.audit.studies import StudyService
 from appliance.config import Settings
 from appliance.delivery import Deliverer
 from appliance.domain.jobs import JobState
+from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.jobs import JobRunner
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
 from appliance.runtime import completion_policy
-from tests.conftest import storescu
+from tests.conftest import missing_service, storescu
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -73,3 +74,34 @@ def test_a_cine_goes_round_trip_and_bad_input_fails_alone(start, tmp_path: Path)
     assert failed.state == JobState.FAILED
     assert failed.reason is not None
     assert "uneven or has gaps" in failed.reason
+
+
+def test_an_unreachable_triton_sends_the_job_back_until_it_returns(start, tmp_path: Path) -> None:
+    server = CpuTritonServer(REPOSITORY, tmp_path / "triton")  # ports chosen, not started yet
+    cine = write_us_cine(generate_cine(300_007, frames=4), tmp_path / "us" / "cine.dcm")
+    running = start(
+        inference={
+            "repository": str(REPOSITORY),
+            "backend": "triton",
+            "triton_url": f"127.0.0.1:{server.grpc_port}",
+        },
+        delivery={"outbox": str(tmp_path / "outbox")},
+    )
+    assert storescu(running.port, [cine]).returncode == 0
+    job = complete(running.settings, running.engine, str(dcmread(cine).StudyInstanceUID))
+    runner = JobRunner(running.settings, running.engine)
+
+    assert runner.run(job) is JobState.QUEUED
+    history = runner.jobs.history(job)
+    assert history[-1][1].startswith("running -> queued: inference unavailable (attempt 1)")
+
+    try:
+        server.start()
+    except TritonUnavailable as exc:
+        missing_service(str(exc))
+    try:
+        assert runner.run(job) is JobState.DELIVERING
+    finally:
+        server.stop()
+    # No destinations: with nothing to deliver, the job is done.
+    assert runner.jobs.settle_deliveries(datetime.now(UTC)) == [(job, JobState.DONE)]
