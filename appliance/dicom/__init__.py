@@ -1,1 +1,2 @@
-"""The DICOM network edge: listener (Storage SCP), spool (durable storage), and later the sender."""
+"""The DICOM network edge: listener (Storage SCP), spool (durable storage), sender (Storage
+SCU) and the DICOMweb STOW-RS client."""
