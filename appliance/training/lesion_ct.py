@@ -52,11 +52,6 @@ CONTRACT = ModelContract.model_validate({
 })  # fmt: skip
 
 TARGETS = {"lesions_over_10mm_detected": 0.90, "lesion_dice": 0.70}
-FINE_TUNE_FROM = 3000  # steps at 2e-3, then a quarter of that rate to settle
-
-
-def learning_rate(step: int) -> float:
-    return 2e-3 if step < FINE_TUNE_FROM else 5e-4
 
 
 @dataclass(frozen=True)
@@ -134,7 +129,6 @@ def train(
             rng,
             batch,
             class_weights=(0.2, 1.0, 1.0),
-            learning_rate=learning_rate,
         )
     metrics = evaluate(model, [_liver_crop(s, grid) for s in test_seeds])
     export_onnx(model, output / "1" / "model.onnx", CONTRACT)
@@ -144,7 +138,6 @@ def train(
         intended_use="Segment liver metastases and cysts inside the liver region found by "
         "organ_ct (a cascade), at 1.5 mm. A stand-in for validated lesion models.",
         training=f"3D U-Net (4 levels, 8 base channels), {steps} AdamW steps of {batch} "
-        f"(learning rate 2e-3, 5e-4 from step {FINE_TUNE_FROM}) "
         f"{PATCH}^3 crops from the liver boxes of {len(seeds)} phantoms; tested on "
         f"{len(test_seeds)} phantoms ({metrics.lesions} lesions over {DETECTABLE_MM:g} mm). "
         "Reproduce with `appliance train lesion_ct`.",

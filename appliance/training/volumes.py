@@ -1,7 +1,7 @@
 """What the 3D models share: foreground-biased patch sampling, the soft Dice loss, a
 checkpointed training loop, and the model behind the serving pipeline's backend protocol."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,18 +79,14 @@ def fit(
     rng: np.random.Generator,
     batch: int = 2,
     class_weights: Sequence[float] | None = None,
-    learning_rate: Callable[[int], float] = lambda step: 2e-3,
 ) -> None:
-    """Train from step `done` to `steps`: cross-entropy plus Dice on foreground crops, at
-    `learning_rate(step)`."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate(done), weight_decay=1e-4)
+    """Train from step `done` to `steps`: cross-entropy plus Dice on foreground crops."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     cross_entropy = nn.CrossEntropyLoss(weight=weights)
     model.train()
     progress = tqdm(range(done, steps), desc=name, unit="step", initial=done, total=steps)
     for step in progress:
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate(step)
         crops = [
             foreground_crop(rng, volumes[int(rng.integers(len(volumes)))], patch)
             for _ in range(batch)
