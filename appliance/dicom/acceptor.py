@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
@@ -75,6 +76,18 @@ def read_request(sock: socket.socket) -> A_ASSOCIATE:
         ) from exc
 
 
+def our_user_information() -> list[Any]:  # pynetdicom's user-information item types
+    """What the appliance says of itself in every A-ASSOCIATE, as acceptor or requestor: the
+    longest PDU it takes, its implementation class UID and version name."""
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = MAX_PDU_LENGTH
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+    version = ImplementationVersionNameNotification()
+    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    return [maximum, implementation, version]
+
+
 def accept(
     sock: socket.socket, request: A_ASSOCIATE, supported: list[PresentationContext]
 ) -> Negotiated:
@@ -94,13 +107,7 @@ def accept(
     response.result = 0x00
     response.result_source = 0x01
     response.presentation_context_definition_results_list = results
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = MAX_PDU_LENGTH
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    response.user_information = [maximum, implementation, version, *reply_roles]
+    response.user_information = [*our_user_information(), *reply_roles]
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(response)
     sock.sendall(pdu.encode())

@@ -24,21 +24,23 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext
 
 from appliance.dicom import upper_layer as ul
-from appliance.dicom.acceptor import APPLICATION_CONTEXT_NAME, MAX_PDU_LENGTH, VERIFICATION
+from appliance.dicom.acceptor import (
+    APPLICATION_CONTEXT_NAME,
+    MAX_PDU_LENGTH,
+    VERIFICATION,
+    our_user_information,
+)
 from appliance.dicom.dimse import (
     InvalidCommand,
     decode_command,
     encode_echo_request,
     encode_store_request,
 )
-from appliance.dicom.spool import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, data_set_of
+from appliance.dicom.spool import data_set_of
 from appliance.domain.delivery import DestinationUnavailable
 
 _UNCOMPRESSED: tuple[str, ...] = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
@@ -165,13 +167,7 @@ class Association:
         request.calling_ae_title = peer.calling_ae_title
         request.called_ae_title = peer.ae_title
         request.presentation_context_definition_list = list(self._proposed.values())
-        maximum = MaximumLengthNotification()
-        maximum.maximum_length_received = MAX_PDU_LENGTH
-        implementation = ImplementationClassUIDNotification()
-        implementation.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
-        version = ImplementationVersionNameNotification()
-        version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-        request.user_information = [maximum, implementation, version]
+        request.user_information = our_user_information()
         pdu = A_ASSOCIATE_RQ()
         pdu.from_primitive(request)
         self._sock.sendall(pdu.encode())

@@ -90,6 +90,17 @@ def pki(tmp_path: Path) -> Path:
     return directory
 
 
+def mutual_tls(pki: Path) -> dict[str, object]:
+    """Listener TLS settings that require a client certificate signed by the hospital CA."""
+    return {
+        "enabled": True,
+        "certificate": str(pki / "server.pem"),
+        "private_key": str(pki / "server.key"),
+        "ca_certificates": str(pki / "hospital-ca.pem"),
+        "require_client_certificate": True,
+    }
+
+
 def tls_storescu(
     port: int, pki: Path, files: list[Path], *client: str
 ) -> subprocess.CompletedProcess[str]:
@@ -117,17 +128,7 @@ def tls_storescu(
 
 
 def test_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
-    running = start(
-        listener={
-            "tls": {
-                "enabled": True,
-                "certificate": str(pki / "server.pem"),
-                "private_key": str(pki / "server.key"),
-                "ca_certificates": str(pki / "hospital-ca.pem"),
-                "require_client_certificate": True,
-            }
-        }
-    )
+    running = start(listener={"tls": mutual_tls(pki)})
     files = write_series(new_series(2), tmp_path / "in")
 
     trusted = tls_storescu(
@@ -170,17 +171,7 @@ def test_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
 
 def test_results_go_out_over_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
     """The delivery SCU as the TLS client, with the listener as the receiving node."""
-    running = start(
-        listener={
-            "tls": {
-                "enabled": True,
-                "certificate": str(pki / "server.pem"),
-                "private_key": str(pki / "server.key"),
-                "ca_certificates": str(pki / "hospital-ca.pem"),
-                "require_client_certificate": True,
-            }
-        }
-    )
+    running = start(listener={"tls": mutual_tls(pki)})
     datasets = [dcmread(path) for path in write_series(new_series(2), tmp_path / "in")]
     checked = [check(dataset, [dataset]) for dataset in datasets]
     study = str(datasets[0].StudyInstanceUID)
