@@ -269,6 +269,19 @@ class QueueSettings(_Section):
     worker_concurrency: int = Field(
         default=1, ge=1, le=64, description="Jobs one worker process runs at once."
     )
+    dispatch_window: int = Field(
+        default=2,
+        ge=1,
+        le=10_000,
+        description="Jobs handed to the workers at once (sent or running); the rest wait in "
+        "the database in priority order. Set to the workers' total concurrency plus one each.",
+    )
+    promote_after_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="A normal job waiting this long goes ahead as if urgent, so urgent studies "
+        "never starve normal ones.",
+    )
 
 
 class ResultsSettings(_Section):

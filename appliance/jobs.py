@@ -9,6 +9,7 @@ its attempts run out.
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -122,6 +123,7 @@ class JobRunner:
     def _attempt(self, work: JobWork) -> JobState:
         job_id, attempt = work.job_id, work.attempts
         backend = TimedBackend(self._backend)
+        started = time.perf_counter()
         try:
             results = self._results(work, backend)
         except RetryableBackendError as exc:
@@ -136,7 +138,10 @@ class JobRunner:
             self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.warning("job %d failed: %s", job_id, reason)
             return JobState.FAILED
-        summary = f"{len(results)} results; model compute {backend.seconds:.2f} s"
+        summary = (
+            f"{len(results)} results; pipeline {time.perf_counter() - started:.2f} s, "
+            f"model compute {backend.seconds:.2f} s"
+        )
         self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt)
         self._deliverer.queue(results, work.study_instance_uid, _now(), job_id)
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)

@@ -31,7 +31,7 @@ from appliance.dicom.spool import Spool
 from appliance.dicom.tls import server_context
 from appliance.domain.assembly import CompletionPolicy
 from appliance.domain.policy import AssociationPolicy, TrustedPeer
-from appliance.domain.routing import priority_of, route
+from appliance.domain.routing import Priority, Waiting, dispatch_order, priority_of, route
 from appliance.jobs import JobRunner
 from appliance.logs import configure_logging
 from appliance.queue.app import PROCESS_STUDY, QUEUES, make_app
@@ -113,24 +113,47 @@ def sweep_once(studies: StudyService) -> int:
 
 
 class Dispatcher:
-    """Sends queued jobs to the broker, urgent ones on the urgent queue; puts jobs whose worker
-    was lost (lease expired) back in the queue first."""
+    """Hands queued jobs to the workers, at most `queue.dispatch_window` at a time and urgent
+    ones first (`domain.routing.dispatch_order`), each on its priority's queue; first puts jobs
+    whose worker was lost (lease expired) back in the queue.
+
+    Holding jobs back in the database rather than in the broker is what makes priority work
+    on every broker: the broker only ever holds the few jobs the workers are about to take."""
 
     def __init__(self, settings: Settings, engine: Engine) -> None:
-        self._settings = settings
+        self._queue = settings.queue
         self._jobs = JobLedger(engine)
         self._rules = [rule.rule() for rule in settings.routing.rules]
         self._app = make_app(settings.queue)
+        self._priorities: dict[int, Priority] = {}
 
     def dispatch(self, now: datetime) -> int:
         for job_id in self._jobs.requeue_expired(now):
             LOG.warning("job %d: its worker was lost; queued again", job_id)
-        again = timedelta(seconds=self._settings.queue.redispatch_seconds)
-        due = self._jobs.to_dispatch(now, again)
-        for job_id, _ in due:
-            priority = priority_of(route(self._jobs.series_facts(job_id), self._rules))
-            self._app.send_task(PROCESS_STUDY, args=[job_id], queue=priority.value)
-        return len(due)
+        again = timedelta(seconds=self._queue.redispatch_seconds)
+        waiting = self._jobs.waiting(now, again)
+        slots = self._queue.dispatch_window - self._jobs.in_flight(now, again)
+        if not waiting or slots <= 0:
+            return 0
+        self._priorities = {job_id: self._priority(job_id) for job_id, _ in waiting}
+        chosen = dispatch_order(
+            [Waiting(job_id, self._priorities[job_id], at) for job_id, at in waiting],
+            slots,
+            now,
+            timedelta(seconds=self._queue.promote_after_seconds),
+        )
+        sent = 0
+        for job in chosen:
+            if self._jobs.mark_dispatched(job.job_id, job.priority, now, again):
+                self._app.send_task(PROCESS_STUDY, args=[job.job_id], queue=job.priority.value)
+                sent += 1
+        return sent
+
+    def _priority(self, job_id: int) -> Priority:
+        known = self._priorities.get(job_id)
+        if known is None:
+            known = priority_of(route(self._jobs.series_facts(job_id), self._rules))
+        return known
 
 
 def deliver_and_settle(deliverer: Deliverer, jobs: JobLedger) -> None:

@@ -7,13 +7,17 @@ appliance's own audit records:
 
 - quiet period: last instance received -> study complete (the configured wait, shown apart);
 - dispatch: study complete -> job running on the worker;
-- pipeline: running -> encoded (decode, inference, measurement, SEG and SR, the gate), with
-  the model compute inside it (the backend's own infer calls, recorded with the job);
+- pipeline: running -> encoded, and inside it the pipeline's work (decode, inference,
+  measurement, SEG and SR, the gate) and, inside that, the model compute (the backend's own
+  infer calls), both timed by the job and recorded with it;
 - delivery: encoded -> the last result acknowledged by the PACS.
 
-Orchestration is everything after the quiet period but the model compute. The named peer is
-the bare pipeline: the same files through `run_ct`/`run_ultrasound` and the encoders, called
-directly in this process with the same models and threads, no listener, queue or PACS.
+Two shares are printed. Orchestration is what the appliance adds around the pipeline's work:
+dispatch, claiming and leasing the job, state changes, the outbox and delivery (target <= 5%).
+"All but model compute" is the stricter reading, which also counts the pipeline's own decoding,
+resampling and SEG/SR encoding. The named peer is the bare pipeline: the same files through
+`run_ct`/`run_ultrasound` and the encoders, called directly in this process with the same
+models and threads, no listener, queue or PACS.
 
     .venv/bin/python bench/e2e.py [--quiet 2]
 """
@@ -53,7 +57,7 @@ from tests.orthanc import AE_TITLE, running_orthanc  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
 TARGET_SHARE = 0.05
-_COMPUTE = re.compile(r"model compute ([0-9.]+) s")
+_TIMES = re.compile(r"pipeline ([0-9.]+) s, model compute ([0-9.]+) s")
 
 
 def serve(work: Path, port: int, pacs_port: int, quiet: float) -> subprocess.Popen[bytes]:
@@ -109,11 +113,10 @@ def follow(database: Path, study_uid: str, timeout: float) -> dict[str, float]:
                     .order_by(AuditEvent.id)
                 ).all()
                 at = {detail.split(":")[0]: when for when, detail in events}
-                compute = float(
-                    _COMPUTE.search(
-                        next(d for _, d in events if d.startswith("running -> encoded"))
-                    ).group(1)
-                )  # type: ignore[union-attr]
+                times = _TIMES.search(
+                    next(d for _, d in events if d.startswith("running -> encoded"))
+                )
+                assert times is not None, "the job recorded no pipeline times"
                 delivered = max(session.scalars(
                     select(Delivery.finished_at).where(Delivery.job_id == job.id)
                 ))  # fmt: skip
@@ -122,7 +125,8 @@ def follow(database: Path, study_uid: str, timeout: float) -> dict[str, float]:
                     "quiet": seconds(study.last_received_at, study.completed_at),
                     "dispatch": seconds(study.completed_at, at["queued -> running"]),
                     "pipeline": seconds(at["queued -> running"], at["running -> encoded"]),
-                    "compute": compute,
+                    "work": float(times.group(1)),
+                    "compute": float(times.group(2)),
                     "delivery": seconds(at["running -> encoded"], delivered),
                 }
         time.sleep(0.2)
@@ -184,19 +188,20 @@ def main() -> None:
                 appliance.wait(timeout=30)
     print("e2e: last instance received -> SEG and SR stored at Orthanc, embedded defaults, "
           "2 CPU cores")  # fmt: skip
-    header = (f"{'study':<22} {'quiet':>6} {'dispatch':>8} {'pipeline':>8} {'(compute)':>9} "
-              f"{'delivery':>8} {'total*':>7} {'orchestr.':>9} {'bare peer':>9}")  # fmt: skip
+    header = (f"{'study':<20} {'quiet':>5} {'dispatch':>8} {'pipeline':>8} {'(work)':>7} "
+              f"{'(model)':>7} {'delivery':>8} {'total*':>6} {'orchestr.':>9} "
+              f"{'not model':>9} {'bare peer':>9}")  # fmt: skip
     print(header)
     for name, t, peer_seconds in rows:
         total = t["dispatch"] + t["pipeline"] + t["delivery"]
-        share = (total - t["compute"]) / total
         print(
-            f"{name:<22} {t['quiet']:>6.2f} {t['dispatch']:>8.2f} {t['pipeline']:>8.2f} "
-            f"{t['compute']:>9.2f} {t['delivery']:>8.2f} {total:>7.2f} {share:>9.0%} "
+            f"{name:<20} {t['quiet']:>5.2f} {t['dispatch']:>8.2f} {t['pipeline']:>8.2f} "
+            f"{t['work']:>7.2f} {t['compute']:>7.2f} {t['delivery']:>8.2f} {total:>6.2f} "
+            f"{(total - t['work']) / total:>9.1%} {(total - t['compute']) / total:>9.0%} "
             f"{peer_seconds:>9.2f}"
         )
-    print(f"* after the quiet period; orchestration = total - model compute, target "
-          f"<= {TARGET_SHARE:.0%}")  # fmt: skip
+    print(f"* after the quiet period. orchestr. = (total - pipeline work) / total, target "
+          f"<= {TARGET_SHARE:.0%}; not model = (total - model compute) / total")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import ColumnElement, Engine, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from appliance.audit.db import session_factory
@@ -19,10 +19,14 @@ from appliance.audit.models import AuditEvent, Delivery, Instance, Job, Series, 
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
 from appliance.domain.delivery import DeliveryState
 from appliance.domain.jobs import JobState, check_transition
-from appliance.domain.routing import SeriesFacts
+from appliance.domain.routing import Priority, SeriesFacts
 
 ACTOR = "worker"
 _FAILURES = {JobState.FAILED, JobState.DEAD_LETTER}
+
+
+def _not_sent(now: datetime, again_after: timedelta) -> ColumnElement[bool]:
+    return or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - again_after)
 
 
 class LostJob(Exception):
@@ -134,22 +138,40 @@ class JobLedger:
                 )
             return [job.id for job in jobs]
 
-    def to_dispatch(self, now: datetime, again_after: timedelta) -> list[tuple[int, str]]:
-        """QUEUED jobs never dispatched, or dispatched longer ago than `again_after` (their
-        message was lost), as (id, priority); each is marked dispatched now."""
-        with self._sessions.begin() as session:
-            jobs = session.scalars(
-                select(Job)
-                .where(
-                    Job.state == JobState.QUEUED,
-                    or_(Job.dispatched_at.is_(None), Job.dispatched_at < now - again_after),
-                )
+    def waiting(self, now: datetime, again_after: timedelta) -> list[tuple[int, datetime]]:
+        """QUEUED jobs no worker has been sent, or sent longer ago than `again_after` (their
+        message was lost), as (id, created at)."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Job.id, Job.created_at)
+                .where(Job.state == JobState.QUEUED, _not_sent(now, again_after))
                 .order_by(Job.id)
-                .with_for_update(skip_locked=True)
             ).all()
-            for job in jobs:
-                job.dispatched_at = now
-            return [(job.id, job.priority) for job in jobs]
+        return [(job_id, created_at) for job_id, created_at in rows]
+
+    def in_flight(self, now: datetime, again_after: timedelta) -> int:
+        """Jobs the workers hold: sent and waiting in the broker, or running."""
+        with self._sessions() as session:
+            sent = (Job.state == JobState.QUEUED) & ~_not_sent(now, again_after)
+            return int(
+                session.scalar(
+                    select(func.count(Job.id)).where(sent | (Job.state == JobState.RUNNING))
+                )
+                or 0
+            )
+
+    def mark_dispatched(
+        self, job_id: int, priority: Priority, now: datetime, again_after: timedelta
+    ) -> bool:
+        """Record that the job is being sent with `priority`; False when it is no longer
+        waiting (another sweeper sent it, or it was cancelled)."""
+        with self._sessions.begin() as session:
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED, _not_sent(now, again_after))
+                .values(dispatched_at=now, priority=priority.value)
+            )
+            return bool(changed.rowcount)  # type: ignore[attr-defined]
 
     def settle_deliveries(self, now: datetime) -> list[tuple[int, JobState]]:
         """DELIVERING jobs whose deliveries are all finished become DONE, or DEAD_LETTER when

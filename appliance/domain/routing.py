@@ -3,12 +3,14 @@
 Rules are data, never code: each names a pipeline and the facts a series must have (modality,
 SOP class, body part, a series description pattern, the calling and called AE titles). Every
 condition a rule leaves empty matches anything. The first matching rule takes a series; a
-series no rule takes is left alone (and said so in the job's record).
+series no rule takes is left alone (and said so in the job's record). Urgent jobs go to the
+workers first; normal ones are promoted after a bounded wait.
 """
 
 import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -81,3 +83,26 @@ def priority_of(routes: Sequence[Route]) -> Priority:
     """A job is urgent when any of its routes is."""
     urgent = any(r.rule.priority is Priority.URGENT for r in routes)
     return Priority.URGENT if urgent else Priority.NORMAL
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A queued job not yet handed to a worker."""
+
+    job_id: int
+    priority: Priority
+    queued_at: datetime
+
+
+def dispatch_order(
+    waiting: Sequence[Waiting], slots: int, now: datetime, promote_after: timedelta
+) -> list[Waiting]:
+    """The jobs to hand to the workers' `slots` free places: urgent ones first, oldest first
+    within a rank. A normal job that has waited `promote_after` ranks as urgent, so a steady
+    stream of urgent studies delays normal ones by at most that much and never starves them."""
+
+    def rank(job: Waiting) -> tuple[int, datetime, int]:
+        urgent = job.priority is Priority.URGENT or now - job.queued_at >= promote_after
+        return (0 if urgent else 1, job.queued_at, job.job_id)
+
+    return sorted(waiting, key=rank)[: max(slots, 0)]

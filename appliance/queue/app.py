@@ -17,10 +17,13 @@ from appliance.domain.routing import Priority
 PROCESS_STUDY = "appliance.process_study"
 DELIVER = "appliance.deliver"
 QUEUES = (Priority.URGENT.value, Priority.NORMAL.value)
+SQL_PREFIX = "sqla+"
 
 
 def make_app(settings: QueueSettings) -> Celery:
-    app = Celery("appliance", broker=settings.broker_url, set_as_current=False)
+    embedded = settings.broker_url.startswith(SQL_PREFIX)
+    broker = settings.broker_url.removeprefix(SQL_PREFIX)  # the database URL alone
+    app = Celery("appliance", broker=broker, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -38,6 +41,8 @@ def make_app(settings: QueueSettings) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
     )
+    if embedded:  # kombu's SQL transport, polling more often
+        app.conf.broker_transport = "appliance.queue.transport:SqlTransport"
     if settings.broker_url.startswith(("redis://", "rediss://")):
         # Redis redelivers an unacknowledged task after this long; the lease says the same.
         app.conf.broker_transport_options = {"visibility_timeout": settings.lease_seconds}

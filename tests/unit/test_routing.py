@@ -1,6 +1,16 @@
 """Routing rules: declarative matching, first rule wins, urgent beats normal."""
 
-from appliance.domain.routing import Priority, RouteRule, SeriesFacts, priority_of, route
+from datetime import UTC, datetime, timedelta
+
+from appliance.domain.routing import (
+    Priority,
+    RouteRule,
+    SeriesFacts,
+    Waiting,
+    dispatch_order,
+    priority_of,
+    route,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -45,3 +55,21 @@ def test_empty_conditions_match_anything_and_case_does_not_matter() -> None:
     anything = RouteRule("all", "ct")
     assert anything.matches(facts("1", "ct", CT, "abdomen"))
     assert RULES[1].matches(facts("1", "ct", CT, "Abdomen"))
+
+
+def test_urgent_jobs_go_first_and_a_long_wait_promotes_a_normal_one() -> None:
+    now = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    promote = timedelta(minutes=10)
+    waiting = [
+        Waiting(1, Priority.NORMAL, now - timedelta(minutes=3)),
+        Waiting(2, Priority.NORMAL, now - timedelta(minutes=2)),
+        Waiting(3, Priority.URGENT, now - timedelta(minutes=1)),
+        Waiting(4, Priority.URGENT, now - timedelta(seconds=5)),
+    ]
+    assert [j.job_id for j in dispatch_order(waiting, 3, now, promote)] == [3, 4, 1]
+    assert dispatch_order(waiting, 0, now, promote) == []
+    assert dispatch_order(waiting, -2, now, promote) == []
+
+    starved = Waiting(5, Priority.NORMAL, now - timedelta(minutes=11))
+    order = dispatch_order([*waiting, starved], 2, now, promote)
+    assert [j.job_id for j in order] == [5, 3]  # waited longest: ahead of fresh urgent ones
