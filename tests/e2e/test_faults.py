@@ -1,12 +1,15 @@
-"""Faults on the running appliance: a worker killed mid-job, and a study with bad input."""
+"""Faults on the running appliance: a worker killed mid-job, the PACS down when results are
+ready, and a study with bad input."""
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -14,11 +17,12 @@ from appliance.audit.models import AuditEvent, Job
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from tests.conftest import free_port, storescu
+from tests.conftest import echoscu, free_port, storescu
 from tests.e2e.test_round_trip import serve, wait_for_modalities
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
+T = TypeVar("T")
 
 
 def worker_of(appliance: psutil.Process) -> psutil.Process:
@@ -29,6 +33,34 @@ def worker_of(appliance: psutil.Process) -> psutil.Process:
         if "spawn_main" in command and "resource_tracker" not in command:
             return child
     raise LookupError("serve has no worker process")
+
+
+def wait_for(check: Callable[[], T], seconds: float) -> T:
+    """`check()` once it is truthy; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"nothing after {seconds:.0f} s"
+        time.sleep(0.2)
+    return value
+
+
+def wait_for_listener(port: int) -> None:
+    wait_for(lambda: echoscu(port, calling=AE_TITLE).returncode == 0, 60)
+
+
+def events(engine: Engine, event_type: str) -> list[str]:
+    with Session(engine) as session:
+        return [
+            detail or ""
+            for detail in session.scalars(
+                select(AuditEvent.detail).where(AuditEvent.event_type == event_type)
+            )
+        ]
+
+
+def job_states(engine: Engine) -> list[str]:
+    with Session(engine) as session:
+        return list(session.scalars(select(Job.state).order_by(Job.id)))
 
 
 def test_a_worker_killed_mid_job_leaves_one_copy_of_each_result(tmp_path: Path) -> None:
@@ -90,3 +122,33 @@ def test_a_study_with_bad_input_fails_and_the_next_goes_through(tmp_path: Path) 
         jobs = {job.state: job.reason for job in session.scalars(select(Job))}
     assert set(jobs) == {"failed", "done"}
     assert "uneven or has gaps" in (jobs["failed"] or "")
+
+
+def test_results_wait_for_a_pacs_that_is_down_and_arrive_once_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    cine = write_us_cine(generate_cine(300_007, frames=6), tmp_path / "us" / "cine.dcm")
+    port, pacs_port = free_port(), free_port()
+    database = tmp_path / "appliance.db"
+    appliance = serve(
+        tmp_path,
+        port,
+        pacs_port,
+        {"delivery": {"retry_initial_seconds": 0.5, "retry_max_seconds": 1.0}},
+    )
+    try:
+        wait_for_listener(port)
+        assert storescu(port, [cine], calling=AE_TITLE).returncode == 0  # from the modality
+        engine = create_engine(f"sqlite:///{database}")
+        wait_for(lambda: len(events(engine, "delivery_retry")) >= 4, 60)  # two rounds
+        assert job_states(engine) == ["delivering"]
+
+        with running_orthanc(tmp_path / "pacs", dicom_port=pacs_port) as pacs:
+            assert wait_for_modalities(pacs, ["SEG", "SR"], 60) == ["SEG", "SR"]
+            wait_for(lambda: job_states(engine) == ["done"], 30)
+            time.sleep(2)  # a second copy would have arrived by now
+            assert wait_for_modalities(pacs, ["SEG", "SR"], 0) == ["SEG", "SR"]
+        assert len(events(engine, "result_delivered")) == 2
+    finally:
+        appliance.terminate()
+        appliance.wait(timeout=30)
