@@ -18,7 +18,7 @@ from appliance.audit.events import record_event
 from appliance.audit.models import AuditEvent, Delivery, Instance, Job, Series, Study
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
 from appliance.domain.delivery import DeliveryState
-from appliance.domain.jobs import JobState, check_transition
+from appliance.domain.jobs import JobState, UnknownJob, check_transition
 from appliance.domain.routing import Priority, SeriesFacts
 
 ACTOR = "worker"
@@ -118,7 +118,10 @@ class JobLedger:
 
     def state(self, job_id: int) -> JobState:
         with self._sessions() as session:
-            return JobState(session.get_one(Job, job_id).state)
+            job = session.get(Job, job_id)
+            if job is None:
+                raise UnknownJob(f"job {job_id} is not in the database")
+            return JobState(job.state)
 
     def requeue_expired(self, now: datetime) -> list[int]:
         """RUNNING jobs whose lease ran out go back to QUEUED: their worker is gone."""

@@ -31,6 +31,11 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
+class UnknownJob(LookupError):
+    """A job ID the database does not hold: a message from another installation's database,
+    or one left in a shared broker."""
+
+
 class InvalidJobTransition(ValueError):
     def __init__(self, current: JobState, target: JobState) -> None:
         super().__init__(f"job cannot go from {current.value} to {target.value}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from appliance.domain.jobs import JobState
+from appliance.domain.jobs import JobState, UnknownJob
 from appliance.queue.app import DELIVER, PROCESS_STUDY
 
 LOG = logging.getLogger(__name__)
@@ -37,7 +37,11 @@ def register(
     def process_study(task: Task, job_id: int) -> str:
         if "runner" not in built:
             built["runner"] = make_runner()
-        state: JobState = built["runner"](job_id)
+        try:
+            state: JobState = built["runner"](job_id)
+        except UnknownJob as exc:  # acknowledged and dropped: retrying cannot help
+            LOG.error("message dropped: %s", exc)
+            return "unknown"
         if state is JobState.QUEUED:
             LOG.info("job %d back in the queue; retrying in %.0f s", job_id, retry_seconds)
             raise task.retry(countdown=retry_seconds, max_retries=None)

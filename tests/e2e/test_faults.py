@@ -3,9 +3,7 @@ ready, and a study with bad input."""
 
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import psutil
 import pytest
@@ -17,12 +15,11 @@ from appliance.audit.models import AuditEvent, Job
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from tests.conftest import echoscu, free_port, storescu
-from tests.e2e.test_round_trip import serve, wait_for_modalities
+from tests.conftest import free_port, storescu
+from tests.e2e.appliance import serve, wait_for, wait_for_modalities
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
-T = TypeVar("T")
 
 
 def worker_of(appliance: psutil.Process) -> psutil.Process:
@@ -33,19 +30,6 @@ def worker_of(appliance: psutil.Process) -> psutil.Process:
         if "spawn_main" in command and "resource_tracker" not in command:
             return child
     raise LookupError("serve has no worker process")
-
-
-def wait_for(check: Callable[[], T], seconds: float) -> T:
-    """`check()` once it is truthy; fails after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"nothing after {seconds:.0f} s"
-        time.sleep(0.2)
-    return value
-
-
-def wait_for_listener(port: int) -> None:
-    wait_for(lambda: echoscu(port, calling=AE_TITLE).returncode == 0, 60)
 
 
 def events(engine: Engine, event_type: str) -> list[str]:
@@ -137,7 +121,6 @@ def test_results_wait_for_a_pacs_that_is_down_and_arrive_once_when_it_is_back(
         {"delivery": {"retry_initial_seconds": 0.5, "retry_max_seconds": 1.0}},
     )
     try:
-        wait_for_listener(port)
         assert storescu(port, [cine], calling=AE_TITLE).returncode == 0  # from the modality
         engine = create_engine(f"sqlite:///{database}")
         wait_for(lambda: len(events(engine, "delivery_retry")) >= 4, 60)  # two rounds

@@ -12,10 +12,11 @@ from sqlalchemy.orm import Session
 from appliance.audit.jobs import JobLedger
 from appliance.audit.models import Job
 from appliance.audit.studies import StudyService
-from appliance.domain.jobs import JobState
+from appliance.domain.jobs import JobState, UnknownJob
+from appliance.jobs import JobRunner
 from appliance.queue.app import QUEUES, make_app
 from appliance.runtime import Dispatcher, completion_policy
-from tests.conftest import storescu
+from tests.conftest import make_settings, storescu
 from tests.factory import new_series, write_series
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -73,3 +74,11 @@ def dispatched(engine: Engine) -> dict[int, str]:
             select(Job.id, Job.priority).where(Job.dispatched_at.is_not(None))
         ).all()
     return {job_id: priority for job_id, priority in rows}
+
+
+def test_a_message_for_a_job_the_database_does_not_hold_is_refused_by_name(
+    tmp_path: Path, db_url: str, engine: Engine
+) -> None:
+    runner = JobRunner(make_settings(tmp_path, db_url), engine)
+    with pytest.raises(UnknownJob, match="job 424242 is not in the database"):
+        runner.run(424242)

@@ -1,0 +1,133 @@
+"""The appliance under test as its users run it: a configuration file, `appliance serve` or
+production's roles as processes of their own, and waits on what they do."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tests.conftest import echoscu
+from tests.orthanc import AE_TITLE, Orthanc
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Mode:
+    settings: dict[str, Any]
+    roles: tuple[str, ...] = ("serve",)
+
+
+PRODUCTION_ROLES = ("listen", "sweep", "worker")
+
+
+def wait_for(check: Callable[[], T], seconds: float) -> T:
+    """`check()` once it is truthy; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"nothing after {seconds:.0f} s"
+        time.sleep(0.2)
+    return value
+
+
+def wait_for_listener(port: int) -> None:
+    wait_for(lambda: echoscu(port, calling=AE_TITLE).returncode == 0, 60)
+
+
+def serve(
+    tmp_path: Path, port: int, pacs_port: int, overrides: dict[str, Any]
+) -> subprocess.Popen[bytes]:
+    """`appliance serve`: every role from one command; returns once it answers C-ECHO."""
+    process = start_role(write_config(tmp_path, port, pacs_port, overrides), "serve")
+    wait_for_listener(port)
+    return process
+
+
+def write_config(tmp_path: Path, port: int, pacs_port: int, overrides: dict[str, Any]) -> Path:
+    config = tmp_path / "appliance.yaml"
+    tree: dict[str, Any] = {
+        "listener": {
+            "host": "127.0.0.1",
+            "port": port,
+            "peers": [{"ae_title": AE_TITLE, "hosts": ["127.0.0.1"]}],
+        },
+        "spool": {"path": str(tmp_path / "spool")},
+        "database": {"url": f"sqlite:///{tmp_path}/appliance.db"},
+        "study": {"quiet_period_seconds": 2, "sweep_interval_seconds": 0.5},
+        "inference": {"repository": str(REPOSITORY), "threads": 2},
+        "queue": {"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
+        "delivery": {
+            "outbox": str(tmp_path / "outbox"),
+            "interval_seconds": 0.5,
+            "destinations": [
+                {
+                    "name": "pacs",
+                    "ae_title": AE_TITLE,
+                    "host": "127.0.0.1",
+                    "port": pacs_port,
+                }
+            ],
+        },
+    }
+    for section, values in overrides.items():
+        tree[section] = {**tree.get(section, {}), **values}
+    config.write_text(yaml.safe_dump(tree))
+    return config
+
+
+def start_role(config: Path, role: str) -> subprocess.Popen[bytes]:
+    """One `appliance` command in the background, its output in `<role>.log` (serve's in
+    appliance.log) beside the configuration."""
+    name = "appliance" if role == "serve" else role
+    log = open(config.parent / f"{name}.log", "wb")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen(
+        [sys.executable, "-m", "appliance", "--config", str(config), role],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+
+
+@contextmanager
+def running_roles(
+    tmp_path: Path, port: int, pacs_port: int, mode: Mode
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The appliance as the mode runs it: `serve`, or production's roles as processes of
+    their own after `db upgrade`."""
+    config = write_config(tmp_path, port, pacs_port, mode.settings)
+    if mode.roles != ("serve",):
+        upgrade = subprocess.run(
+            [sys.executable, "-m", "appliance", "--config", str(config), "db", "upgrade"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert upgrade.returncode == 0, upgrade.stderr
+    processes = [start_role(config, role) for role in mode.roles]
+    try:
+        wait_for_listener(port)
+        yield processes
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+
+def wait_for_modalities(pacs: Orthanc, expected: list[str], seconds: float) -> list[str]:
+    """The sorted modalities of the PACS's instances, once they are `expected` or when
+    `seconds` have passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        modalities = sorted(
+            pacs.get(f"/instances/{i}/simplified-tags")["Modality"] for i in pacs.get("/instances")
+        )
+        if modalities == sorted(expected) or time.monotonic() > deadline:
+            return modalities
+        time.sleep(0.5)
