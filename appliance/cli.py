@@ -1,5 +1,6 @@
 """The `appliance` command."""
 
+import getpass
 import json
 import sys
 from dataclasses import asdict
@@ -13,6 +14,7 @@ import yaml
 from appliance.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from appliance.audit.accounts import AccountLedger
     from appliance.audit.studies import StudyService
     from appliance.delivery import Deliverer
 
@@ -65,11 +67,25 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
         sys.exit(EXIT_BAD_SETTINGS)
 
 
-def _run(ctx: click.Context, listen: bool, sweep: bool, migrate: bool, work: bool = False) -> None:
+def _run(
+    ctx: click.Context,
+    listen: bool,
+    sweep: bool,
+    migrate: bool,
+    work: bool = False,
+    dashboard: bool = False,
+) -> None:
     from appliance.runtime import SchemaNotCurrent, run
 
     try:
-        run(_settings(ctx), listen=listen, sweep=sweep, migrate=migrate, work=work)
+        run(
+            _settings(ctx),
+            listen=listen,
+            sweep=sweep,
+            migrate=migrate,
+            work=work,
+            dashboard=dashboard,
+        )
     except SchemaNotCurrent as exc:
         click.echo(f"appliance: {exc}", err=True)
         sys.exit(EXIT_BAD_SETTINGS)
@@ -81,9 +97,18 @@ def _run(ctx: click.Context, listen: bool, sweep: bool, migrate: bool, work: boo
 @main.command()
 @click.pass_context
 def serve(ctx: click.Context) -> None:
-    """Run every role on the configured (by default embedded) services: listener and sweeper
-    in this process, a worker beside it."""
-    _run(ctx, listen=True, sweep=True, migrate=True, work=True)
+    """Run every role on the configured (by default embedded) services: listener, sweeper and
+    dashboard in this process, a worker beside it."""
+    settings = _settings(ctx)
+    _run(ctx, listen=True, sweep=True, migrate=True, work=True,
+         dashboard=settings.dashboard.enabled)  # fmt: skip
+
+
+@main.command()
+@click.pass_context
+def dashboard(ctx: click.Context) -> None:
+    """Run the ops dashboard, its JSON API and /metrics only (the schema must be current)."""
+    _run(ctx, listen=False, sweep=False, migrate=False, dashboard=True)
 
 
 @main.command()
@@ -122,6 +147,85 @@ def db_upgrade(ctx: click.Context) -> None:
 
     upgrade(create_db_engine(_settings(ctx).database.url))
     click.echo("database schema is current")
+
+
+@main.group()
+def users() -> None:
+    """Dashboard accounts and API tokens."""
+
+
+def _accounts(ctx: click.Context) -> "AccountLedger":
+    from appliance.audit.accounts import AccountLedger
+    from appliance.runtime import open_database
+
+    return AccountLedger(open_database(_settings(ctx), migrate=False))
+
+
+def _console() -> str:
+    """Who acted, in the audit trail, for a command run at the console."""
+    return f"console:{getpass.getuser()}"
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@users.command("add")
+@click.argument("username")
+@click.option("--role", default="viewer", show_default=True, help="viewer, operator or admin.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_context
+def users_add(ctx: click.Context, username: str, role: str, password_stdin: bool) -> None:
+    """Add a local account (the password is asked for, or read from stdin)."""
+    from appliance.audit.accounts import AccountExists
+    from appliance.domain.accounts import Role, WeakPassword
+
+    try:
+        parsed = Role.parse(role)
+        _accounts(ctx).add(
+            username, _password(password_stdin), parsed, datetime.now(UTC), _console()
+        )
+    except (ValueError, WeakPassword, AccountExists) as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+    click.echo(f"account {username} added as {parsed.label}")
+
+
+@users.command("password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_context
+def users_password(ctx: click.Context, username: str, password_stdin: bool) -> None:
+    """Set a new password; the account's sessions and tokens stop working."""
+    from appliance.audit.accounts import UnknownAccount
+    from appliance.domain.accounts import WeakPassword
+
+    try:
+        _accounts(ctx).set_password(
+            username, _password(password_stdin), datetime.now(UTC), _console()
+        )
+    except (WeakPassword, UnknownAccount) as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+    click.echo(f"password of {username} changed")
+
+
+@users.command("token")
+@click.argument("username")
+@click.option("--name", required=True, help="What the token is for, e.g. prometheus.")
+@click.pass_context
+def users_token(ctx: click.Context, username: str, name: str) -> None:
+    """Create an API token acting as USERNAME (for scripts and Prometheus); printed once."""
+    from appliance.audit.accounts import UnknownAccount
+
+    try:
+        token = _accounts(ctx).create_token(username, name, datetime.now(UTC), _console())
+    except UnknownAccount as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+    click.echo(token)
 
 
 @main.group()

@@ -373,6 +373,19 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+class DashboardSettings(_Section):
+    """The ops dashboard, its JSON API and Prometheus metrics (one web server)."""
+
+    enabled: bool = Field(default=True, description="serve runs the dashboard.")
+    host: str = Field(default="127.0.0.1", description="Address the dashboard listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Its TCP port.")
+    session_hours: float = Field(default=12.0, gt=0, le=720, description="A login lasts this long.")
+    secure_cookies: bool = Field(
+        default=False,
+        description="Send the session cookie over HTTPS only; set it behind a TLS proxy.",
+    )
+
+
 class LoggingSettings(_Section):
     """Process logs on stderr. Patient attributes are never logged at any level."""
 
@@ -396,6 +409,7 @@ class Settings(_Section):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     results: ResultsSettings = Field(default_factory=ResultsSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
 

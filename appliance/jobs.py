@@ -138,11 +138,13 @@ class JobRunner:
             self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.warning("job %d failed: %s", job_id, reason)
             return JobState.FAILED
+        pipeline = time.perf_counter() - started
         summary = (
-            f"{len(results)} results; pipeline {time.perf_counter() - started:.2f} s, "
+            f"{len(results)} results; pipeline {pipeline:.2f} s, "
             f"model compute {backend.seconds:.2f} s"
         )
-        self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt)
+        timings = (pipeline, backend.seconds)
+        self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings)
         self._deliverer.queue(results, work.study_instance_uid, _now(), job_id)
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
         LOG.info("job %d: %d results queued for delivery", job_id, len(results))

@@ -14,11 +14,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from kombu.exceptions import KombuError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from appliance.audit.accounts import AccountLedger
 from appliance.audit.db import create_db_engine, pending_migrations, upgrade
 from appliance.audit.ingest import DatabaseIngestLedger
 from appliance.audit.jobs import JobLedger
@@ -36,6 +38,9 @@ from appliance.jobs import JobRunner
 from appliance.logs import configure_logging
 from appliance.queue.app import PROCESS_STUDY, QUEUES, make_app
 from appliance.queue.tasks import register
+
+if TYPE_CHECKING:
+    from appliance.web.server import DashboardServer
 
 LOG = logging.getLogger(__name__)
 SUPERVISE_INTERVAL_SECONDS = 1.0
@@ -304,13 +309,37 @@ class ListenerGroup:
             process.join(timeout=10)
 
 
-def run(settings: Settings, listen: bool, sweep: bool, migrate: bool, work: bool = False) -> None:
-    """Run the chosen roles until SIGTERM or SIGINT: listener and sweeper in this process, a
-    worker (with `work`) in a child process, restarted if it dies."""
+def dashboard_server(settings: Settings, engine: Engine) -> "DashboardServer":
+    from appliance.dashboard import ApplianceView
+    from appliance.jobs import make_backend
+    from appliance.web.app import create_app
+    from appliance.web.server import DashboardServer
+
+    view = ApplianceView(settings, engine, make_backend(settings.inference))
+    app = create_app(settings.dashboard, view)
+    return DashboardServer(app, settings.dashboard.host, settings.dashboard.port)
+
+
+def run(
+    settings: Settings,
+    listen: bool,
+    sweep: bool,
+    migrate: bool,
+    work: bool = False,
+    dashboard: bool = False,
+) -> None:
+    """Run the chosen roles until SIGTERM or SIGINT: listener, sweeper and dashboard in this
+    process, a worker (with `work`) in a child process, restarted if it dies."""
     configure_logging(settings.logging)
     engine = open_database(settings, migrate=migrate)
     stop = threading.Event()
     _stop_on_signals(stop)
+    web = None
+    if dashboard:
+        web = dashboard_server(settings, engine)
+        web.start()
+        if AccountLedger(engine).count() == 0:
+            LOG.warning("no dashboard accounts yet: add one with `appliance users add NAME`")
     worker = WorkerProcess(settings) if work else None
     if worker is not None:
         worker.start()
@@ -329,7 +358,11 @@ def run(settings: Settings, listen: bool, sweep: bool, migrate: bool, work: bool
                 group.supervise()
             if worker is not None:
                 worker.supervise()
+            if web is not None and not web.alive():
+                raise RuntimeError("the dashboard stopped (is its port taken?)")
     finally:
+        if web is not None:
+            web.stop()
         if worker is not None:
             worker.stop()
         if group is not None:

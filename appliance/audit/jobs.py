@@ -23,6 +23,7 @@ from appliance.domain.routing import Priority, SeriesFacts
 
 ACTOR = "worker"
 _FAILURES = {JobState.FAILED, JobState.DEAD_LETTER}
+_NOT_THIS_ATTEMPTS = {JobState.QUEUED, JobState.CANCELLED}  # requeued, or an operator cancelled
 
 
 def _not_sent(now: datetime, again_after: timedelta) -> ColumnElement[bool]:
@@ -85,17 +86,79 @@ class JobLedger:
         now: datetime,
         reason: str | None = None,
         attempt: int | None = None,
+        timings: tuple[float, float] | None = None,
     ) -> None:
-        """Move a job; with `attempt`, only if that attempt still holds it (else LostJob)."""
+        """Move a job; with `attempt`, only if that attempt still holds it (else LostJob).
+        `timings` (pipeline seconds, model compute seconds) go with the move to ENCODED."""
         with self._sessions.begin() as session:
             job = session.get_one(Job, job_id, with_for_update=True)
-            lost = job.attempts != attempt or job.state == JobState.QUEUED
+            lost = job.attempts != attempt or job.state in _NOT_THIS_ATTEMPTS
             if attempt is not None and lost:
                 raise LostJob(f"job {job_id}: attempt {attempt} lost its lease")
-            study_uid = session.scalar(
-                select(Study.study_instance_uid).where(Study.id == job.study_id)
-            )
-            self._move(session, job, str(study_uid), target, now, reason)
+            if timings is not None:
+                job.pipeline_seconds, job.compute_seconds = timings
+            self._move(session, job, self._study_uid(session, job), target, now, reason)
+
+    def retry(self, job_id: int, now: datetime, actor: str) -> None:
+        """Operator action: run a failed, dead-letter or cancelled job again from the start,
+        with a fresh count of attempts."""
+        with self._sessions.begin() as session:
+            job = self._job(session, job_id)
+            job.attempts = 0
+            job.dispatched_at = None
+            self._move(session, job, self._study_uid(session, job), JobState.QUEUED, now,
+                       f"retried by {actor}", actor)  # fmt: skip
+
+    def cancel(self, job_id: int, now: datetime, actor: str) -> None:
+        """Operator action: stop a job; a running attempt stops at its next step, and results
+        not yet delivered are not sent."""
+        with self._sessions.begin() as session:
+            job = self._job(session, job_id)
+            session.execute(
+                update(Delivery)
+                .where(Delivery.job_id == job_id, Delivery.state == DeliveryState.PENDING.value)
+                .values(state=DeliveryState.DEAD_LETTER.value, finished_at=now,
+                        reason=f"job cancelled by {actor}")
+            )  # fmt: skip
+            self._move(session, job, self._study_uid(session, job), JobState.CANCELLED, now,
+                       f"cancelled by {actor}", actor)  # fmt: skip
+
+    def resend(self, job_id: int, now: datetime, actor: str) -> int:
+        """Operator action: send a finished job's results again (from the outbox) to every
+        destination; the number of objects queued."""
+        with self._sessions.begin() as session:
+            job = self._job(session, job_id)
+            self._move(session, job, self._study_uid(session, job), JobState.DELIVERING, now,
+                       f"results re-sent by {actor}", actor)  # fmt: skip
+            changed = session.execute(
+                update(Delivery)
+                .where(Delivery.job_id == job_id)
+                .values(state=DeliveryState.PENDING.value, attempts=0, first_attempt_at=None,
+                        next_attempt_at=now, finished_at=None, reason=None)
+            )  # fmt: skip
+            return int(changed.rowcount)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _job(session: Session, job_id: int) -> Job:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise UnknownJob(f"job {job_id} is not in the database")
+        return job
+
+    @staticmethod
+    def _latency(session: Session, job: Job) -> float | None:
+        """Last instance received -> last result stored: the number a radiologist feels."""
+        stored = session.scalar(
+            select(func.max(Delivery.finished_at)).where(Delivery.job_id == job.id)
+        )
+        received = session.scalar(select(Study.last_received_at).where(Study.id == job.study_id))
+        if stored is None or received is None:
+            return None
+        return max((stored - received).total_seconds(), 0.0)
+
+    @staticmethod
+    def _study_uid(session: Session, job: Job) -> str:
+        return str(session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id)))
 
     def series_facts(self, job_id: int) -> list[SeriesFacts]:
         """What routing needs to know about the series of a job's study."""
@@ -193,11 +256,10 @@ class JobLedger:
                     if DeliveryState.DEAD_LETTER.value in states
                     else JobState.DONE
                 )
-                study_uid = session.scalar(
-                    select(Study.study_instance_uid).where(Study.id == job.study_id)
-                )
                 reason = "a result could not be delivered" if target in _FAILURES else None
-                self._move(session, job, str(study_uid), target, now, reason)
+                if target is JobState.DONE:
+                    job.latency_seconds = self._latency(session, job)
+                self._move(session, job, self._study_uid(session, job), target, now, reason)
                 settled.append((job.id, target))
         return settled
 
@@ -242,6 +304,7 @@ class JobLedger:
         target: JobState,
         now: datetime,
         reason: str | None,
+        actor: str = ACTOR,
     ) -> None:
         current = JobState(job.state)
         check_transition(current, target)
@@ -254,7 +317,7 @@ class JobLedger:
             session,
             AuditEventType.JOB_STATE,
             occurred_at=now,
-            actor=ACTOR,
+            actor=actor,
             action=EventAction.UPDATE,
             outcome=EventOutcome.SERIOUS_FAILURE if target in _FAILURES else EventOutcome.SUCCESS,
             study_instance_uid=study_uid,

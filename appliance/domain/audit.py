@@ -53,11 +53,17 @@ class AuditEventType(StrEnum):
     RESULT_DELIVERED = "result_delivered"
     DELIVERY_RETRY = "delivery_retry"
     DELIVERY_DEAD_LETTER = "delivery_dead_letter"
+    USER_LOGIN = "user_login"
+    USER_LOGOUT = "user_logout"
+    ACCOUNT_CHANGED = "account_changed"
+    PATIENT_DATA_SHOWN = "patient_data_shown"
+    AUDIT_EXPORTED = "audit_exported"
 
 
 _BEGIN_TRANSFER = CodedEvent("110102", "DCM", "Begin Transferring DICOM Instances")
 _TRANSFERRED = CodedEvent("110104", "DCM", "DICOM Instances Transferred")
 _SECURITY_ALERT = CodedEvent("110113", "DCM", "Security Alert")
+_AUTHENTICATION = CodedEvent("110114", "DCM", "User Authentication")
 _APPLIANCE = "99APPLIANCE"
 
 EVENT_IDS: dict[AuditEventType, CodedEvent] = {
@@ -77,4 +83,9 @@ EVENT_IDS: dict[AuditEventType, CodedEvent] = {
     AuditEventType.RESULT_DELIVERED: _TRANSFERRED,
     AuditEventType.DELIVERY_RETRY: _TRANSFERRED,
     AuditEventType.DELIVERY_DEAD_LETTER: _TRANSFERRED,
+    AuditEventType.USER_LOGIN: _AUTHENTICATION,
+    AuditEventType.USER_LOGOUT: _AUTHENTICATION,
+    AuditEventType.ACCOUNT_CHANGED: CodedEvent("110136", "DCM", "Security Roles Changed"),
+    AuditEventType.PATIENT_DATA_SHOWN: CodedEvent("110110", "DCM", "Patient Record"),
+    AuditEventType.AUDIT_EXPORTED: CodedEvent("110106", "DCM", "Export"),
 }

@@ -1,0 +1,251 @@
+"""What the dashboard and the metrics read: flow counts, stage timings, jobs and the audit trail.
+
+Patient identifiers are never part of these rows; `patient_identifiers` fetches them for the
+one study an authorised user chose to reveal, and the caller audits that.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Engine, Select, case, func, select
+from sqlalchemy.orm import Session
+
+from appliance.audit.db import session_factory
+from appliance.audit.events import record_event
+from appliance.audit.models import AuditEvent, Delivery, Instance, Job, Study
+from appliance.domain.audit import AuditEventType, EventAction
+from appliance.domain.dashboard import (
+    DeliveryRow,
+    EventRow,
+    Flow,
+    Histogram,
+    JobRow,
+    StageTimes,
+    Totals,
+)
+from appliance.domain.jobs import JobState
+
+_FINISHED = (JobState.DONE, JobState.FAILED, JobState.DEAD_LETTER)
+_LATENCY_SAMPLE = 1000  # the most recent jobs a percentile is taken over
+
+
+class DashboardQueries:
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = session_factory(engine)
+
+    def flow(self, since: datetime) -> Flow:
+        with self._sessions() as session:
+            jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            finished = dict(
+                session.execute(
+                    select(Job.state, func.count())
+                    .where(Job.updated_at >= since, Job.state.in_(_FINISHED))
+                    .group_by(Job.state)
+                ).all()
+            )
+            return Flow(
+                studies=_count(session, select(func.count(Study.id))),
+                studies_since=_count(
+                    session, select(func.count(Study.id)).where(Study.first_received_at >= since)
+                ),
+                instances_since=_count(
+                    session,
+                    select(func.count(Instance.id)).where(Instance.received_at >= since),
+                ),
+                jobs_by_state={state.value: int(jobs.get(state.value, 0)) for state in JobState},
+                urgent_waiting=_count(
+                    session,
+                    select(func.count(Job.id)).where(
+                        Job.state == JobState.QUEUED, Job.priority == "urgent"
+                    ),
+                ),
+                finished_since=sum(int(n) for n in finished.values()),
+                failed_since=sum(
+                    int(n) for state, n in finished.items() if state != JobState.DONE.value
+                ),
+                deliveries_by_state=dict(
+                    session.execute(
+                        select(Delivery.state, func.count()).group_by(Delivery.state)
+                    ).all()
+                ),
+            )
+
+    def stage_times(self, limit: int = _LATENCY_SAMPLE) -> StageTimes:
+        with self._sessions() as session:
+            rows = session.execute(
+                select(
+                    Study.last_received_at,
+                    Study.completed_at,
+                    Job.pipeline_seconds,
+                    Job.compute_seconds,
+                    Job.latency_seconds,
+                )
+                .join(Study, Study.id == Job.study_id)
+                .where(Job.state == JobState.DONE)
+                .order_by(Job.id.desc())
+                .limit(limit)
+            ).all()
+        return StageTimes(
+            quiet=[
+                (done - last).total_seconds()
+                for last, done, *_ in rows
+                if done is not None and done >= last
+            ],
+            pipeline=[r.pipeline_seconds for r in rows if r.pipeline_seconds is not None],
+            compute=[r.compute_seconds for r in rows if r.compute_seconds is not None],
+            total=[r.latency_seconds for r in rows if r.latency_seconds is not None],
+        )
+
+    def histogram(self, timing: str, buckets: Sequence[float]) -> Histogram:
+        """Cumulative counts of every finished job's `timing` (a Job timing column) at or
+        under each bucket bound, for a Prometheus histogram."""
+        column = {
+            "pipeline": Job.pipeline_seconds,
+            "compute": Job.compute_seconds,
+            "latency": Job.latency_seconds,
+        }[timing]
+        with self._sessions() as session:
+            row = session.execute(
+                select(
+                    func.count(column),
+                    func.coalesce(func.sum(column), 0.0),
+                    *(func.sum(case((column <= bound, 1), else_=0)) for bound in buckets),
+                ).where(column.is_not(None))
+            ).one()
+        count, total, *cumulative = row
+        return Histogram([int(n or 0) for n in cumulative], float(total), int(count))
+
+    def totals(self) -> Totals:
+        """All-time counts for the Prometheus counters."""
+        with self._sessions() as session:
+            instances, size = session.execute(
+                select(func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
+            ).one()
+            failures = session.execute(
+                select(AuditEvent.event_type, func.count())
+                .where(AuditEvent.outcome != 0)
+                .group_by(AuditEvent.event_type)
+            ).all()
+            delivered = _count(
+                session,
+                select(func.count(Delivery.id)).where(Delivery.state == "delivered"),
+            )
+        return Totals(int(instances), int(size), {t: int(n) for t, n in failures}, delivered)
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRow]:
+        with self._sessions() as session:
+            query = (
+                select(Job, Study.study_instance_uid)
+                .join(Study, Study.id == Job.study_id)
+                .order_by(Job.id.desc())
+                .limit(limit)
+            )
+            if state:
+                query = query.where(Job.state == state)
+            return [_job_row(job, uid) for job, uid in session.execute(query).all()]
+
+    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None:
+        with self._sessions() as session:
+            found = session.execute(
+                select(Job, Study.study_instance_uid)
+                .join(Study, Study.id == Job.study_id)
+                .where(Job.id == job_id)
+            ).first()
+            if found is None:
+                return None
+            deliveries = session.scalars(
+                select(Delivery).where(Delivery.job_id == job_id).order_by(Delivery.id)
+            ).all()
+            events = session.scalars(
+                select(AuditEvent).where(AuditEvent.job_id == job_id).order_by(AuditEvent.id)
+            ).all()
+            return (
+                _job_row(*found),
+                [
+                    DeliveryRow(
+                        d.destination, d.sop_class_uid, d.sop_instance_uid, d.state, d.attempts,
+                        d.reason,
+                    )
+                    for d in deliveries
+                ],
+                [_event_row(e) for e in events],
+            )  # fmt: skip
+
+    def events(
+        self,
+        event_type: str | None = None,
+        actor: str | None = None,
+        study_instance_uid: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 500,
+    ) -> list[EventRow]:
+        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        if event_type:
+            query = query.where(AuditEvent.event_type == event_type)
+        if actor:
+            query = query.where(AuditEvent.actor == actor)
+        if study_instance_uid:
+            query = query.where(AuditEvent.study_instance_uid == study_instance_uid)
+        if since:
+            query = query.where(AuditEvent.occurred_at >= since)
+        if until:
+            query = query.where(AuditEvent.occurred_at < until)
+        with self._sessions() as session:
+            return [_event_row(e) for e in session.scalars(query)]
+
+    def record_export(self, events: int, now: datetime, actor: str) -> None:
+        with self._sessions.begin() as session:
+            record_event(
+                session,
+                AuditEventType.AUDIT_EXPORTED,
+                occurred_at=now,
+                actor=actor,
+                action=EventAction.READ,
+                detail=f"{events} audit events exported as CSV",
+            )
+
+    def patient_identifiers(
+        self, study_instance_uid: str, now: datetime, actor: str, host: str | None
+    ) -> dict[str, str]:
+        """The study's patient name, ID and accession number, audited as shown to `actor`."""
+        with self._sessions.begin() as session:
+            study = session.scalar(
+                select(Study).where(Study.study_instance_uid == study_instance_uid)
+            )
+            if study is None:
+                return {}
+            record_event(
+                session,
+                AuditEventType.PATIENT_DATA_SHOWN,
+                occurred_at=now,
+                actor=actor,
+                actor_host=host,
+                action=EventAction.READ,
+                study_instance_uid=study_instance_uid,
+                study_id=study.id,
+                detail="patient identifiers shown on the dashboard",
+            )
+            return {
+                "Patient name": study.patient_name or "",
+                "Patient ID": study.patient_id or "",
+                "Accession number": study.accession_number or "",
+            }
+
+
+def _count(session: Session, query: Select[int]) -> int:
+    return int(session.scalar(query) or 0)
+
+
+def _job_row(job: Job, study_uid: str) -> JobRow:
+    return JobRow(
+        job.id, study_uid, job.study_version, job.state, job.priority, job.attempts,
+        job.created_at, job.updated_at, job.reason, job.latency_seconds,
+    )  # fmt: skip
+
+
+def _event_row(event: AuditEvent) -> EventRow:
+    return EventRow(
+        event.occurred_at, event.event_type, event.outcome, event.actor,
+        event.study_instance_uid, event.job_id, event.detail,
+    )  # fmt: skip

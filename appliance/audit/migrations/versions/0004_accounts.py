@@ -1,0 +1,65 @@
+"""Dashboard accounts and their credentials; job timings for the dashboard and metrics.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-25
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def _id() -> sa.Column[int]:
+    return sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "accounts",
+        _id(),
+        sa.Column("username", sa.String(length=64), nullable=False),
+        sa.Column("password_hash", sa.String(length=200), nullable=False),
+        sa.Column("role", sa.SmallInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("disabled", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
+        sa.UniqueConstraint("username", name=op.f("uq_accounts_username")),
+    )
+    op.create_table(
+        "credentials",
+        _id(),
+        sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=True),
+        sa.Column("digest", sa.String(length=64), nullable=False),
+        sa.Column(
+            "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["accounts.id"], name=op.f("fk_credentials_account_id_accounts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_credentials")),
+        sa.UniqueConstraint("digest", name=op.f("uq_credentials_digest")),
+    )
+    op.create_index(op.f("ix_credentials_account_id"), "credentials", ["account_id"])
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("pipeline_seconds", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("compute_seconds", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("latency_seconds", sa.Float(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("latency_seconds")
+        batch_op.drop_column("compute_seconds")
+        batch_op.drop_column("pipeline_seconds")
+    op.drop_index(op.f("ix_credentials_account_id"), table_name="credentials")
+    op.drop_table("credentials")
+    op.drop_table("accounts")

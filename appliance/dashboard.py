@@ -1,0 +1,167 @@
+"""The dashboard's view of the appliance (`web.ports.Appliance`), on the database, the spool,
+the inference backend and the destinations. Wiring, like `runtime`: the one place the web edge
+meets the others."""
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine
+
+from appliance import health
+from appliance.audit.accounts import AccountLedger
+from appliance.audit.dashboard import DashboardQueries
+from appliance.audit.jobs import JobLedger
+from appliance.audit.studies import StudyService, StudySummary, UnknownStudy
+from appliance.config import Settings
+from appliance.delivery import Deliverer
+from appliance.dicom.spool import Spool
+from appliance.domain.accounts import CredentialKind, User
+from appliance.domain.assembly import CompletionPolicy
+from appliance.domain.dashboard import (
+    Check,
+    DeliveryRow,
+    EventRow,
+    Flow,
+    Histogram,
+    JobRow,
+    StageTimes,
+    Totals,
+    recent,
+)
+from appliance.domain.jobs import InvalidJobTransition, UnknownJob
+from appliance.inference.backend import InferenceBackend
+from appliance.inference.contract import ContractError, load_contract
+from appliance.inference.repository import model_directories
+from appliance.web.ports import Conflict, EventFilter, NotFound, SpoolDisk
+
+
+class ApplianceView:
+    def __init__(self, settings: Settings, engine: Engine, backend: InferenceBackend) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._backend = backend
+        self._accounts = AccountLedger(engine)
+        self._queries = DashboardQueries(engine)
+        self._jobs = JobLedger(engine)
+        self._studies = StudyService(
+            engine,
+            CompletionPolicy(
+                quiet_period=timedelta(seconds=settings.study.quiet_period_seconds),
+                hint_settle=timedelta(seconds=settings.study.hint_settle_seconds),
+            ),
+        )
+        self._spool = Spool(settings.spool.path, settings.spool.disk_watermark_percent)
+        self._monitor = health.DestinationMonitor(Deliverer(settings.delivery, engine), settings)
+        self._lifetime = timedelta(hours=settings.dashboard.session_hours)
+
+    def login(self, username: str, password: str, host: str | None) -> str | None:
+        return self._accounts.login(username, password, _now(), self._lifetime, host)
+
+    def user(self, secret: str, kind: CredentialKind) -> User | None:
+        return self._accounts.user(secret, kind, _now())
+
+    def logout(self, secret: str) -> None:
+        self._accounts.logout(secret, _now())
+
+    def flow(self) -> Flow:
+        return self._queries.flow(recent(_now()))
+
+    def stage_times(self) -> StageTimes:
+        return self._queries.stage_times()
+
+    def histogram(self, timing: str, buckets: Sequence[float]) -> Histogram:
+        return self._queries.histogram(timing, buckets)
+
+    def totals(self) -> Totals:
+        return self._queries.totals()
+
+    def jobs(self, state: str | None) -> list[JobRow]:
+        return self._queries.jobs(state)
+
+    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None:
+        return self._queries.job(job_id)
+
+    def studies(self) -> list[StudySummary]:
+        return self._studies.list_studies(limit=200)
+
+    def events(self, where: EventFilter, limit: int) -> list[EventRow]:
+        return self._queries.events(
+            where.event_type, where.actor, where.study_instance_uid, where.since, where.until,
+            limit,
+        )  # fmt: skip
+
+    def models(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for directory in model_directories(self._settings.inference.repository):
+            try:
+                contract = load_contract(directory)
+            except ContractError as exc:
+                rows.append({"name": directory.name, "error": str(exc)})
+                continue
+            try:
+                ready = self._backend.ready(contract.name)
+            except Exception:  # noqa: BLE001 - any backend failure means not ready
+                ready = False
+            card = directory / contract.card
+            rows.append({
+                "name": contract.name, "version": contract.version,
+                "family": contract.family.value, "synthetic": contract.synthetic,
+                "labels": [label.name for label in contract.labels],
+                "spacing": contract.spacing_mm, "patch": contract.patch, "ready": ready,
+                "card": card.read_text() if card.exists() else "(no model card)",
+            })  # fmt: skip
+        return rows
+
+    def readiness(self) -> list[Check]:
+        return [
+            health.database(self._engine),
+            health.broker(self._settings),
+            health.spool_disk(self._spool),
+            health.inference(self._backend, self._settings.inference.repository),
+        ]
+
+    def destinations(self) -> list[Check]:
+        return self._monitor.checks()
+
+    def spool(self) -> SpoolDisk:
+        return SpoolDisk(self._spool.usage().percent, self._spool.watermark_percent)
+
+    def retry(self, job_id: int, actor: str) -> None:
+        _acting(lambda: self._jobs.retry(job_id, _now(), actor))
+
+    def cancel(self, job_id: int, actor: str) -> None:
+        _acting(lambda: self._jobs.cancel(job_id, _now(), actor))
+
+    def resend(self, job_id: int, actor: str) -> None:
+        _acting(lambda: self._jobs.resend(job_id, _now(), actor))
+
+    def complete_study(self, study_instance_uid: str, actor: str) -> None:
+        try:
+            self._studies.force_complete(study_instance_uid, _now(), actor)
+        except UnknownStudy as exc:
+            raise NotFound(f"no study {exc}") from exc
+        except ValueError as exc:
+            raise Conflict(str(exc)) from exc
+
+    def reveal(self, study_instance_uid: str, actor: str, host: str | None) -> dict[str, str]:
+        shown = self._queries.patient_identifiers(study_instance_uid, _now(), actor, host)
+        if not shown:
+            raise NotFound(f"no study {study_instance_uid}")
+        return shown
+
+    def exported(self, events: int, actor: str) -> None:
+        self._queries.record_export(events, _now(), actor)
+
+
+def _acting(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except UnknownJob as exc:
+        raise NotFound(str(exc)) from exc
+    except InvalidJobTransition as exc:
+        raise Conflict(str(exc)) from exc
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,78 @@
+"""What the dashboard needs of the rest of the appliance, as one protocol; `appliance.dashboard`
+implements it on the database, the spool, the inference backend and the destinations.
+
+Every method that acts or reveals takes the acting user's name, for the audit trail.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from appliance.domain.accounts import CredentialKind, User
+from appliance.domain.dashboard import (
+    Check,
+    DeliveryRow,
+    EventRow,
+    Flow,
+    Histogram,
+    JobRow,
+    StageTimes,
+    Totals,
+)
+
+
+class NotFound(LookupError):
+    """No such study or job."""
+
+
+class Conflict(ValueError):
+    """The action does not fit the object's state (retry a job that is running, ...)."""
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    event_type: str | None = None
+    actor: str | None = None
+    study_instance_uid: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SpoolDisk:
+    used_percent: float
+    watermark_percent: float
+
+    @property
+    def ok(self) -> bool:
+        return self.used_percent < self.watermark_percent
+
+
+class Appliance(Protocol):
+    # accounts
+    def login(self, username: str, password: str, host: str | None) -> str | None: ...
+    def user(self, secret: str, kind: CredentialKind) -> User | None: ...
+    def logout(self, secret: str) -> None: ...
+
+    # what is happening
+    def flow(self) -> Flow: ...
+    def stage_times(self) -> StageTimes: ...
+    def histogram(self, timing: str, buckets: Sequence[float]) -> Histogram: ...
+    def totals(self) -> Totals: ...
+    def jobs(self, state: str | None) -> list[JobRow]: ...
+    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None: ...
+    def studies(self) -> Sequence[Any]: ...
+    def events(self, where: EventFilter, limit: int) -> list[EventRow]: ...
+    def models(self) -> list[dict[str, Any]]: ...
+    def readiness(self) -> list[Check]: ...
+    def destinations(self) -> list[Check]: ...
+    def spool(self) -> SpoolDisk: ...
+
+    # acting, audited under the user's name
+    def retry(self, job_id: int, actor: str) -> None: ...
+    def cancel(self, job_id: int, actor: str) -> None: ...
+    def resend(self, job_id: int, actor: str) -> None: ...
+    def complete_study(self, study_instance_uid: str, actor: str) -> None: ...
+    def reveal(self, study_instance_uid: str, actor: str, host: str | None) -> dict[str, str]: ...
+    def exported(self, events: int, actor: str) -> None: ...

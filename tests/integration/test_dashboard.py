@@ -1,0 +1,184 @@
+"""The dashboard on a real database: every route but the health checks refuses a stranger,
+roles limit what a user may do, patient identifiers stay masked until an admin reveals them
+(audited), operator actions move jobs and are audited under the operator's name."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+from pydicom import dcmread
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from appliance.audit.accounts import AccountLedger
+from appliance.audit.jobs import JobLedger
+from appliance.audit.models import AuditEvent, Job
+from appliance.audit.studies import StudyService
+from appliance.dashboard import ApplianceView
+from appliance.domain.accounts import Role
+from appliance.domain.jobs import JobState
+from appliance.jobs import make_backend
+from appliance.runtime import completion_policy
+from appliance.web.app import create_app
+from tests.conftest import storescu
+from tests.factory import PATIENT_ID, PATIENT_NAME, new_series, write_series
+
+pytestmark = pytest.mark.usefixtures("dcmtk")
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+PUBLIC = {"/healthz", "/readyz", "/login"}
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def dashboard(start, tmp_path: Path) -> Any:  # type: ignore[no-untyped-def]
+    running = start(
+        inference={"repository": str(REPOSITORY), "threads": 1},
+        queue={"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
+    )
+    accounts = AccountLedger(running.engine)
+    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
+        accounts.add(name, PASSWORD, role, datetime.now(UTC), "test")
+    view = ApplianceView(running.settings, running.engine, make_backend(running.settings.inference))
+    running.app = create_app(running.settings.dashboard, view)
+    return running
+
+
+def client_for(app: Any, username: str | None = None) -> TestClient:
+    client = TestClient(app, follow_redirects=False)
+    if username is not None:
+        answer = client.post("/login", data={"username": username, "password": PASSWORD})
+        assert answer.status_code == 303, answer.text
+    return client
+
+
+def failed_job(running: Any, tmp_path: Path) -> tuple[int, str]:
+    """A received study whose job failed."""
+    files = write_series(new_series(2), tmp_path / "series")
+    assert storescu(running.port, files).returncode == 0
+    uid = str(dcmread(files[0]).StudyInstanceUID)
+    studies = StudyService(running.engine, completion_policy(running.settings))
+    job_id = studies.force_complete(uid, datetime.now(UTC), "test").job_id
+    jobs = JobLedger(running.engine)
+    assert jobs.claim(job_id, datetime.now(UTC), completion_policy(running.settings).quiet_period)
+    jobs.move(job_id, JobState.FAILED, datetime.now(UTC), "test failure", attempt=1)
+    return job_id, uid
+
+
+def events(engine: Engine, event_type: str) -> list[AuditEvent]:
+    with Session(engine) as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type)))
+
+
+def test_every_route_but_health_refuses_a_stranger(dashboard: Any) -> None:
+    stranger = client_for(dashboard.app)
+    routes = [r for r in dashboard.app.routes if isinstance(r, APIRoute)]
+    guarded = [r for r in routes if r.path not in PUBLIC]
+    assert len(guarded) >= 15
+    for route in guarded:
+        path = route.path.replace("{job_id}", "1").replace("{study_uid}", "1.2.3")
+        for method in route.methods:
+            for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+                answer = stranger.request(method, path, headers=headers)
+                if path.startswith(("/api/", "/metrics")):
+                    assert answer.status_code == 401, (method, path)
+                else:
+                    assert answer.status_code == 303, (method, path)
+                    assert answer.headers["location"] == "/login"
+    assert stranger.get("/healthz").status_code == 200
+    assert stranger.get("/readyz").json()["checks"]["database"]["ok"] is True
+
+
+def test_a_wrong_password_is_refused_and_audited_without_the_password(dashboard: Any) -> None:
+    client = client_for(dashboard.app)
+    answer = client.post("/login", data={"username": "otto", "password": "hunter2-wrong-pw"})
+    assert answer.status_code == 401
+    assert "appliance_session" not in answer.cookies
+    (refused,) = [e for e in events(dashboard.engine, "user_login") if e.outcome != 0]
+    assert refused.actor == "otto"
+    assert "hunter2" not in (refused.detail or "")
+
+
+def test_a_viewer_sees_but_may_not_act_or_reveal(dashboard: Any, tmp_path: Path) -> None:
+    job_id, uid = failed_job(dashboard, tmp_path)
+    vera = client_for(dashboard.app, "vera")
+    page = vera.get(f"/jobs/{job_id}")
+    assert page.status_code == 200
+    assert "test failure" in page.text
+    assert f"/jobs/{job_id}/retry" not in page.text  # no buttons for a viewer
+    for action in (f"/jobs/{job_id}/retry", f"/jobs/{job_id}/cancel", f"/studies/{uid}/reveal"):
+        refused = vera.post(action)
+        assert refused.status_code == 403, action
+        assert "may not do this" in refused.text
+    assert JobLedger(dashboard.engine).state(job_id) is JobState.FAILED
+    assert events(dashboard.engine, "patient_data_shown") == []
+
+
+def test_an_operator_retries_a_failed_job_under_their_name(dashboard: Any, tmp_path: Path) -> None:
+    job_id, _ = failed_job(dashboard, tmp_path)
+    otto = client_for(dashboard.app, "otto")
+    assert otto.post(f"/jobs/{job_id}/retry").status_code == 303
+    assert JobLedger(dashboard.engine).state(job_id) is JobState.QUEUED
+    assert otto.post(f"/jobs/{job_id}/retry").status_code == 409  # queued: nothing to retry
+    trail = otto.get(f"/api/jobs/{job_id}").json()["events"]
+    assert trail[-1]["actor"] == "otto"
+    assert trail[-1]["detail"] == "failed -> queued: retried by otto"
+    with Session(dashboard.engine) as session:
+        assert session.get_one(Job, job_id).attempts == 0
+    assert otto.post(f"/jobs/{job_id}/cancel").status_code == 303
+    assert JobLedger(dashboard.engine).state(job_id) is JobState.CANCELLED
+    assert otto.post("/jobs/999999/retry").status_code == 404
+
+
+def test_patient_identifiers_are_masked_until_an_admin_reveals_them(
+    dashboard: Any, tmp_path: Path
+) -> None:
+    _, uid = failed_job(dashboard, tmp_path)
+    for name in ("vera", "otto", "ada"):
+        client = client_for(dashboard.app, name)
+        for path in ("/", "/studies", "/jobs", "/audit", "/api/jobs", "/api/overview", "/metrics"):
+            text = client.get(path).text
+            assert PATIENT_NAME.split("^")[0] not in text, (name, path)
+            assert PATIENT_ID not in text, (name, path)
+    ada = client_for(dashboard.app, "ada")
+    shown = ada.post(f"/studies/{uid}/reveal")
+    assert shown.status_code == 200
+    assert PATIENT_ID in shown.text
+    (audited,) = events(dashboard.engine, "patient_data_shown")
+    assert (audited.actor, audited.study_instance_uid) == ("ada", uid)
+
+
+def test_metrics_and_csv_for_a_token_and_an_export_audited(dashboard: Any, tmp_path: Path) -> None:
+    failed_job(dashboard, tmp_path)
+    token = AccountLedger(dashboard.engine).create_token(
+        "vera", "prometheus", datetime.now(UTC), "test"
+    )
+    machine = TestClient(dashboard.app, headers={"Authorization": f"Bearer {token}"})
+    metrics = machine.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'appliance_jobs{state="failed"} 1.0' in metrics.text
+    assert "appliance_studies_received_total 1.0" in metrics.text
+    assert 'appliance_study_results_seconds_bucket{le="+Inf"} 0.0' in metrics.text
+    csv = machine.get("/audit.csv", params={"event_type": "job_state"})
+    assert csv.status_code == 200
+    lines = csv.text.strip().splitlines()
+    assert lines[0].startswith("occurred_at,event_type")
+    assert len(lines) == 3  # header, running and failed
+    assert all(",job_state," in line for line in lines[1:])
+    assert events(dashboard.engine, "audit_exported")[0].actor == "vera"
+
+
+def test_pages_render_for_every_role(dashboard: Any, tmp_path: Path) -> None:
+    job_id, _ = failed_job(dashboard, tmp_path)
+    otto = client_for(dashboard.app, "otto")
+    for path in ("/", "/studies", "/jobs", f"/jobs/{job_id}", "/models", "/audit"):
+        answer = otto.get(path)
+        assert answer.status_code == 200, path
+        assert "otto (operator)" in answer.text
+    assert "organ_ct" in otto.get("/models").text
+    assert "synthetic: not for clinical use" in otto.get("/models").text
+    assert otto.get("/audit", params={"since": "not a date"}).status_code == 422
+    assert otto.post("/logout").status_code == 303
+    assert otto.get("/").status_code == 303  # the session is gone
