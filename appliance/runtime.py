@@ -359,7 +359,7 @@ def run(
             if worker is not None:
                 worker.supervise()
             if web is not None and not web.alive():
-                raise RuntimeError("the dashboard stopped (is its port taken?)")
+                raise OSError(f"the dashboard stopped: is {web.address} taken?")
     finally:
         if web is not None:
             web.stop()

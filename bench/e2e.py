@@ -70,6 +70,7 @@ def serve(work: Path, port: int, pacs_port: int, quiet: float) -> subprocess.Pop
         "study": {"quiet_period_seconds": quiet},
         "inference": {"repository": str(REPOSITORY), "threads": 2},
         "queue": {"broker_url": f"sqla+sqlite:///{work}/broker.db"},
+        "dashboard": {"port": free_port()},
         "delivery": {"outbox": str(work / "outbox"), "destinations": [
             {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": pacs_port}]},
     }))  # fmt: skip

@@ -16,11 +16,11 @@ class DashboardServer:
         )  # the appliance's own logging
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="dashboard", daemon=True)
-        self._address = f"http://{host}:{port}"
+        self.address = f"http://{host}:{port}"
 
     def start(self) -> None:
         self._thread.start()
-        LOG.info("dashboard on %s", self._address)
+        LOG.info("dashboard on %s", self.address)
 
     def alive(self) -> bool:
         return self._thread.is_alive()

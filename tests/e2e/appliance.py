@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.conftest import echoscu
+from tests.conftest import echoscu, free_port
 from tests.orthanc import AE_TITLE, Orthanc
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -64,6 +64,7 @@ def write_config(tmp_path: Path, port: int, pacs_port: int, overrides: dict[str,
         "study": {"quiet_period_seconds": 2, "sweep_interval_seconds": 0.5},
         "inference": {"repository": str(REPOSITORY), "threads": 2},
         "queue": {"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
+        "dashboard": {"port": free_port()},
         "delivery": {
             "outbox": str(tmp_path / "outbox"),
             "interval_seconds": 0.5,
