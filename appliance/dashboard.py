@@ -23,9 +23,9 @@ from appliance.domain.dashboard import (
     DeliveryRow,
     EventRow,
     Flow,
-    Histogram,
     JobRow,
-    StageTimes,
+    StageHistogram,
+    StageSamples,
     Totals,
     recent,
 )
@@ -67,11 +67,11 @@ class ApplianceView:
     def flow(self) -> Flow:
         return self._queries.flow(recent(_now()))
 
-    def stage_times(self) -> StageTimes:
-        return self._queries.stage_times()
+    def stage_samples(self) -> list[StageSamples]:
+        return self._queries.stage_samples()
 
-    def histogram(self, timing: str, buckets: Sequence[float]) -> Histogram:
-        return self._queries.histogram(timing, buckets)
+    def histograms(self, buckets: Sequence[float]) -> list[StageHistogram]:
+        return self._queries.histograms(buckets)
 
     def totals(self) -> Totals:
         return self._queries.totals()

@@ -20,7 +20,7 @@ from appliance import __version__
 from appliance.audit.jobs import JobLedger, JobWork, LostJob
 from appliance.config import InferenceSettings, Settings
 from appliance.delivery import Deliverer
-from appliance.domain.jobs import JobState
+from appliance.domain.jobs import JobState, JobTimings
 from appliance.domain.routing import route
 from appliance.inference.backend import (
     InferenceBackend,
@@ -125,7 +125,7 @@ class JobRunner:
         backend = TimedBackend(self._backend)
         started = time.perf_counter()
         try:
-            results = self._results(work, backend)
+            results, encoding = self._results(work, backend)
         except RetryableBackendError as exc:
             retry = attempt < self._settings.queue.max_attempts
             target = JobState.QUEUED if retry else JobState.FAILED
@@ -138,19 +138,21 @@ class JobRunner:
             self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.warning("job %d failed: %s", job_id, reason)
             return JobState.FAILED
-        pipeline = time.perf_counter() - started
+        timings = JobTimings(time.perf_counter() - started, encoding, dict(backend.by_model))
         summary = (
-            f"{len(results)} results; pipeline {pipeline:.2f} s, "
-            f"model compute {backend.seconds:.2f} s"
+            f"{len(results)} results; pipeline {timings.pipeline:.2f} s, "
+            f"model compute {timings.model_compute:.2f} s"
         )
-        timings = (pipeline, backend.seconds)
         self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings)
         self._deliverer.queue(results, work.study_instance_uid, _now(), job_id)
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
         LOG.info("job %d: %d results queued for delivery", job_id, len(results))
         return JobState.DELIVERING
 
-    def _results(self, work: JobWork, backend: InferenceBackend) -> list[CheckedResult]:
+    def _results(
+        self, work: JobWork, backend: InferenceBackend
+    ) -> tuple[list[CheckedResult], float]:
+        """The checked results of every routed series, and the seconds spent encoding them."""
         routes = route([series.facts for series in work.series], self._rules)
         if not routes:
             modalities = sorted({series.facts.modality for series in work.series})
@@ -160,6 +162,7 @@ class JobRunner:
         paths_of = {series.facts.series_instance_uid: series.paths for series in work.series}
         kind = self._settings.results.segmentation_type
         results: list[CheckedResult] = []
+        encoding = 0.0
         for matched in routes:
             for series in matched.series:
                 paths = [spool / path for path in paths_of[series.series_instance_uid]]
@@ -169,14 +172,18 @@ class JobRunner:
                     ct = run_ct(
                         paths, backend, models[Family.ORGAN_CT], models.get(Family.LESION_CT)
                     )
+                    encoding -= time.perf_counter()
                     results += ct_results(ct.volume.headers, ct.findings, kind, self._equipment)
+                    encoding += time.perf_counter()
                 else:
                     if Family.US_FRAME not in models:
                         raise ContractError("no us_frame model in the repository")
                     for path in paths:
                         us = run_ultrasound(path, backend, models[Family.US_FRAME])
+                        encoding -= time.perf_counter()
                         results += ultrasound_results(us.source, us.findings, self._equipment)
-        return results
+                        encoding += time.perf_counter()
+        return results, encoding
 
 
 def _now() -> datetime:

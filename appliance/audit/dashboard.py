@@ -7,23 +7,23 @@ one study an authorised user chose to reveal, and the caller audits that.
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Engine, Select, case, func, select
+from sqlalchemy import Engine, ScalarSelect, Select, case, func, select
 from sqlalchemy.orm import Session
 
 from appliance.audit.db import session_factory
 from appliance.audit.events import record_event
-from appliance.audit.models import AuditEvent, Delivery, Instance, Job, Study
+from appliance.audit.models import AuditEvent, Delivery, Instance, Job, StageTiming, Study
 from appliance.domain.audit import AuditEventType, EventAction
 from appliance.domain.dashboard import (
     DeliveryRow,
     EventRow,
     Flow,
-    Histogram,
     JobRow,
-    StageTimes,
+    StageHistogram,
+    StageSamples,
     Totals,
 )
-from appliance.domain.jobs import JobState
+from appliance.domain.jobs import JobState, Stage
 
 _FINISHED = (JobState.DONE, JobState.FAILED, JobState.DEAD_LETTER)
 _LATENCY_SAMPLE = 1000  # the most recent jobs a percentile is taken over
@@ -70,50 +70,40 @@ class DashboardQueries:
                 ),
             )
 
-    def stage_times(self, limit: int = _LATENCY_SAMPLE) -> StageTimes:
+    def stage_samples(self, limit: int = _LATENCY_SAMPLE) -> list[StageSamples]:
+        """The most recent `limit` timings of each stage (and model), for percentiles."""
+        samples = []
+        with self._sessions() as session:
+            keys = session.execute(select(StageTiming.stage, StageTiming.model).distinct()).all()
+            for stage, model in keys:
+                values = session.scalars(
+                    select(StageTiming.seconds)
+                    .where(StageTiming.stage == stage, StageTiming.model == model)
+                    .order_by(StageTiming.id.desc())
+                    .limit(limit)
+                ).all()
+                samples.append(StageSamples(Stage(stage), model, list(values)))
+        return sorted(samples, key=lambda s: (list(Stage).index(s.stage), s.model))
+
+    def histograms(self, buckets: Sequence[float]) -> list[StageHistogram]:
+        """Cumulative counts of every recorded timing at or under each bucket bound, per stage
+        and model, for Prometheus histograms."""
+        seconds = StageTiming.seconds
         with self._sessions() as session:
             rows = session.execute(
                 select(
-                    Study.last_received_at,
-                    Study.completed_at,
-                    Job.pipeline_seconds,
-                    Job.compute_seconds,
-                    Job.latency_seconds,
-                )
-                .join(Study, Study.id == Job.study_id)
-                .where(Job.state == JobState.DONE)
-                .order_by(Job.id.desc())
-                .limit(limit)
+                    StageTiming.stage,
+                    StageTiming.model,
+                    func.count(seconds),
+                    func.coalesce(func.sum(seconds), 0.0),
+                    *(func.sum(case((seconds <= bound, 1), else_=0)) for bound in buckets),
+                ).group_by(StageTiming.stage, StageTiming.model)
             ).all()
-        return StageTimes(
-            quiet=[
-                (done - last).total_seconds()
-                for last, done, *_ in rows
-                if done is not None and done >= last
-            ],
-            pipeline=[r.pipeline_seconds for r in rows if r.pipeline_seconds is not None],
-            compute=[r.compute_seconds for r in rows if r.compute_seconds is not None],
-            total=[r.latency_seconds for r in rows if r.latency_seconds is not None],
-        )
-
-    def histogram(self, timing: str, buckets: Sequence[float]) -> Histogram:
-        """Cumulative counts of every finished job's `timing` (a Job timing column) at or
-        under each bucket bound, for a Prometheus histogram."""
-        column = {
-            "pipeline": Job.pipeline_seconds,
-            "compute": Job.compute_seconds,
-            "latency": Job.latency_seconds,
-        }[timing]
-        with self._sessions() as session:
-            row = session.execute(
-                select(
-                    func.count(column),
-                    func.coalesce(func.sum(column), 0.0),
-                    *(func.sum(case((column <= bound, 1), else_=0)) for bound in buckets),
-                ).where(column.is_not(None))
-            ).one()
-        count, total, *cumulative = row
-        return Histogram([int(n or 0) for n in cumulative], float(total), int(count))
+        return [
+            StageHistogram(Stage(stage), model, [int(n or 0) for n in cumulative],
+                           float(total), int(count))
+            for stage, model, count, total, *cumulative in rows
+        ]  # fmt: skip
 
     def totals(self) -> Totals:
         """All-time counts for the Prometheus counters."""
@@ -135,19 +125,19 @@ class DashboardQueries:
     def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRow]:
         with self._sessions() as session:
             query = (
-                select(Job, Study.study_instance_uid)
+                select(Job, Study.study_instance_uid, _total_seconds())
                 .join(Study, Study.id == Job.study_id)
                 .order_by(Job.id.desc())
                 .limit(limit)
             )
             if state:
                 query = query.where(Job.state == state)
-            return [_job_row(job, uid) for job, uid in session.execute(query).all()]
+            return [_job_row(*row) for row in session.execute(query).all()]
 
     def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None:
         with self._sessions() as session:
             found = session.execute(
-                select(Job, Study.study_instance_uid)
+                select(Job, Study.study_instance_uid, _total_seconds())
                 .join(Study, Study.id == Job.study_id)
                 .where(Job.id == job_id)
             ).first()
@@ -237,10 +227,19 @@ def _count(session: Session, query: Select[int]) -> int:
     return int(session.scalar(query) or 0)
 
 
-def _job_row(job: Job, study_uid: str) -> JobRow:
+def _total_seconds() -> ScalarSelect[float]:
+    """A job's last instance received -> last result stored, from its timings."""
+    return (
+        select(func.max(StageTiming.seconds))
+        .where(StageTiming.job_id == Job.id, StageTiming.stage == Stage.TOTAL.value)
+        .scalar_subquery()
+    )
+
+
+def _job_row(job: Job, study_uid: str, total_seconds: float | None) -> JobRow:
     return JobRow(
         job.id, study_uid, job.study_version, job.state, job.priority, job.attempts,
-        job.created_at, job.updated_at, job.reason, job.latency_seconds,
+        job.created_at, job.updated_at, job.reason, total_seconds,
     )  # fmt: skip
 
 

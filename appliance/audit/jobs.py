@@ -15,10 +15,11 @@ from sqlalchemy.orm import Session
 
 from appliance.audit.db import session_factory
 from appliance.audit.events import record_event
-from appliance.audit.models import AuditEvent, Delivery, Instance, Job, Series, Study
+from appliance.audit.models import AuditEvent, Delivery, Instance, Job, Series, StageTiming, Study
+from appliance.audit.timings import record_timing
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
 from appliance.domain.delivery import DeliveryState
-from appliance.domain.jobs import JobState, UnknownJob, check_transition
+from appliance.domain.jobs import JobState, JobTimings, Stage, UnknownJob, check_transition
 from appliance.domain.routing import Priority, SeriesFacts
 
 ACTOR = "worker"
@@ -63,6 +64,10 @@ class JobLedger:
             study = session.get_one(Study, job.study_id)
             job.attempts += 1
             job.lease_until = now + lease
+            if job.attempts == 1:  # from the study's completion to its first worker
+                record_timing(
+                    session, job.id, Stage.DISPATCH, (now - job.created_at).total_seconds(), now
+                )
             self._move(session, job, study.study_instance_uid, JobState.RUNNING, now, None)
             series = self._series(session, study)
             return JobWork(
@@ -86,17 +91,20 @@ class JobLedger:
         now: datetime,
         reason: str | None = None,
         attempt: int | None = None,
-        timings: tuple[float, float] | None = None,
+        timings: JobTimings | None = None,
     ) -> None:
         """Move a job; with `attempt`, only if that attempt still holds it (else LostJob).
-        `timings` (pipeline seconds, model compute seconds) go with the move to ENCODED."""
+        `timings` go with the move to ENCODED."""
         with self._sessions.begin() as session:
             job = session.get_one(Job, job_id, with_for_update=True)
             lost = job.attempts != attempt or job.state in _NOT_THIS_ATTEMPTS
             if attempt is not None and lost:
                 raise LostJob(f"job {job_id}: attempt {attempt} lost its lease")
             if timings is not None:
-                job.pipeline_seconds, job.compute_seconds = timings
+                record_timing(session, job_id, Stage.PIPELINE, timings.pipeline, now)
+                record_timing(session, job_id, Stage.ENCODING, timings.encoding, now)
+                for model, seconds in timings.inference.items():
+                    record_timing(session, job_id, Stage.INFERENCE, seconds, now, model)
             self._move(session, job, self._study_uid(session, job), target, now, reason)
 
     def retry(self, job_id: int, now: datetime, actor: str) -> None:
@@ -146,15 +154,24 @@ class JobLedger:
         return job
 
     @staticmethod
-    def _latency(session: Session, job: Job) -> float | None:
-        """Last instance received -> last result stored: the number a radiologist feels."""
+    def _record_delivered(session: Session, job: Job, now: datetime) -> None:
+        """Delivery (encoded -> last result stored) and the total a radiologist feels (last
+        instance received -> last result stored)."""
         stored = session.scalar(
             select(func.max(Delivery.finished_at)).where(Delivery.job_id == job.id)
         )
+        encoded = session.scalar(
+            select(func.max(StageTiming.recorded_at)).where(
+                StageTiming.job_id == job.id, StageTiming.stage == Stage.PIPELINE
+            )
+        )
         received = session.scalar(select(Study.last_received_at).where(Study.id == job.study_id))
-        if stored is None or received is None:
-            return None
-        return max((stored - received).total_seconds(), 0.0)
+        if stored is None:
+            return
+        if encoded is not None:
+            record_timing(session, job.id, Stage.DELIVERY, (stored - encoded).total_seconds(), now)
+        if received is not None:
+            record_timing(session, job.id, Stage.TOTAL, (stored - received).total_seconds(), now)
 
     @staticmethod
     def _study_uid(session: Session, job: Job) -> str:
@@ -258,7 +275,7 @@ class JobLedger:
                 )
                 reason = "a result could not be delivered" if target in _FAILURES else None
                 if target is JobState.DONE:
-                    job.latency_seconds = self._latency(session, job)
+                    self._record_delivered(session, job, now)
                 self._move(session, job, self._study_uid(session, job), target, now, reason)
                 settled.append((job.id, target))
         return settled

@@ -157,11 +157,6 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, index=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    # Timings for the dashboard and metrics: the pipeline's work and its model compute (set
-    # when encoded), and last instance received -> last result stored (set when done).
-    pipeline_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    compute_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
-    latency_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (UniqueConstraint("study_id", "study_version"),)
 
@@ -189,6 +184,22 @@ class Delivery(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (UniqueConstraint("destination", "sop_instance_uid"),)
+
+
+class StageTiming(Base):
+    """How long one stage of a job took (`domain.jobs.Stage`); inference rows name the model.
+    The dashboard's percentiles and the Prometheus histograms are read from these rows."""
+
+    __tablename__ = "stage_timings"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(64), default="")
+    seconds: Mapped[float] = mapped_column(Float)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_stage_timings_stage_id", "stage", "id"),)
 
 
 class Account(Base):

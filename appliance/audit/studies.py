@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.audit.db import session_factory
 from appliance.audit.events import event_row, record_event
 from appliance.audit.models import AuditEvent, Instance, Job, Series, Study
+from appliance.audit.timings import record_timing
 from appliance.domain.assembly import (
     CompletionPolicy,
     CompletionReason,
@@ -25,7 +26,7 @@ from appliance.domain.assembly import (
 )
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
 from appliance.domain.ingest import SERIES_CONFLICT
-from appliance.domain.jobs import JobState
+from appliance.domain.jobs import JobState, Stage
 
 SWEEPER = "sweeper"
 FOLD_BATCH = 5000
@@ -341,6 +342,9 @@ class StudyService:
             )
             session.add(job)
             session.flush()
+            last = session.scalar(select(Study.last_received_at).where(Study.id == study_id))
+            if last is not None:
+                record_timing(session, job.id, Stage.QUIET, (now - last).total_seconds(), now)
             common = {
                 "occurred_at": now,
                 "actor": actor,

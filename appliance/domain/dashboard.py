@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from appliance.domain.jobs import Stage
+
 
 @dataclass(frozen=True)
 class Check:
@@ -17,17 +19,24 @@ class Check:
 
 
 @dataclass(frozen=True)
-class StageTimes:
-    """Seconds per stage of recent finished jobs, for percentiles and histograms."""
+class StageSamples:
+    """Recent timings of one stage (and model, for inference), for percentiles."""
 
-    quiet: list[float]
-    pipeline: list[float]
-    compute: list[float]
-    total: list[float]  # last instance received -> results stored at the PACS
+    stage: Stage
+    model: str
+    seconds: list[float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage.value} ({self.model})" if self.model else self.stage.value
 
 
 @dataclass(frozen=True)
-class Histogram:
+class StageHistogram:
+    """Every timing of one stage (and model) so far, as Prometheus histogram counts."""
+
+    stage: Stage
+    model: str
     cumulative: list[int]  # per bucket bound, in order
     total: float
     count: int
@@ -68,7 +77,7 @@ class JobRow:
     created_at: datetime
     updated_at: datetime
     reason: str | None
-    latency_seconds: float | None
+    total_seconds: float | None  # last instance received -> last result stored
 
 
 @dataclass(frozen=True)

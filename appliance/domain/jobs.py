@@ -1,5 +1,6 @@
 """Job state machine. The database holds job state; these transitions are the only legal moves."""
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -29,6 +30,31 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.DEAD_LETTER: frozenset({JobState.DELIVERING, JobState.QUEUED}),
     JobState.CANCELLED: frozenset({JobState.QUEUED}),
 }
+
+
+class Stage(StrEnum):
+    """Where a study's time goes, from its last instance to its results at the PACS."""
+
+    QUIET = "quiet"  # last instance received -> study complete (the configured wait)
+    DISPATCH = "dispatch"  # study complete -> a worker starts the job
+    PIPELINE = "pipeline"  # the pipelines' work, encoding included
+    INFERENCE = "inference"  # model compute inside the pipeline, per model
+    ENCODING = "encoding"  # SEG and SR encoding and the gate, inside the pipeline
+    DELIVERY = "delivery"  # results encoded -> the last one stored at the destinations
+    TOTAL = "total"  # last instance received -> the last result stored
+
+
+@dataclass(frozen=True)
+class JobTimings:
+    """What a job's attempt measured of its own work, recorded when it is encoded."""
+
+    pipeline: float
+    encoding: float
+    inference: dict[str, float]  # model name -> seconds in its infer calls
+
+    @property
+    def model_compute(self) -> float:
+        return sum(self.inference.values())
 
 
 class UnknownJob(LookupError):

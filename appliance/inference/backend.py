@@ -57,12 +57,16 @@ class InferenceBackend(Protocol):
 
 
 class TimedBackend:
-    """A backend that adds up the time its `infer` calls take: the model compute share of a
-    job, as opposed to everything around it."""
+    """A backend that adds up the time its `infer` calls take, per model: the model compute
+    share of a job, as opposed to everything around it."""
 
     def __init__(self, backend: InferenceBackend) -> None:
         self._backend = backend
-        self.seconds = 0.0
+        self.by_model: dict[str, float] = {}
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.by_model.values())
 
     def ready(self, model: str) -> bool:
         return self._backend.ready(model)
@@ -75,7 +79,8 @@ class TimedBackend:
         try:
             return self._backend.infer(model, batch)
         finally:
-            self.seconds += time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+            self.by_model[model] = self.by_model.get(model, 0.0) + elapsed
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",

@@ -109,18 +109,12 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
 
     def overview_data() -> dict[str, Any]:
         flow = appliance.flow()
-        times = appliance.stage_times()
-        stages = {
-            "quiet period": times.quiet,
-            "pipeline": times.pipeline,
-            "model compute": times.compute,
-            "received to stored at PACS": times.total,
-        }
         return {
             "flow": flow,
             "latency": {
-                stage: {f"p{q}": percentile(values, q) for q in (50, 90, 99)} | {"n": len(values)}
-                for stage, values in stages.items()
+                sample.label: {f"p{q}": percentile(sample.seconds, q) for q in (50, 90, 99)}
+                | {"n": len(sample.seconds)}
+                for sample in appliance.stage_samples()
             },
             "destinations": [
                 {"name": c.name, "up": c.ok, "detail": c.detail} for c in appliance.destinations()

@@ -20,20 +20,6 @@ from appliance.web.ports import Appliance
 
 # Seconds: from a cine's few seconds to a large CT's minutes on a busy CPU box.
 BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-_TIMINGS = {
-    "latency": (
-        "appliance_study_results_seconds",
-        "Last instance received to the last result stored at the PACS, per finished job.",
-    ),
-    "pipeline": (
-        "appliance_pipeline_seconds",
-        "The pipeline's work per job: decoding, inference, measurements, SEG and SR encoding.",
-    ),
-    "compute": (
-        "appliance_inference_seconds",
-        "Model compute per job: the inference backend's own calls.",
-    ),
-}
 
 
 class DatabaseCollector(Collector):
@@ -95,16 +81,22 @@ class DatabaseCollector(Collector):
             "appliance_spool_disk_watermark_ratio", "Above this share the listener refuses.",
             value=spool.watermark_percent / 100,
         )  # fmt: skip
-        for timing, (name, documentation) in _TIMINGS.items():
-            histogram = self._appliance.histogram(timing, BUCKETS)
+        stages = HistogramMetricFamily(
+            "appliance_stage_seconds",
+            "Seconds per stage of each job: quiet, dispatch, pipeline, inference (per model), "
+            "encoding, delivery, and total: last instance received to last result stored.",
+            labels=["stage", "model"],
+        )
+        for histogram in self._appliance.histograms(BUCKETS):
             buckets = [
                 (f"{bound:g}", count)
                 for bound, count in zip(BUCKETS, histogram.cumulative, strict=True)
             ]
             buckets.append(("+Inf", histogram.count))
-            yield HistogramMetricFamily(
-                name, documentation, buckets=buckets, sum_value=histogram.total
+            stages.add_metric(
+                [histogram.stage.value, histogram.model], buckets, sum_value=histogram.total
             )
+        yield stages
 
 
 def registry(collector: DatabaseCollector) -> CollectorRegistry:

@@ -14,8 +14,9 @@ OUTPUT = Path(__file__).with_name("appliance.json")
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
-def quantile(q: float, histogram: str, window: str) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{window}])))"
+def quantile(q: float, stage: str, by: str = "le", window: str = "1h") -> str:
+    selector = f'appliance_stage_seconds_bucket{{stage="{stage}"}}'
+    return f"histogram_quantile({q}, sum by ({by}) (rate({selector}[{window}])))"
 
 
 # (title, kind, unit, [(query, legend)], width)
@@ -29,12 +30,13 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
       ('sum(appliance_queue_depth{priority="urgent"})', "urgent")], 6),
     ("Dead letters", "stat", "short", [('sum(appliance_jobs{state="dead_letter"})', "jobs")], 6),
     ("Last image received to results stored at the PACS", "timeseries", "s",
-     [(quantile(0.5, "appliance_study_results_seconds", "1h"), "p50"),
-      (quantile(0.9, "appliance_study_results_seconds", "1h"), "p90"),
-      (quantile(0.99, "appliance_study_results_seconds", "1h"), "p99")], 12),
-    ("Pipeline work and model compute per job (p90)", "timeseries", "s",
-     [(quantile(0.9, "appliance_pipeline_seconds", "1h"), "pipeline"),
-      (quantile(0.9, "appliance_inference_seconds", "1h"), "model compute")], 12),
+     [(quantile(0.5, "total"), "p50"), (quantile(0.9, "total"), "p90"),
+      (quantile(0.99, "total"), "p99")], 12),
+    ("Seconds per stage (p90)", "timeseries", "s",
+     [(quantile(0.9, stage), stage)
+      for stage in ("quiet", "dispatch", "pipeline", "encoding", "delivery")], 12),
+    ("Model compute per job and model (p90)", "timeseries", "s",
+     [(quantile(0.9, "inference", by="le, model"), "{{model}}")], 12),
     ("Jobs by state", "timeseries", "short", [("sum by (state) (appliance_jobs)", "{{state}}")], 12),
     ("Queue depth by priority", "timeseries", "short",
      [("sum by (priority) (appliance_queue_depth)", "{{priority}}")], 12),

@@ -160,7 +160,9 @@ def test_metrics_and_csv_for_a_token_and_an_export_audited(dashboard: Any, tmp_p
     assert metrics.status_code == 200
     assert 'appliance_jobs{state="failed"} 1.0' in metrics.text
     assert "appliance_studies_received_total 1.0" in metrics.text
-    assert 'appliance_study_results_seconds_bucket{le="+Inf"} 0.0' in metrics.text
+    for stage in ("quiet", "dispatch"):  # the job completed and was claimed once
+        assert f'appliance_stage_seconds_count{{model="",stage="{stage}"}} 1.0' in metrics.text
+    assert 'stage="total"' not in metrics.text  # it never delivered
     csv = machine.get("/audit.csv", params={"event_type": "job_state"})
     assert csv.status_code == 200
     lines = csv.text.strip().splitlines()

@@ -125,7 +125,7 @@ def exported_metric_names(tmp_path: Path) -> set[str]:
 
 def test_dashboard_and_alerts_name_only_metrics_the_appliance_exports(tmp_path: Path) -> None:
     exported = exported_metric_names(tmp_path)
-    assert "appliance_study_results_seconds_bucket" in exported
+    assert "appliance_stage_seconds_bucket" in exported
     named = set()
     for expr in [*panel_queries(), *(str(rule["expr"]) for rule in alert_rules())]:
         named.update(METRIC.findall(expr))

@@ -1,4 +1,4 @@
-"""Dashboard accounts and their credentials; job timings for the dashboard and metrics.
+"""Dashboard accounts and their credentials; stage timings for the dashboard and metrics.
 
 Revision ID: 0004
 Revises: 0003
@@ -49,17 +49,24 @@ def upgrade() -> None:
         sa.UniqueConstraint("digest", name=op.f("uq_credentials_digest")),
     )
     op.create_index(op.f("ix_credentials_account_id"), "credentials", ["account_id"])
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("pipeline_seconds", sa.Float(), nullable=True))
-        batch_op.add_column(sa.Column("compute_seconds", sa.Float(), nullable=True))
-        batch_op.add_column(sa.Column("latency_seconds", sa.Float(), nullable=True))
+    op.create_table(
+        "stage_timings",
+        _id(),
+        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("stage", sa.String(length=16), nullable=False),
+        sa.Column("model", sa.String(length=64), nullable=False),
+        sa.Column("seconds", sa.Float(), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_stage_timings")),
+    )
+    op.create_index(op.f("ix_stage_timings_job_id"), "stage_timings", ["job_id"])
+    op.create_index("ix_stage_timings_stage_id", "stage_timings", ["stage", "id"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_column("latency_seconds")
-        batch_op.drop_column("compute_seconds")
-        batch_op.drop_column("pipeline_seconds")
+    op.drop_index("ix_stage_timings_stage_id", table_name="stage_timings")
+    op.drop_index(op.f("ix_stage_timings_job_id"), table_name="stage_timings")
+    op.drop_table("stage_timings")
     op.drop_index(op.f("ix_credentials_account_id"), table_name="credentials")
     op.drop_table("credentials")
     op.drop_table("accounts")
