@@ -17,7 +17,7 @@ from appliance.config import Settings
 from appliance.delivery import Deliverer
 from appliance.dicom.spool import Spool
 from appliance.domain.accounts import CredentialKind, User
-from appliance.domain.assembly import CompletionPolicy
+from appliance.domain.assembly import CompletionPolicy, StudyState
 from appliance.domain.dashboard import (
     Check,
     DeliveryRow,
@@ -82,8 +82,12 @@ class ApplianceView:
     def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None:
         return self._queries.job(job_id)
 
-    def studies(self) -> list[StudySummary]:
-        return self._studies.list_studies(limit=200)
+    def studies(self, state: str | None) -> list[StudySummary]:
+        try:
+            wanted = StudyState(state) if state else None
+        except ValueError as exc:
+            raise NotFound(f"no study state {state!r}") from exc
+        return self._studies.list_studies(limit=200, state=wanted)
 
     def events(self, where: EventFilter, limit: int) -> list[EventRow]:
         return self._queries.events(

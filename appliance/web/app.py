@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from appliance import __version__
 from appliance.config import DashboardSettings
 from appliance.domain.accounts import Role, User
+from appliance.domain.assembly import StudyState
 from appliance.domain.audit import AuditEventType
 from appliance.domain.dashboard import percentile
 from appliance.domain.jobs import JobState
@@ -199,8 +200,9 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @app.get("/studies", response_class=HTMLResponse)
-    def studies_page(request: Request, user: Viewer) -> HTMLResponse:
-        return page(request, "studies.html", user, studies=appliance.studies(),
+    def studies_page(request: Request, user: Viewer, state: str | None = None) -> HTMLResponse:
+        return page(request, "studies.html", user, studies=appliance.studies(state),
+                    state=state or "", states=[s.value for s in StudyState],
                     may_act=user.may(Role.OPERATOR), may_reveal=user.may(Role.ADMIN))  # fmt: skip
 
     @app.post("/studies/{study_uid}/complete")

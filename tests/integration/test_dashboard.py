@@ -173,12 +173,15 @@ def test_metrics_and_csv_for_a_token_and_an_export_audited(dashboard: Any, tmp_p
 
 
 def test_pages_render_for_every_role(dashboard: Any, tmp_path: Path) -> None:
-    job_id, _ = failed_job(dashboard, tmp_path)
+    job_id, uid = failed_job(dashboard, tmp_path)
     otto = client_for(dashboard.app, "otto")
     for path in ("/", "/studies", "/jobs", f"/jobs/{job_id}", "/models", "/audit"):
         answer = otto.get(path)
         assert answer.status_code == 200, path
         assert "otto (operator)" in answer.text
+    assert uid in otto.get("/studies", params={"state": "complete"}).text
+    assert uid not in otto.get("/studies", params={"state": "receiving"}).text
+    assert otto.get("/studies", params={"state": "lost"}).status_code == 404
     assert "organ_ct" in otto.get("/models").text
     assert "synthetic: not for clinical use" in otto.get("/models").text
     assert otto.get("/audit", params={"since": "not a date"}).status_code == 422
