@@ -264,7 +264,8 @@ class QueueSettings(_Section):
     retry_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="Wait before a job whose inference server was down runs again.",
+        description="Wait before a job whose inference server was down runs again; doubles "
+        "with each retry, up to an hour.",
     )
     worker_concurrency: int = Field(
         default=1, ge=1, le=64, description="Jobs one worker process runs at once."

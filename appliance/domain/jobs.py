@@ -72,3 +72,11 @@ class InvalidJobTransition(ValueError):
 def check_transition(current: JobState, target: JobState) -> None:
     if target not in TRANSITIONS[current]:
         raise InvalidJobTransition(current, target)
+
+
+MAX_RETRY_SECONDS = 3600.0
+
+
+def backoff(first: float, retries: int) -> float:
+    """Seconds before retry number `retries` + 1: `first`, doubling, at most an hour."""
+    return float(min(first * 2 ** min(retries, 32), MAX_RETRY_SECONDS))

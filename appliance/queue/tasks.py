@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from appliance.domain.jobs import JobState, UnknownJob
+from appliance.domain.jobs import JobState, UnknownJob, backoff
 from appliance.queue.app import DELIVER, PROCESS_STUDY
 
 LOG = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ def register(
     retry_seconds: float,
 ) -> None:
     """Register the tasks on `app`; a job sent back to the queue (its inference server was
-    unavailable) is retried after `retry_seconds`."""
+    unavailable) is retried after `retry_seconds`, doubling with each retry up to an hour; the
+    job's own `queue.max_attempts` ends the retries."""
     built: dict[str, Any] = {}
 
     @app.task(  # type: ignore[untyped-decorator]
@@ -43,8 +44,9 @@ def register(
             LOG.error("message dropped: %s", exc)
             return "unknown"
         if state is JobState.QUEUED:
-            LOG.info("job %d back in the queue; retrying in %.0f s", job_id, retry_seconds)
-            raise task.retry(countdown=retry_seconds, max_retries=None)
+            wait = backoff(retry_seconds, task.request.retries)
+            LOG.info("job %d back in the queue; retrying in %.0f s", job_id, wait)
+            raise task.retry(countdown=wait, max_retries=None)
         if state is JobState.DELIVERING:
             app.send_task(DELIVER, queue=task.request.delivery_info.get("routing_key"))
         return state.value

@@ -2,7 +2,14 @@
 
 import pytest
 
-from appliance.domain.jobs import TRANSITIONS, InvalidJobTransition, JobState, check_transition
+from appliance.domain.jobs import (
+    MAX_RETRY_SECONDS,
+    TRANSITIONS,
+    InvalidJobTransition,
+    JobState,
+    backoff,
+    check_transition,
+)
 
 
 def test_every_state_has_a_row() -> None:
@@ -49,3 +56,9 @@ def test_done_and_dead_letter_are_reachable_from_queued() -> None:
                 reachable.add(target)
                 frontier.append(target)
     assert reachable == set(JobState)
+
+
+def test_retries_back_off_doubling_up_to_an_hour() -> None:
+    assert [backoff(30, n) for n in range(4)] == [30, 60, 120, 240]
+    assert backoff(30, 7) == MAX_RETRY_SECONDS
+    assert backoff(30, 10_000) == MAX_RETRY_SECONDS  # no overflow
