@@ -4,6 +4,7 @@ schema refuses bad values, and the security rules hold in what it renders."""
 
 import copy
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -213,3 +214,20 @@ def test_checkov_finds_nothing_but_the_accepted(variant: str, tmp_path: Path) ->
     failed = [(f["check_id"], f["check_name"], f["resource"])
               for f in results["results"]["failed_checks"]]  # fmt: skip
     assert failed == []
+
+
+def test_every_value_is_documented() -> None:
+    """Each key of values.yaml has a comment line above it (the free-form `settings` block
+    is the appliance's own settings, documented in the README)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented, in_settings = [], False
+    for number, line in enumerate(lines):
+        if line.startswith("settings:"):
+            in_settings = True
+            continue
+        if line and not line.startswith((" ", "#")):
+            in_settings = False
+        key = re.match(r"^\s*([A-Za-z]+):", line)
+        if key and not in_settings and not lines[number - 1].strip().startswith("#"):
+            undocumented.append(f"{number + 1}: {line.strip()}")
+    assert undocumented == []
