@@ -187,3 +187,20 @@ def test_pages_render_for_every_role(dashboard: Any, tmp_path: Path) -> None:
     assert otto.get("/audit", params={"since": "not a date"}).status_code == 422
     assert otto.post("/logout").status_code == 303
     assert otto.get("/").status_code == 303  # the session is gone
+
+
+def test_a_cross_site_post_is_refused_and_every_answer_carries_security_headers(
+    dashboard: Any, tmp_path: Path
+) -> None:
+    job_id, _ = failed_job(dashboard, tmp_path)
+    otto = client_for(dashboard.app, "otto")
+    forged = otto.post(f"/jobs/{job_id}/retry", headers={"Origin": "https://evil.example"})
+    assert forged.status_code == 403
+    assert JobLedger(dashboard.engine).state(job_id) is JobState.FAILED
+    same_site = otto.post(f"/jobs/{job_id}/retry", headers={"Origin": "http://testserver"})
+    assert same_site.status_code == 303
+    for answer in (otto.get("/"), otto.get("/healthz"), forged, client_for(dashboard.app).get("/")):
+        assert "script-src" not in answer.headers["content-security-policy"]  # no scripts at all
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["cache-control"] == "no-store"
