@@ -27,8 +27,11 @@ from appliance.training.volumes import TorchBackend, fit, resume
 SPACING = 1.5
 PATCH = 64
 GRID = Grid(shape=(200, 267, 267), spacing=(SPACING, SPACING, SPACING))
-TRAIN_SEEDS = range(5_000, 5_030)
-TEST_SEEDS = range(300_000, 300_004)
+# Two stages, each with a fresh optimiser: 3000 steps on 30 phantoms, then 3000 more on 60.
+# The first stage alone over-fitted its 30 phantoms (lower learning rates made held-out Dice
+# worse); twice the phantoms in the second stage lifted held-out Dice and detection.
+SCHEDULE = ((3_000, range(5_000, 5_030)), (6_000, range(5_000, 5_060)))
+TEST_SEEDS = range(300_000, 300_012)
 METASTASIS, CYST = 1, 2
 CLASSES = 3
 DETECTABLE_MM = 10.0
@@ -107,14 +110,18 @@ def train(
     seed: int = 20261124,
     batch: int = 2,
     grid: Grid = GRID,
-    seeds: range = TRAIN_SEEDS,
+    schedule: tuple[tuple[int, range], ...] = SCHEDULE,
     test_seeds: range = TEST_SEEDS,
 ) -> Metrics:
+    """Train up to `steps` through the schedule's stages, resuming from `checkpoint`."""
     torch.manual_seed(seed)
     model = UNet(dims=3, in_channels=1, classes=CLASSES, base=8, levels=4)
     done = resume(model, checkpoint)
     started = time.monotonic()
-    if done < steps:
+    for stage_end, seeds in schedule:
+        end = min(stage_end, steps)
+        if done >= end:
+            continue
         crops = [_liver_crop(s, grid) for s in tqdm(seeds, desc="phantoms", unit="volume")]
         rng = np.random.default_rng(seed + done)
         fit(
@@ -123,13 +130,14 @@ def train(
             crops,
             PATCH,
             CLASSES,
-            steps,
+            end,
             done,
             checkpoint,
             rng,
             batch,
             class_weights=(0.2, 1.0, 1.0),
         )
+        done = end
     metrics = evaluate(model, [_liver_crop(s, grid) for s in test_seeds])
     export_onnx(model, output / "1" / "model.onnx", CONTRACT)
     publish(
@@ -138,7 +146,8 @@ def train(
         intended_use="Segment liver metastases and cysts inside the liver region found by "
         "organ_ct (a cascade), at 1.5 mm. A stand-in for validated lesion models.",
         training=f"3D U-Net (4 levels, 8 base channels), {steps} AdamW steps of {batch} "
-        f"{PATCH}^3 crops from the liver boxes of {len(seeds)} phantoms; tested on "
+        f"{PATCH}^3 crops from the liver boxes of phantoms, in stages with a fresh optimiser "
+        f"each: {_stages(schedule, steps)}; tested on "
         f"{len(test_seeds)} phantoms ({metrics.lesions} lesions over {DETECTABLE_MM:g} mm). "
         "Reproduce with `appliance train lesion_ct`.",
         metrics={
@@ -149,3 +158,13 @@ def train(
     )
     print(f"lesion_ct: {metrics} in {(time.monotonic() - started) / 60:.1f} min")
     return metrics
+
+
+def _stages(schedule: tuple[tuple[int, range], ...], steps: int) -> str:
+    parts, start = [], 0
+    for end, seeds in schedule:
+        if start >= steps:
+            break
+        parts.append(f"steps {start}-{min(end, steps)} on seeds {seeds.start}-{seeds.stop - 1}")
+        start = end
+    return ", ".join(parts)
