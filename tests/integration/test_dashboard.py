@@ -196,6 +196,8 @@ def test_a_cross_site_post_is_refused_and_every_answer_carries_security_headers(
     otto = client_for(dashboard.app, "otto")
     forged = otto.post(f"/jobs/{job_id}/retry", headers={"Origin": "https://evil.example"})
     assert forged.status_code == 403
+    opaque = otto.post(f"/jobs/{job_id}/retry", headers={"Origin": "null"})  # sandboxed frame
+    assert opaque.status_code == 403
     assert JobLedger(dashboard.engine).state(job_id) is JobState.FAILED
     same_site = otto.post(f"/jobs/{job_id}/retry", headers={"Origin": "http://testserver"})
     assert same_site.status_code == 303
