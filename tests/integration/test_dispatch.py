@@ -9,7 +9,7 @@ from pydicom import dcmread
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.jobs import JobLedger
+from appliance.audit.jobs import JobLedger, LostJob
 from appliance.audit.models import Job
 from appliance.audit.studies import StudyService
 from appliance.domain.jobs import JobState, UnknownJob
@@ -82,3 +82,19 @@ def test_a_message_for_a_job_the_database_does_not_hold_is_refused_by_name(
     runner = JobRunner(make_settings(tmp_path, db_url), engine)
     with pytest.raises(UnknownJob, match="job 424242 is not in the database"):
         runner.run(424242)
+
+
+def test_a_cancelled_running_attempt_stops_at_its_next_step(start, tmp_path: Path) -> None:
+    running = start()
+    files = write_series(new_series(2), tmp_path / "series")
+    assert storescu(running.port, files).returncode == 0
+    studies = StudyService(running.engine, completion_policy(running.settings))
+    studies.fold_pending(datetime.now(UTC))
+    uid = str(dcmread(files[0]).StudyInstanceUID)
+    job_id = studies.force_complete(uid, datetime.now(UTC), "test").job_id
+    jobs = JobLedger(running.engine)
+    assert jobs.claim(job_id, datetime.now(UTC), timedelta(minutes=5)) is not None
+    jobs.cancel(job_id, datetime.now(UTC), "otto")
+    with pytest.raises(LostJob):
+        jobs.move(job_id, JobState.ENCODED, datetime.now(UTC), "late results", attempt=1)
+    assert jobs.state(job_id) is JobState.CANCELLED
