@@ -17,7 +17,7 @@ from appliance.config import Settings
 from appliance.delivery import Deliverer
 from appliance.dicom.spool import Spool
 from appliance.domain.accounts import CredentialKind, User
-from appliance.domain.assembly import CompletionPolicy, StudyState
+from appliance.domain.assembly import StudyState
 from appliance.domain.dashboard import (
     Check,
     DeliveryRow,
@@ -33,6 +33,8 @@ from appliance.domain.jobs import InvalidJobTransition, UnknownJob
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import ContractError, load_contract
 from appliance.inference.repository import model_directories
+from appliance.queue.app import make_app
+from appliance.runtime import completion_policy
 from appliance.web.ports import Conflict, EventFilter, NotFound, SpoolDisk
 
 
@@ -44,13 +46,8 @@ class ApplianceView:
         self._accounts = AccountLedger(engine)
         self._queries = DashboardQueries(engine)
         self._jobs = JobLedger(engine)
-        self._studies = StudyService(
-            engine,
-            CompletionPolicy(
-                quiet_period=timedelta(seconds=settings.study.quiet_period_seconds),
-                hint_settle=timedelta(seconds=settings.study.hint_settle_seconds),
-            ),
-        )
+        self._studies = StudyService(engine, completion_policy(settings))
+        self._queue = make_app(settings.queue)  # one app for every readiness probe
         self._spool = Spool(settings.spool.path, settings.spool.disk_watermark_percent)
         self._monitor = health.DestinationMonitor(Deliverer(settings.delivery, engine), settings)
         self._lifetime = timedelta(hours=settings.dashboard.session_hours)
@@ -120,7 +117,7 @@ class ApplianceView:
     def readiness(self) -> list[Check]:
         return [
             health.database(self._engine),
-            health.broker(self._settings),
+            health.broker(self._queue),
             health.spool_disk(self._spool),
             health.inference(self._backend, self._settings.inference.repository),
         ]

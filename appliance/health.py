@@ -5,6 +5,7 @@ import threading
 import time
 from pathlib import Path
 
+from celery import Celery
 from kombu.exceptions import KombuError
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,7 +17,6 @@ from appliance.domain.dashboard import Check
 from appliance.domain.delivery import DestinationUnavailable
 from appliance.inference.backend import BackendError, InferenceBackend
 from appliance.inference.repository import model_directories
-from appliance.queue.app import make_app
 
 DESTINATION_CHECK_SECONDS = 30.0
 
@@ -30,8 +30,7 @@ def database(engine: Engine) -> Check:
     return Check("database", True, engine.url.get_backend_name())
 
 
-def broker(settings: Settings) -> Check:
-    app = make_app(settings.queue)
+def broker(app: Celery) -> Check:
     try:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)

@@ -172,17 +172,17 @@ class JobRunner:
                     ct = run_ct(
                         paths, backend, models[Family.ORGAN_CT], models.get(Family.LESION_CT)
                     )
-                    encoding -= time.perf_counter()
+                    encoding_started = time.perf_counter()
                     results += ct_results(ct.volume.headers, ct.findings, kind, self._equipment)
-                    encoding += time.perf_counter()
+                    encoding += time.perf_counter() - encoding_started
                 else:
                     if Family.US_FRAME not in models:
                         raise ContractError("no us_frame model in the repository")
                     for path in paths:
                         us = run_ultrasound(path, backend, models[Family.US_FRAME])
-                        encoding -= time.perf_counter()
+                        encoding_started = time.perf_counter()
                         results += ultrasound_results(us.source, us.findings, self._equipment)
-                        encoding += time.perf_counter()
+                        encoding += time.perf_counter() - encoding_started
         return results, encoding
 
 

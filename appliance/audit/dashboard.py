@@ -23,10 +23,12 @@ from appliance.domain.dashboard import (
     StageSamples,
     Totals,
 )
+from appliance.domain.delivery import DeliveryState
 from appliance.domain.jobs import JobState, Stage
+from appliance.domain.routing import Priority
 
 _FINISHED = (JobState.DONE, JobState.FAILED, JobState.DEAD_LETTER)
-_LATENCY_SAMPLE = 1000  # the most recent jobs a percentile is taken over
+_LATENCY_SAMPLE = 1000  # the most recent timings of a stage a percentile is taken over
 
 
 class DashboardQueries:
@@ -56,7 +58,7 @@ class DashboardQueries:
                 urgent_waiting=_count(
                     session,
                     select(func.count(Job.id)).where(
-                        Job.state == JobState.QUEUED, Job.priority == "urgent"
+                        Job.state == JobState.QUEUED, Job.priority == Priority.URGENT
                     ),
                 ),
                 finished_since=sum(int(n) for n in finished.values()),
@@ -118,7 +120,7 @@ class DashboardQueries:
             ).all()
             delivered = _count(
                 session,
-                select(func.count(Delivery.id)).where(Delivery.state == "delivered"),
+                select(func.count(Delivery.id)).where(Delivery.state == DeliveryState.DELIVERED),
             )
         return Totals(int(instances), int(size), {t: int(n) for t, n in failures}, delivered)
 

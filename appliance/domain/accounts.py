@@ -20,7 +20,7 @@ class Role(IntEnum):
 
     VIEWER = 1  # sees flow, jobs and models, with patient identifiers masked
     OPERATOR = 2  # also acts on studies and jobs: complete, retry, cancel, re-send
-    ADMIN = 3  # also reveals patient identifiers and manages accounts
+    ADMIN = 3  # also reveals patient identifiers (accounts are managed at the console)
 
     @property
     def label(self) -> str:

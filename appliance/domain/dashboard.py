@@ -83,7 +83,7 @@ class JobRow:
 @dataclass(frozen=True)
 class DeliveryRow:
     destination: str
-    modality_class: str
+    sop_class_uid: str
     sop_instance_uid: str
     state: str
     attempts: int

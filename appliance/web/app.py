@@ -57,9 +57,7 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
     lifetime_seconds = int(settings.session_hours * 3600)
 
     @app.middleware("http")
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    async def guard(request: Request, call_next: Endpoint) -> Response:
         """Refuse a cross-site form post (the session cookie is SameSite=Strict already, this
         holds for older browsers too) and set the security headers on every answer."""
         origin = request.headers.get("origin")
