@@ -97,6 +97,16 @@ class ListenerSettings(_Section):
     max_associations: int = Field(
         default=16, ge=1, le=1000, description="Concurrent associations accepted per process."
     )
+    associations_per_minute_per_host: int = Field(
+        default=600,
+        ge=0,
+        description="New associations one host may open a minute, on average (per listener "
+        "process); beyond it they are refused as transient (local limit exceeded) and the "
+        "sender retries later. 0 for no limit.",
+    )
+    association_burst_per_host: int = Field(
+        default=60, ge=1, description="New associations one host may open at once."
+    )
     processes: int = Field(
         default=1,
         ge=1,

@@ -32,7 +32,7 @@ from appliance.dicom.sop_classes import STORAGE_SOP_CLASSES
 from appliance.dicom.spool import Spool
 from appliance.dicom.tls import server_context
 from appliance.domain.assembly import CompletionPolicy
-from appliance.domain.policy import AssociationPolicy, TrustedPeer
+from appliance.domain.policy import AssociationPolicy, SourceRateLimit, TrustedPeer
 from appliance.domain.routing import Priority, Waiting, dispatch_order, priority_of, route
 from appliance.jobs import JobRunner
 from appliance.logs import configure_logging
@@ -90,6 +90,11 @@ def listener_options(settings: Settings, reuse_port: bool) -> ListenerOptions:
         sop_classes=tuple(dict.fromkeys([*STORAGE_SOP_CLASSES, *listener.extra_sop_classes])),
         ssl_context=context,
         reuse_port=reuse_port,
+        rate_limit=SourceRateLimit(
+            listener.associations_per_minute_per_host, listener.association_burst_per_host
+        )
+        if listener.associations_per_minute_per_host
+        else None,
     )
 
 

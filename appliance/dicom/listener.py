@@ -44,7 +44,12 @@ from appliance.dicom.status import (
 )
 from appliance.domain.ingest import Admission, AssociationPeer, LedgerUnavailable, StoredFile
 from appliance.domain.instance import InstanceRecord
-from appliance.domain.policy import AssociationPolicy, DuplicatePolicy, RefusalReason
+from appliance.domain.policy import (
+    AssociationPolicy,
+    DuplicatePolicy,
+    RefusalReason,
+    SourceRateLimit,
+)
 
 LOG = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
@@ -117,6 +122,7 @@ class ListenerOptions:
     sop_classes: tuple[str, ...] = tuple(STORAGE_SOP_CLASSES)
     ssl_context: ssl.SSLContext | None = None
     reuse_port: bool = False
+    rate_limit: SourceRateLimit | None = None
 
 
 @dataclass
@@ -269,6 +275,15 @@ class Listener:
             port=address[1],
             tls=self._options.ssl_context is not None,
         )
+        if self._rate_limited(peer):
+            connection.sendall(
+                ul.associate_rj(
+                    RejectResult.TRANSIENT,
+                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
+                    ProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
+                )
+            )
+            return
         if str(request.application_context_name) != APPLICATION_CONTEXT_NAME:
             self._refused(peer, "application context name not supported")
             connection.sendall(
@@ -326,6 +341,21 @@ class Listener:
         LOG.info(
             "association %d %s: %d stored, %d failed", state.id, outcome, state.stored, state.failed
         )
+
+    def _rate_limited(self, peer: AssociationPeer) -> bool:
+        """Whether `peer`'s host is over its association rate. The first refusal in a row is
+        audited; the rest only counted in the log, so a sender in a reconnect loop cannot
+        flood the audit table either."""
+        limit = self._options.rate_limit
+        if limit is None:
+            return False
+        with self._lock:
+            refused = limit.take(peer.host, time.monotonic())
+        if refused == 1:
+            self._refused(peer, RefusalReason.RATE_LIMITED.value)
+        elif refused and refused % 100 == 0:
+            LOG.warning("%d associations in a row refused from %s: rate limit", refused, peer.host)
+        return refused > 0
 
     def _data_phase(
         self, connection: socket.socket, negotiated: Negotiated, state: _AssociationState

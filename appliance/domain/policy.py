@@ -5,7 +5,7 @@ may be accepted. The listener turns a refusal into the matching A-ASSOCIATE-RJ.
 """
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -13,6 +13,7 @@ class RefusalReason(StrEnum):
     CALLED_AE_NOT_RECOGNISED = "called AE title not recognised"
     CALLING_AE_NOT_RECOGNISED = "calling AE title not recognised"
     HOST_NOT_ALLOWED = "calling AE title not allowed from this host"
+    RATE_LIMITED = "too many associations from this host"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +55,55 @@ class DuplicatePolicy(StrEnum):
 
     KEEP_FIRST = "keep_first"
     REPLACE = "replace"
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float
+    refused: int = 0
+
+
+@dataclass
+class SourceRateLimit:
+    """A token bucket per source host: `per_minute` new associations a minute on average, at
+    most `burst` at once. A misconfigured or hostile sender that reconnects in a loop is
+    refused early, before it costs a database row per attempt, while other senders go on.
+
+    Not thread-safe: the listener calls it under its own lock."""
+
+    per_minute: int
+    burst: int
+    max_hosts: int = 4096
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    def take(self, host: str, now: float) -> int:
+        """0 when `host` may open an association at `now` (seconds, monotonic); otherwise how
+        many attempts in a row it has had refused, this one included (1 is the first, which
+        is worth an audit row; the rest are the same story)."""
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            self._forget_idle(now)
+            bucket = self._buckets[host] = _Bucket(float(self.burst), now)
+        bucket.tokens = min(
+            float(self.burst), bucket.tokens + (now - bucket.at) * self.per_minute / 60.0
+        )
+        bucket.at = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            bucket.refused = 0
+            return 0
+        bucket.refused += 1
+        return bucket.refused
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop hosts whose bucket has refilled (they would start full anyway), so that many
+        distinct sources cannot grow the table without bound."""
+        if len(self._buckets) < self.max_hosts:
+            return
+        refill_seconds = 60.0 * self.burst / self.per_minute
+        self._buckets = {
+            host: bucket
+            for host, bucket in self._buckets.items()
+            if now - bucket.at < refill_seconds
+        }

@@ -1,5 +1,6 @@
 """The listener against real peers: dcmtk storescu/echoscu and a pynetdicom SCU."""
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -94,6 +95,27 @@ def test_wrong_called_ae_and_wrong_host_refused(start, tmp_path: Path) -> None:
     reasons = sorted(e.detail or "" for e in audit_rows(running.engine, "association_refused"))
     assert reasons[0].startswith("called AE title not recognised")
     assert reasons[1].startswith("calling AE title not allowed from this host")
+    assert echoscu(running.port).returncode == 0
+
+
+def test_a_host_over_its_association_rate_is_refused_transiently_and_audited_once(
+    start, tmp_path: Path
+) -> None:
+    running = start(
+        listener={"associations_per_minute_per_host": 30, "association_burst_per_host": 3}
+    )
+
+    echoes = [echoscu(running.port) for _ in range(6)]
+
+    assert [e.returncode for e in echoes[:3]] == [0, 0, 0]
+    for refused in echoes[3:]:
+        assert refused.returncode != 0
+        assert "Local Limit Exceeded" in refused.stderr, refused.stderr
+    events = audit_rows(running.engine, "association_refused")
+    assert [e.detail for e in events] == [
+        "too many associations from this host (called AE APPLIANCE)"
+    ]
+    time.sleep(2.1)  # one new association every 2 s at 30 a minute
     assert echoscu(running.port).returncode == 0
 
 
