@@ -43,10 +43,17 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 Endpoint = Callable[[Request], Awaitable[Response]]
 Viewer = Annotated[User, Depends(viewer)]
 Operator = Annotated[User, Depends(operator)]
 Admin = Annotated[User, Depends(admin)]
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A cell a spreadsheet shows as text, never runs as a formula (CSV injection): actors and
+    details can hold what a stranger typed, such as the user name of a failed login."""
+    return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
 def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
@@ -273,8 +280,8 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
                          "job_id", "detail"])  # fmt: skip
         for e in rows:
             writer.writerow([
-                e.occurred_at.isoformat(), e.event_type, e.outcome, e.actor,
-                e.study_instance_uid or "", e.job_id or "", e.detail or "",
+                e.occurred_at.isoformat(), e.event_type, e.outcome, spreadsheet_safe(e.actor),
+                e.study_instance_uid or "", e.job_id or "", spreadsheet_safe(e.detail or ""),
             ])  # fmt: skip
         appliance.exported(len(rows), user.username)
         return Response(

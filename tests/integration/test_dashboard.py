@@ -2,6 +2,7 @@
 roles limit what a user may do, patient identifiers stay masked until an admin reveals them
 (audited), operator actions move jobs and are audited under the operator's name."""
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,29 @@ def test_metrics_and_csv_for_a_token_and_an_export_audited(dashboard: Any, tmp_p
     assert len(lines) == 3  # header, running and failed
     assert all(",job_state," in line for line in lines[1:])
     assert events(dashboard.engine, "audit_exported")[0].actor == "vera"
+
+
+def test_a_name_typed_as_a_formula_is_exported_as_text(dashboard: Any) -> None:
+    stranger = client_for(dashboard.app)
+    formula = '=HYPERLINK("http://evil.example","x")'
+    assert (
+        stranger.post("/login", data={"username": formula, "password": "x" * 12}).status_code == 401
+    )
+    ada = client_for(dashboard.app, "ada")
+    exported = ada.get("/audit.csv", params={"event_type": "user_login"})
+    (row,) = [line for line in exported.text.splitlines() if "HYPERLINK" in line]
+    assert ",\"'=HYPERLINK(" in row, row
+
+
+def test_a_session_expires_after_its_lifetime(dashboard: Any) -> None:
+    brief = dashboard.settings.dashboard.model_copy(update={"session_hours": 1 / 3600})
+    app = create_app(brief, dashboard.app.state.appliance)
+    vera = client_for(app, "vera")
+    assert vera.get("/").status_code == 200
+    time.sleep(1.5)
+    expired = vera.get("/")
+    assert expired.status_code == 303
+    assert expired.headers["location"].startswith("/login")
 
 
 def test_pages_render_for_every_role(dashboard: Any, tmp_path: Path) -> None:
