@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
+from fastapi import Path as PathParameter
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -43,11 +44,15 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# Printable, as an account name always is: no control byte reaches the database or the log.
+ACCOUNT_NAME = r"^[^\x00-\x1f\x7f]+$"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 Endpoint = Callable[[Request], Awaitable[Response]]
 Viewer = Annotated[User, Depends(viewer)]
 Operator = Annotated[User, Depends(operator)]
 Admin = Annotated[User, Depends(admin)]
+# A job number the database can hold (BIGINT); anything else is a 422, not a database error.
+JobId = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
 
 
 def spreadsheet_safe(cell: str) -> str:
@@ -57,7 +62,13 @@ def spreadsheet_safe(cell: str) -> str:
 
 
 def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
-    app = FastAPI(title="Appliance dashboard", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="Appliance dashboard",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # served below, behind a login like every route but health
+    )
     app.state.appliance = appliance
     metrics = registry(DatabaseCollector(appliance))
     templates = Jinja2Templates(directory=TEMPLATES)
@@ -66,11 +77,15 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next: Endpoint) -> Response:
         """Refuse a cross-site form post (the session cookie is SameSite=Strict already, this
-        holds for older browsers too) and set the security headers on every answer."""
+        holds for older browsers too) and a NUL byte in the path or query (no database column
+        takes one), and set the security headers on every answer."""
         origin = request.headers.get("origin")
         cross_site = origin is not None and urlsplit(origin).netloc != request.headers.get("host")
+        target = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
         if request.method not in SAFE_METHODS and cross_site:
             answer: Response = JSONResponse({"detail": "cross-site request refused"}, 403)
+        elif b"%00" in target or b"\x00" in target:
+            answer = JSONResponse({"detail": "NUL byte in the request"}, 400)
         else:
             answer = await call_next(request)
         answer.headers.update(SECURITY_HEADERS)
@@ -111,13 +126,19 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi(user: Viewer) -> dict[str, Any]:
+        return app.openapi()
+
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request) -> HTMLResponse:
         return page(request, "login.html", None, error=None)
 
     @app.post("/login")
     def login(
-        request: Request, username: Annotated[str, Form()], password: Annotated[str, Form()]
+        request: Request,
+        username: Annotated[str, Form(max_length=64, pattern=ACCOUNT_NAME)],
+        password: Annotated[str, Form(max_length=1024)],
     ) -> Response:
         host = request.client.host if request.client else None
         secret = appliance.login(username, password, host)
@@ -197,13 +218,13 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
         return found
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse)
-    def job_page(request: Request, user: Viewer, job_id: int) -> HTMLResponse:
+    def job_page(request: Request, user: Viewer, job_id: JobId) -> HTMLResponse:
         job, deliveries, events = job_or_404(job_id)
         return page(request, "job.html", user, job=job, deliveries=deliveries, events=events,
                     may_act=user.may(Role.OPERATOR))  # fmt: skip
 
     @app.get("/api/jobs/{job_id}")
-    def api_job(user: Viewer, job_id: int) -> dict[str, Any]:
+    def api_job(user: Viewer, job_id: JobId) -> dict[str, Any]:
         job, deliveries, events = job_or_404(job_id)
         return {
             "job": _jsonable(job.__dict__),
@@ -220,17 +241,17 @@ def create_app(settings: DashboardSettings, appliance: Appliance) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
     @app.post("/jobs/{job_id}/retry")
-    def retry(user: Operator, job_id: int) -> Response:
+    def retry(user: Operator, job_id: JobId) -> Response:
         appliance.retry(job_id, user.username)
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @app.post("/jobs/{job_id}/cancel")
-    def cancel(user: Operator, job_id: int) -> Response:
+    def cancel(user: Operator, job_id: JobId) -> Response:
         appliance.cancel(job_id, user.username)
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
     @app.post("/jobs/{job_id}/resend")
-    def resend(user: Operator, job_id: int) -> Response:
+    def resend(user: Operator, job_id: JobId) -> Response:
         appliance.resend(job_id, user.username)
         return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 

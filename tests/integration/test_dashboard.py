@@ -7,7 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
+import requests
+import schemathesis
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from pydicom import dcmread
@@ -24,13 +27,15 @@ from appliance.domain.jobs import JobState
 from appliance.jobs import make_backend
 from appliance.runtime import completion_policy
 from appliance.web.app import create_app
-from tests.conftest import storescu
+from appliance.web.server import DashboardServer
+from tests.conftest import free_port, storescu
 from tests.factory import PATIENT_ID, PATIENT_NAME, new_series, write_series
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 PUBLIC = {"/healthz", "/readyz", "/login"}
 PASSWORD = "correct horse battery"
+FUZZ_EXAMPLES = 30  # per operation and per run; every run draws new cases
 
 
 @pytest.fixture
@@ -66,6 +71,17 @@ def failed_job(running: Any, tmp_path: Path) -> tuple[int, str]:
     assert jobs.claim(job_id, datetime.now(UTC), completion_policy(running.settings).quiet_period)
     jobs.move(job_id, JobState.FAILED, datetime.now(UTC), "test failure", attempt=1)
     return job_id, uid
+
+
+def wait_for_http(url: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing answered at {url}")
 
 
 def events(engine: Engine, event_type: str) -> list[AuditEvent]:
@@ -230,3 +246,51 @@ def test_a_cross_site_post_is_refused_and_every_answer_carries_security_headers(
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert answer.headers["cache-control"] == "no-store"
+
+
+def test_schemathesis_finds_no_open_route_and_no_server_error(
+    dashboard: Any, tmp_path: Path
+) -> None:
+    """Every operation in the OpenAPI schema, fuzzed from its parameter schemas: refused without
+    credentials (except health and the login form), never a server error with them."""
+    failed_job(dashboard, tmp_path)
+    accounts = AccountLedger(dashboard.engine)
+    admin = accounts.create_token("ada", "fuzz", datetime.now(UTC), "test")
+    server = DashboardServer(dashboard.app, "127.0.0.1", free_port())
+    server.start()
+    try:
+        wait_for_http(f"{server.address}/healthz")
+        assert requests.get(f"{server.address}/api/openapi.json", timeout=5).status_code == 401
+        spec = requests.get(
+            f"{server.address}/api/openapi.json",
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=5,
+        ).json()
+        schema = schemathesis.openapi.from_dict(spec)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert len(operations) >= 15
+        for operation in operations:
+            fuzz_operation(operation, server.address, admin)
+    finally:
+        server.stop()
+
+
+def fuzz_operation(operation: Any, base_url: str, token: str) -> None:
+    @hypothesis.given(case=operation.as_strategy())
+    @hypothesis.settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    def check(case: Any) -> None:
+        stranger = case.call(base_url=base_url, allow_redirects=False)
+        if operation.path not in PUBLIC:
+            # 400: a NUL byte, refused before anything else is looked at
+            assert stranger.status_code in (303, 400, 401), (operation.label, stranger.status_code)
+        signed_in = case.call(
+            base_url=base_url, headers={"Authorization": f"Bearer {token}"}, allow_redirects=False
+        )
+        assert signed_in.status_code < 500, (operation.label, case.path_parameters, signed_in.text)
+
+    check()
