@@ -1,6 +1,8 @@
 """The listener against real peers: dcmtk storescu/echoscu and a pynetdicom SCU."""
 
+import subprocess
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from appliance.audit.models import AuditEvent, Instance, Study
 from appliance.audit.studies import StudyService
 from appliance.dicom.status import StoreStatus
 from appliance.runtime import completion_policy
-from tests.conftest import echoscu, storescu
+from tests.conftest import echoscu, missing_service, storescu
 from tests.factory import ct_slice, dataset_bytes, new_series, write_series
 from tests.scu import associate, send_files
 
@@ -134,6 +136,49 @@ def test_above_disk_watermark_answers_out_of_resources_and_keeps_serving(
     assert len(rejected) == 2
     assert "watermark" in (rejected[0].detail or "")
     assert echoscu(running.port).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a spool disk that really fills up (mounting needs root, as in CI)."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        missing_service(f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def test_a_full_disk_answers_out_of_resources_keeps_serving_and_resumes(
+    start, tmp_path: Path, small_disk: Path
+) -> None:
+    running = start(spool={"path": str(small_disk / "spool"), "disk_watermark_percent": 100})
+    files = write_series(new_series(8, rows=512, columns=512), tmp_path / "in")  # 0.5 MiB each
+
+    first = pynetdicom_send(running.port, files)
+
+    assert first[0] == StoreStatus.SUCCESS
+    assert StoreStatus.OUT_OF_RESOURCES in first, first
+    assert set(first) <= {StoreStatus.SUCCESS, StoreStatus.OUT_OF_RESOURCES}
+    reasons = [e.detail or "" for e in audit_rows(running.engine, "instance_rejected")]
+    assert len(reasons) == first.count(StoreStatus.OUT_OF_RESOURCES)
+    assert all("No space left on device" in r or "watermark" in r for r in reasons), reasons
+    assert echoscu(running.port).returncode == 0
+    assert not list((small_disk / "spool" / ".incoming").glob("*.part"))
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    refused = [path for path, status in zip(files, first, strict=True) if status]
+    assert pynetdicom_send(running.port, refused) == [StoreStatus.SUCCESS] * len(refused)
+    assert count(running.engine, Instance) == len(files)
+    stored = {path.name: path for path in (small_disk / "spool").rglob("*.dcm")}
+    assert sorted(stored) == sorted(path.name for path in files)
+    for source in files:
+        assert dataset_bytes(stored[source.name]) == dataset_bytes(source)
 
 
 @pytest.mark.parametrize("policy", ["keep_first", "replace"])
