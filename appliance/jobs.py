@@ -138,6 +138,11 @@ class JobRunner:
             self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.warning("job %d failed: %s", job_id, reason)
             return JobState.FAILED
+        except Exception as exc:  # a bug: fail now with its name rather than wait out leases
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
+            LOG.exception("job %d failed on an internal error", job_id)
+            return JobState.FAILED
         timings = JobTimings(time.perf_counter() - started, encoding, dict(backend.by_model))
         summary = (
             f"{len(results)} results; pipeline {timings.pipeline:.2f} s, "

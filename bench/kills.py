@@ -50,7 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=120)
     parser.add_argument("--senders", type=int, default=4)
-    parser.add_argument("--studies", type=int, default=6, help="studies per sender")
+    parser.add_argument("--studies", type=int, default=14, help="studies per sender")
     parser.add_argument("--instances", type=int, default=250, help="instances per study")
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--seed", type=int, default=20261125)

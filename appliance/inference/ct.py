@@ -7,9 +7,10 @@ patches blended with a Gaussian importance map (as in nnU-Net), and the labels a
 back onto the source grid.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +25,9 @@ from appliance.inference.contract import Intensity, ModelContract
 OVERLAP = 0.5
 BATCH = 2
 BODY_HU = -500.0  # air and lung below; skin, fat, the table and everything inside above
+# Larger series are refused before their pixels are read: 4,500 slices of 512 x 512 fit.
+MAX_VOXELS = 4_500 * 512 * 512
+T = TypeVar("T")
 
 
 class UnsupportedSeries(ValueError):
@@ -38,9 +42,11 @@ class CTVolume:
 
 
 def load_series(paths: Sequence[Path]) -> CTVolume:
+    """The series as one volume in HU; a series that is not one, or whose data cannot be
+    read, is refused with the reason (`UnsupportedSeries`), whatever the parser raised."""
     headers = {}
     for path in paths:
-        header = dcmread(path, stop_before_pixels=True)
+        header = _read(path, dcmread, path, stop_before_pixels=True)
         missing = [
             keyword
             for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
@@ -48,29 +54,55 @@ def load_series(paths: Sequence[Path]) -> CTVolume:
         ]
         if missing:
             raise UnsupportedSeries(f"a slice lacks {', '.join(missing)}")
-        headers[str(header.SOPInstanceUID)] = (path, header)
-    slices = [
-        SliceGeometry(
-            sop_instance_uid=uid,
-            image_position=tuple(float(v) for v in header.ImagePositionPatient),  # type: ignore[arg-type]
-            image_orientation=tuple(float(v) for v in header.ImageOrientationPatient),  # type: ignore[arg-type]
-            pixel_spacing=(float(header.PixelSpacing[0]), float(header.PixelSpacing[1])),
-            rows=int(header.Rows),
-            columns=int(header.Columns),
-        )
-        for uid, (_, header) in headers.items()
-    ]
+        headers[str(_read(path, getattr, header, "SOPInstanceUID"))] = (path, header)
+    slices = [_read(path, _slice_geometry, uid, header) for uid, (path, header) in headers.items()]
     try:
         geometry = build_volume(slices)
     except GeometryError as exc:
         raise UnsupportedSeries(str(exc)) from exc
+    voxels = int(np.prod(geometry.shape))
+    if voxels > MAX_VOXELS:
+        raise UnsupportedSeries(
+            f"{' x '.join(map(str, geometry.shape))} voxels: more than the pipeline takes "
+            f"({MAX_VOXELS:,})"
+        )
     hu = np.empty(geometry.shape, dtype=np.float32)
     for k, uid in enumerate(geometry.sop_instance_uids):
-        dataset = dcmread(headers[uid][0])
-        slope = float(dataset.get("RescaleSlope", 1) or 1)
-        intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-        hu[k] = dataset.pixel_array.astype(np.float32) * slope + intercept
+        path = headers[uid][0]
+        hu[k] = _read(path, _slice_hu, path, geometry.shape[1:])
     return CTVolume(hu, geometry, tuple(headers[uid][1] for uid in geometry.sop_instance_uids))
+
+
+def _read(path: Path, reader: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`reader(*args, **kwargs)`, any failure of it on the data of `path` a refusal: pydicom
+    and numpy meet hostile data with any exception type."""
+    try:
+        return reader(*args, **kwargs)
+    except UnsupportedSeries:
+        raise
+    except Exception as exc:
+        raise UnsupportedSeries(f"{path.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _slice_geometry(uid: str, header: Dataset) -> SliceGeometry:
+    return SliceGeometry(
+        sop_instance_uid=uid,
+        image_position=tuple(float(v) for v in header.ImagePositionPatient),  # type: ignore[arg-type]
+        image_orientation=tuple(float(v) for v in header.ImageOrientationPatient),  # type: ignore[arg-type]
+        pixel_spacing=(float(header.PixelSpacing[0]), float(header.PixelSpacing[1])),
+        rows=int(header.Rows),
+        columns=int(header.Columns),
+    )
+
+
+def _slice_hu(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32]:
+    dataset = dcmread(path)
+    pixels = dataset.pixel_array
+    if pixels.shape != shape:
+        raise UnsupportedSeries(f"{path.name}: pixel data is {pixels.shape}, not {shape}")
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * slope + intercept
 
 
 def normalise(hu: NDArray[np.float32], intensity: Intensity) -> NDArray[np.float32]:

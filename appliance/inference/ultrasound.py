@@ -7,6 +7,7 @@ back onto the source frame, where its area is measured with the physical pixel s
 ultrasound region (PS3.3 C.8.5.5, Sequence of Ultrasound Regions) or Pixel Spacing.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from numpy.typing import NDArray
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.processing import apply_color_lut
+from pydicom.pixels.utils import iter_pixels
 from scipy import ndimage
 
 from appliance.inference.backend import InferenceBackend
@@ -24,6 +26,8 @@ BATCH = 16
 MIN_AREA_PX = 40  # in the model's patch; smaller predictions are noise
 _CENTIMETRE = 3  # Physical Units X/Y Direction (0018,6024): 3 = cm
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+# Larger cines are refused before any decoding: 1,000 frames of 1024 x 768 fit (786 MB).
+MAX_CINE_PIXELS = 1_000 * 1024 * 768
 
 
 class UnsupportedFrames(ValueError):
@@ -54,24 +58,60 @@ def _pixel_size(dataset: Dataset) -> tuple[float, float] | None:
 
 
 def decode_cine(path: Path) -> Cine:
-    dataset = dcmread(path)
+    """The cine's frames as 8-bit luminance, decoded one frame at a time so that a long cine
+    costs its luminance frames and one decoded frame, never the whole decoded colour cine."""
+    try:
+        return _decode(path)
+    except UnsupportedFrames:
+        raise
+    except Exception as exc:  # pydicom and numpy meet hostile data with any exception type
+        raise UnsupportedFrames(
+            f"the frames cannot be decoded: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _decode(path: Path) -> Cine:
+    dataset = dcmread(path, defer_size=4096)  # the pixel data stays on disk
     if "PixelData" not in dataset:
         raise UnsupportedFrames("the data set has no pixel data")
-    pixels = dataset.pixel_array
-    interpretation = str(dataset.get("PhotometricInterpretation", ""))
-    frames_count = int(dataset.get("NumberOfFrames", 1) or 1)
-    if interpretation == "PALETTE COLOR":
-        pixels = apply_color_lut(pixels, dataset)
-    if frames_count == 1:
-        pixels = pixels[None]
-    if pixels.ndim == 4:  # colour: reduce to luminance
-        pixels = pixels[..., :3].astype(np.float32) @ _LUMA
-    elif pixels.ndim != 3:
-        raise UnsupportedFrames(f"unexpected pixel array shape {pixels.shape}")
-    if pixels.dtype != np.uint8:
-        low, high = float(pixels.min()), float(pixels.max())
-        pixels = (pixels - low) / max(high - low, 1e-6) * 255
-    return Cine(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), _pixel_size(dataset))
+    count = int(dataset.get("NumberOfFrames", 1) or 1)
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    if min(count, rows, columns) < 1:
+        raise UnsupportedFrames(f"{count} frames of {rows} x {columns} pixels")
+    if count * rows * columns > MAX_CINE_PIXELS:
+        raise UnsupportedFrames(
+            f"{count} frames of {rows} x {columns} pixels: more than the pipeline takes "
+            f"({MAX_CINE_PIXELS:,} pixels)"
+        )
+    palette = str(dataset.get("PhotometricInterpretation", "")) == "PALETTE COLOR"
+
+    def luminance() -> Iterator[NDArray[np.float32] | NDArray[np.uint8]]:
+        for index, frame in enumerate(iter_pixels(path)):
+            if index == count:
+                raise UnsupportedFrames(f"more frames than Number of Frames ({count})")
+            if palette:
+                frame = apply_color_lut(frame, dataset)
+            if frame.ndim == 3:  # colour: reduce to luminance
+                frame = frame[..., :3].astype(np.float32) @ _LUMA
+            if frame.shape != (rows, columns):
+                raise UnsupportedFrames(
+                    f"frame {index + 1} is {frame.shape}, not {rows} x {columns}"
+                )
+            yield frame
+
+    frames = np.empty((count, rows, columns), dtype=np.uint8)
+    decoded = 0
+    low, high = 0.0, 255.0
+    if str(dataset.get("BitsAllocated", 8)) != "8":  # scale by the whole cine's range: a pass
+        low, high = np.inf, -np.inf
+        for frame in luminance():
+            low, high = min(low, float(frame.min())), max(high, float(frame.max()))
+    for decoded, frame in enumerate(luminance(), start=1):
+        scaled = (frame - low) / max(high - low, 1e-6) * 255 if (low, high) != (0, 255) else frame
+        frames[decoded - 1] = np.clip(np.rint(scaled), 0, 255)
+    if decoded != count:
+        raise UnsupportedFrames(f"{decoded} frames decoded, Number of Frames says {count}")
+    return Cine(frames, _pixel_size(dataset))
 
 
 def segment_cine(
