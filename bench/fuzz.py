@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 from appliance.audit.db import create_db_engine, upgrade  # noqa: E402
 from appliance.audit.models import AuditEvent, Instance  # noqa: E402
 from bench.kills import database  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 from tests import fuzzing  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 from tests.fuzzing import Case  # noqa: E402
 from tests.listener_kills import CALLING_AE, start_listener, write_config  # noqa: E402
 
