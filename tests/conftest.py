@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 from sqlalchemy import Engine
 
 from appliance.audit.db import create_db_engine, upgrade
@@ -37,6 +39,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 30) -> None:
+    """Return once something answers HTTP at `url`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing answered at {url}")
 
 
 def dcmtk_env() -> dict[str, str]:

@@ -332,6 +332,8 @@ class Listener:
         LOG.info("association %d accepted from %s@%s", association_id, peer.calling_ae, peer.host)
         connection.settimeout(self._options.network_timeout)
         outcome = self._data_phase(connection, negotiated, state)
+        with self._lock:  # the association is over: its slot is free for the sender's next
+            self._connections.discard(connection)
         try:
             self._ledger.association_ended(
                 state.id, state.peer, outcome, state.stored, state.failed, self._clock()

@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from amqp.exceptions import ChannelError
+from kombu.exceptions import KombuError
 
-from tests.conftest import echoscu, free_port
+from appliance.config import QueueSettings
+from appliance.queue.app import QUEUES, make_app
+from tests.conftest import echoscu, free_port, missing_service
 from tests.orthanc import AE_TITLE, Orthanc
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -27,6 +31,37 @@ class Mode:
 
 
 PRODUCTION_ROLES = ("listen", "sweep", "worker")
+REDIS_DB = 13  # a database of its own on the machine's Redis, flushed before and after
+BROKER_URLS = {
+    "redis": f"redis://127.0.0.1:6379/{REDIS_DB}",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+}
+
+
+@contextmanager
+def production_mode(broker: str, database_url: str) -> Iterator[Mode]:
+    """Production's roles as processes of their own on PostgreSQL and `broker` (redis or
+    rabbitmq), its queues emptied before and after: the machine's broker is shared."""
+    queue = QueueSettings(broker_url=BROKER_URLS[broker])
+    purge_queues(queue)
+    yield Mode(
+        {"database": {"url": database_url}, "queue": {"broker_url": queue.broker_url}},
+        PRODUCTION_ROLES,
+    )
+    purge_queues(queue)
+
+
+def purge_queues(settings: QueueSettings) -> None:
+    """Empty the job queues on a shared broker, so no earlier run's message is taken."""
+    try:
+        with make_app(settings).connection_for_write() as connection:
+            connection.ensure_connection(max_retries=2)
+            for name in QUEUES:
+                connection.default_channel.queue_purge(name)
+    except (OSError, KombuError) as exc:
+        missing_service(f"the broker at {settings.broker_url}: {exc}")
+    except ChannelError:
+        pass  # a queue never declared holds nothing
 
 
 def wait_for(check: Callable[[], T], seconds: float) -> T:

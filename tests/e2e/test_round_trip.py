@@ -12,21 +12,16 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-import redis
-from amqp.exceptions import ChannelError
-from kombu.exceptions import KombuError
 from pydicom import dcmread
 
-from appliance.config import QueueSettings
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.queue.app import QUEUES, make_app
 from tests.conftest import free_port, missing_service, storescu
 from tests.e2e.appliance import (
-    PRODUCTION_ROLES,
     REPOSITORY,
     Mode,
+    production_mode,
     running_roles,
     serve,
     wait_for_modalities,
@@ -34,8 +29,6 @@ from tests.e2e.appliance import (
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
-REDIS_DB = 13  # a database of its own on the machine's Redis, flushed before and after
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 @pytest.fixture(params=["embedded", "redis+postgresql", "rabbitmq+postgresql", "triton"])
@@ -45,31 +38,10 @@ def mode(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mode]:
     Triton server."""
     if request.param == "embedded":
         yield Mode({})
-    elif request.param == "redis+postgresql":
-        try:
-            client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB, socket_timeout=3)
-            client.flushdb()
-        except redis.RedisError as exc:
-            missing_service(f"Redis on 127.0.0.1:6379: {exc}")
-        yield Mode(
-            {
-                "database": {"url": request.getfixturevalue("postgres_url")},
-                "queue": {"broker_url": f"redis://127.0.0.1:6379/{REDIS_DB}"},
-            },
-            PRODUCTION_ROLES,
-        )
-        client.flushdb()
-    elif request.param == "rabbitmq+postgresql":
-        queue = QueueSettings(broker_url=RABBITMQ_URL)
-        purge_queues(queue)
-        yield Mode(
-            {
-                "database": {"url": request.getfixturevalue("postgres_url")},
-                "queue": {"broker_url": RABBITMQ_URL},
-            },
-            PRODUCTION_ROLES,
-        )
-        purge_queues(queue)
+    elif request.param in ("redis+postgresql", "rabbitmq+postgresql"):
+        broker = request.param.split("+")[0]
+        with production_mode(broker, request.getfixturevalue("postgres_url")) as production:
+            yield production
     else:
         server = CpuTritonServer(REPOSITORY, tmp_path / "triton")
         try:
@@ -86,19 +58,6 @@ def mode(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mode]:
             }
         )
         server.stop()
-
-
-def purge_queues(settings: QueueSettings) -> None:
-    """Empty the job queues on a shared broker, so no earlier run's message is taken."""
-    try:
-        with make_app(settings).connection_for_write() as connection:
-            connection.ensure_connection(max_retries=2)
-            for name in QUEUES:
-                connection.default_channel.queue_purge(name)
-    except (OSError, KombuError) as exc:
-        missing_service(f"RabbitMQ on 127.0.0.1:5672: {exc}")
-    except ChannelError:
-        pass  # a queue never declared holds nothing
 
 
 def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(mode: Mode, tmp_path: Path) -> None:

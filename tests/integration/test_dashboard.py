@@ -28,7 +28,7 @@ from appliance.jobs import make_backend
 from appliance.runtime import completion_policy
 from appliance.web.app import create_app
 from appliance.web.server import DashboardServer
-from tests.conftest import free_port, storescu
+from tests.conftest import free_port, storescu, wait_for_http
 from tests.factory import PATIENT_ID, PATIENT_NAME, new_series, write_series
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -71,17 +71,6 @@ def failed_job(running: Any, tmp_path: Path) -> tuple[int, str]:
     assert jobs.claim(job_id, datetime.now(UTC), completion_policy(running.settings).quiet_period)
     jobs.move(job_id, JobState.FAILED, datetime.now(UTC), "test failure", attempt=1)
     return job_id, uid
-
-
-def wait_for_http(url: str, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing answered at {url}")
 
 
 def events(engine: Engine, event_type: str) -> list[AuditEvent]:
