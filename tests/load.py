@@ -85,11 +85,6 @@ class LoadReport:
         return [value for sender in self.senders for value in sender.store_seconds]
 
     def lines(self) -> list[str]:
-        def percentiles(values: list[float]) -> str:
-            p50, p95, p99 = np.percentile(values, [50, 95, 99]) * 1000 if values else (0, 0, 0)
-            top = max(values, default=0.0) * 1000
-            return f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {top:.0f} ms"
-
         lines = [
             f"run                          {self.seconds:.0f} s, {len(self.senders)} senders",
             f"associations held at once    {self.most_concurrent}",
@@ -171,6 +166,17 @@ def send_studies(port: int, seconds: float, instances_per_study: int) -> Sender:
     return sender
 
 
+def run_senders(port: int, senders: int, seconds: float, instances_per_study: int) -> list[Sender]:
+    with multiprocessing.get_context("spawn").Pool(senders) as pool:
+        return pool.starmap(send_studies, [(port, seconds, instances_per_study)] * senders)
+
+
+def percentiles(values: list[float]) -> str:
+    p50, p95, p99 = np.percentile(values, [50, 95, 99]) * 1000 if values else (0, 0, 0)
+    top = max(values, default=0.0) * 1000
+    return f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {top:.0f} ms"
+
+
 def _poll_dashboard(
     address: str, token: str, stop: threading.Event, report: list[float], errors: list[int]
 ) -> None:
@@ -248,8 +254,7 @@ def run_load(
         for thread in helpers:
             thread.start()
         started = time.monotonic()
-        with multiprocessing.get_context("spawn").Pool(senders) as pool:
-            records = pool.starmap(send_studies, [(port, seconds, instances_per_study)] * senders)
+        records = run_senders(port, senders, seconds, instances_per_study)
         elapsed = time.monotonic() - started
     finally:
         stop.set()

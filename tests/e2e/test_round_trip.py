@@ -26,9 +26,11 @@ from tests.e2e.appliance import (
     serve,
     wait_for_modalities,
 )
+from tests.factory import PATIENT_ID, PATIENT_NAME
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
+ACCESSION = "ACC-RECOGNISABLE-77"
 
 
 @pytest.fixture(params=["embedded", "redis+postgresql", "rabbitmq+postgresql", "triton"])
@@ -62,7 +64,12 @@ def mode(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Mode]:
 
 def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(mode: Mode, tmp_path: Path) -> None:
     cine = write_us_cine(generate_cine(300_005, frames=8), tmp_path / "cine.dcm")
-    study = str(dcmread(cine, stop_before_pixels=True).StudyInstanceUID)
+    identified = dcmread(cine)  # a patient whose name and IDs no log line may show
+    identified.PatientName = PATIENT_NAME
+    identified.PatientID = PATIENT_ID
+    identified.AccessionNumber = ACCESSION
+    identified.save_as(cine)
+    study = str(identified.StudyInstanceUID)
     port = free_port()
     with (
         running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs,
@@ -78,6 +85,10 @@ def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(mode: Mode, tmp_path: Pa
             assert stored.StudyInstanceUID == study
         time.sleep(4)  # Orthanc's study is stable again: it must not route it twice
         assert pacs.instance_count() == 3
+    logs = {log.name: log.read_text(errors="replace") for log in tmp_path.glob("*.log")}
+    assert logs, "the roles wrote no log"
+    for secret in (*PATIENT_NAME.split("^"), PATIENT_ID, ACCESSION):
+        assert [name for name, text in logs.items() if secret in text] == [], secret
 
 
 def test_demo_follows_its_studies_to_the_pacs(tmp_path: Path) -> None:
