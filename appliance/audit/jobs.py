@@ -261,7 +261,12 @@ class JobLedger:
         any of them is a dead letter."""
         settled = []
         with self._sessions.begin() as session:
-            jobs = session.scalars(select(Job).where(Job.state == JobState.DELIVERING)).all()
+            # Locked, so that the sweeper and a worker settling at once cannot both end a job.
+            jobs = session.scalars(
+                select(Job)
+                .where(Job.state == JobState.DELIVERING)
+                .with_for_update(skip_locked=True)
+            ).all()
             for job in jobs:
                 states = set(
                     session.scalars(select(Delivery.state).where(Delivery.job_id == job.id))

@@ -94,12 +94,17 @@ def test_a_service_restart_mid_flight_ends_every_job_done_once(
         round_trip_through(restart, mode, cines, tmp_path, postgres_url)
     engine = create_engine(postgres_url)
     with Session(engine) as session:
-        details = list(
-            session.scalars(select(AuditEvent.detail).where(AuditEvent.event_type == "job_state"))
+        transitions = list(
+            session.execute(
+                select(AuditEvent.job_id, AuditEvent.detail)
+                .where(AuditEvent.event_type == "job_state")
+                .order_by(AuditEvent.id)
+            )
         )
     engine.dispose()
-    done = [detail for detail in details if "-> done" in (detail or "")]
-    assert len(done) == STUDIES, details
+    done = [job for job, detail in transitions if "-> done" in (detail or "")]
+    assert sorted(done) == sorted(set(done)), transitions
+    assert len(done) == STUDIES
 
 
 def round_trip_through(
