@@ -2,6 +2,7 @@
 the PACS is down and delivered exactly once when it comes up, dead letters with reasons."""
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
@@ -128,13 +129,18 @@ def test_a_pacs_down_at_first_receives_each_result_exactly_once(
         assert pacs.sop_instance_uids() == sorted(r.sop_instance_uid for r in objects)
 
 
-class RefusingPacs:
-    """A pynetdicom Storage SCP that stores SEG and refuses SR with 0xA900: Orthanc 1.10
-    answers Success even when its Lua filter drops an instance, so it cannot show this."""
+class MisbehavingPacs:
+    """A pynetdicom Storage SCP that misbehaves on demand, as PACSs do: refuses SR with 0xA900
+    (Orthanc 1.10 answers Success even when its Lua filter drops an instance, so it cannot
+    show this), aborts the association on its next C-STOREs, or answers slowly."""
 
-    def __init__(self) -> None:
-        self.received: list[str] = []
-        ae = AE(ae_title="REFUSER")
+    def __init__(self, refuse_sr: bool = False, abort_next: int = 0, delay: float = 0.0) -> None:
+        self.received: list[str] = []  # every C-STORE that arrived
+        self.stored: list[str] = []  # those answered with Success
+        self.refuse_sr = refuse_sr
+        self.abort_next = abort_next
+        self.delay = delay
+        ae = AE(ae_title="MISFIT")
         ae.add_supported_context(SegmentationStorage)
         ae.add_supported_context(Comprehensive3DSRStorage)
         self.port = free_port()
@@ -143,20 +149,72 @@ class RefusingPacs:
         )
 
     def _store(self, event: Event) -> int:
-        self.received.append(str(event.request.AffectedSOPInstanceUID))
-        return 0xA900 if event.request.AffectedSOPClassUID == Comprehensive3DSRStorage else 0
+        uid = str(event.request.AffectedSOPInstanceUID)
+        self.received.append(uid)
+        if self.abort_next:
+            self.abort_next -= 1
+            event.assoc.abort()
+            return 0xA700
+        time.sleep(self.delay)
+        if self.refuse_sr and event.request.AffectedSOPClassUID == Comprehensive3DSRStorage:
+            return 0xA900
+        self.stored.append(uid)
+        return 0
 
     def stop(self) -> None:
         self._server.shutdown()
+
+
+def test_a_pacs_dropping_the_association_mid_transfer_gets_each_result_once(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    study, objects = results
+    pacs = MisbehavingPacs(abort_next=1)
+    try:
+        deliverer = Deliverer(settings(tmp_path, [dimse("misfit", pacs.port, "MISFIT")]), engine)
+        deliverer.queue(objects, study, T0)
+        first = deliverer.deliver_due(T0)
+        assert (first.delivered, first.retrying) == (0, 2)
+        (row, _) = deliverer.ledger.rows(DeliveryState.PENDING)
+        assert row.reason is not None
+        assert "abort" in row.reason.lower(), row.reason
+        later = deliverer.deliver_due(T0 + timedelta(seconds=10))
+    finally:
+        pacs.stop()
+    assert later.delivered == 2
+    assert sorted(pacs.stored) == sorted(r.sop_instance_uid for r in objects)
+
+
+def test_a_pacs_too_slow_to_answer_is_retried_until_it_answers_in_time(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    study, objects = results
+    pacs = MisbehavingPacs(delay=3.0)
+    destination = {**dimse("misfit", pacs.port, "MISFIT"), "timeout_seconds": 1.0}
+    try:
+        deliverer = Deliverer(settings(tmp_path, [destination]), engine)
+        deliverer.queue(objects[:1], study, T0)
+        first = deliverer.deliver_due(T0)
+        (row,) = deliverer.ledger.rows(DeliveryState.PENDING)
+        pacs.delay = 0.0
+        later = deliverer.deliver_due(T0 + timedelta(seconds=10))
+    finally:
+        pacs.stop()
+    assert (first.delivered, first.retrying) == (0, 1)
+    assert row.reason == "association with MISFIT broke: timed out"
+    assert later.delivered == 1
+    # The slow answer may have stored it before the timeout: a PACS keeps one instance per
+    # SOP Instance UID, so the second store replaces the first.
+    assert set(pacs.stored) == {objects[0].sop_instance_uid}
 
 
 def test_a_failure_status_leaves_a_dead_letter_with_the_reason(
     results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
 ) -> None:
     study, objects = results
-    pacs = RefusingPacs()
+    pacs = MisbehavingPacs(refuse_sr=True)
     try:
-        deliverer = Deliverer(settings(tmp_path, [dimse("refuser", pacs.port, "REFUSER")]), engine)
+        deliverer = Deliverer(settings(tmp_path, [dimse("refuser", pacs.port, "MISFIT")]), engine)
         deliverer.queue(objects, study, T0)
         report = deliverer.deliver_due(T0)
     finally:
