@@ -1,5 +1,5 @@
-"""Faults on the running appliance: a worker killed mid-job, the PACS down when results are
-ready, and a study with bad input."""
+"""Faults on the running appliance: a worker killed mid-job and mid-delivery, the PACS down
+when results are ready, and a study with bad input."""
 
 import signal
 import time
@@ -17,6 +17,7 @@ from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
 from tests.conftest import free_port, storescu
 from tests.e2e.appliance import serve, wait_for, wait_for_modalities
+from tests.misbehaving_pacs import MisbehavingPacs
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -135,3 +136,30 @@ def test_results_wait_for_a_pacs_that_is_down_and_arrive_once_when_it_is_back(
     finally:
         appliance.terminate()
         appliance.wait(timeout=30)
+
+
+def test_a_worker_killed_mid_delivery_leaves_each_result_delivered_once(tmp_path: Path) -> None:
+    cine = write_us_cine(generate_cine(300_008, frames=6), tmp_path / "us" / "cine.dcm")
+    port = free_port()
+    database = tmp_path / "appliance.db"
+    pacs = MisbehavingPacs(delay=4.0)  # the worker is still waiting for its answer when killed
+    appliance = serve(
+        tmp_path,
+        port,
+        pacs.port,
+        {"delivery": {"interval_seconds": 3, "retry_initial_seconds": 0.5}},
+    )
+    try:
+        assert storescu(port, [cine], calling=AE_TITLE).returncode == 0
+        wait_for(lambda: pacs.received, 60)
+        worker_of(psutil.Process(appliance.pid)).send_signal(signal.SIGKILL)
+        pacs.delay = 0.0
+        engine = create_engine(f"sqlite:///{database}")
+        wait_for(lambda: job_states(engine) == ["done"], 90)
+        delivered = events(engine, "result_delivered")
+    finally:
+        appliance.terminate()
+        appliance.wait(timeout=30)
+        pacs.stop()
+    assert len(delivered) == 2
+    assert len(set(pacs.stored)) == 2  # one SEG, one SR: a re-send carries the same UID

@@ -2,7 +2,6 @@
 the PACS is down and delivered exactly once when it comes up, dead letters with reasons."""
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
@@ -11,11 +10,8 @@ from typing import Any
 import pytest
 import yaml
 from pydicom import dcmread
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
-    SegmentationStorage,
 )
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -37,6 +33,7 @@ from appliance.results.segmentation import Equipment
 from appliance.results.validate import CheckedResult
 from tests.conftest import free_port
 from tests.integration.test_cli import appliance
+from tests.misbehaving_pacs import MisbehavingPacs
 from tests.orthanc import AE_TITLE, running_orthanc
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -127,42 +124,6 @@ def test_a_pacs_down_at_first_receives_each_result_exactly_once(
         assert deliverer.deliver_due(T0 + timedelta(seconds=70)).delivered == 2
         assert pacs.instance_count() == 2
         assert pacs.sop_instance_uids() == sorted(r.sop_instance_uid for r in objects)
-
-
-class MisbehavingPacs:
-    """A pynetdicom Storage SCP that misbehaves on demand, as PACSs do: refuses SR with 0xA900
-    (Orthanc 1.10 answers Success even when its Lua filter drops an instance, so it cannot
-    show this), aborts the association on its next C-STOREs, or answers slowly."""
-
-    def __init__(self, refuse_sr: bool = False, abort_next: int = 0, delay: float = 0.0) -> None:
-        self.received: list[str] = []  # every C-STORE that arrived
-        self.stored: list[str] = []  # those answered with Success
-        self.refuse_sr = refuse_sr
-        self.abort_next = abort_next
-        self.delay = delay
-        ae = AE(ae_title="MISFIT")
-        ae.add_supported_context(SegmentationStorage)
-        ae.add_supported_context(Comprehensive3DSRStorage)
-        self.port = free_port()
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-
-    def _store(self, event: Event) -> int:
-        uid = str(event.request.AffectedSOPInstanceUID)
-        self.received.append(uid)
-        if self.abort_next:
-            self.abort_next -= 1
-            event.assoc.abort()
-            return 0xA700
-        time.sleep(self.delay)
-        if self.refuse_sr and event.request.AffectedSOPClassUID == Comprehensive3DSRStorage:
-            return 0xA900
-        self.stored.append(uid)
-        return 0
-
-    def stop(self) -> None:
-        self._server.shutdown()
 
 
 def test_a_pacs_dropping_the_association_mid_transfer_gets_each_result_once(
