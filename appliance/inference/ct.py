@@ -97,6 +97,13 @@ def _slice_geometry(uid: str, header: Dataset) -> SliceGeometry:
 
 def _slice_hu(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32]:
     dataset = dcmread(path)
+    if not dataset.file_meta.TransferSyntaxUID.is_compressed:  # pydicom would cut or pad it
+        expected = int(np.prod(shape)) * int(dataset.BitsAllocated) // 8
+        if len(dataset.PixelData) not in (expected, expected + 1):
+            raise UnsupportedSeries(
+                f"{path.name}: {len(dataset.PixelData)} bytes of pixel data where its header "
+                f"says {expected}"
+            )
     pixels = dataset.pixel_array
     if pixels.shape != shape:
         raise UnsupportedSeries(f"{path.name}: pixel data is {pixels.shape}, not {shape}")

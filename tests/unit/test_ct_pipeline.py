@@ -140,3 +140,23 @@ def test_bounding_box_grows_by_its_margins_inside_the_array() -> None:
     mask[6, 3, 22] = True
     assert bounding_box(mask, (1, 2, 10)) == (slice(3, 8), slice(0, 6), slice(10, 30))
     assert bounding_box(np.zeros_like(mask), (1, 1, 1)) is None
+
+
+def test_a_series_too_large_is_refused_before_its_pixels_are_read(phantom, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paths = write_ct_series(phantom, tmp_path)[:4]
+    for path in paths:  # headers claiming 60,000 x 60,000 slices; the pixel data is tiny
+        header = dcmread(path)
+        header.Rows = header.Columns = 60_000
+        header.save_as(path)
+    with pytest.raises(UnsupportedSeries, match="more than the pipeline takes"):
+        load_series(paths)
+
+
+def test_pixel_data_that_does_not_fit_its_header_is_refused(phantom, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paths = write_ct_series(phantom, tmp_path)
+    for path in paths:  # every header agrees, so the geometry is regular; the pixels do not
+        header = dcmread(path)
+        header.Rows = 40
+        header.save_as(path)
+    with pytest.raises(UnsupportedSeries, match="bytes of pixel data where its header says"):
+        load_series(paths)

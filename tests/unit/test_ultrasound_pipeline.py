@@ -4,11 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
-from appliance.inference.ultrasound import Cine, decode_cine, segment_cine
+from appliance.inference.ultrasound import Cine, UnsupportedFrames, decode_cine, segment_cine
 from tests.models import write_tiny_model
 
 
@@ -56,3 +57,21 @@ def test_masks_land_on_the_source_grid(tmp_path: Path) -> None:
     assert not findings[1].present
     assert findings[0].area_mm2 == pytest.approx(masks[0].sum() * 0.125)
     assert findings[1].area_mm2 is None
+
+
+def test_a_cine_too_large_is_refused_before_its_frames_are_decoded(tmp_path: Path) -> None:
+    cine = dcmread(get_testdata_file("examples_ybr_color.dcm", download=False) or "")
+    cine.NumberOfFrames = 100_000
+    path = tmp_path / "huge.dcm"
+    cine.save_as(path)
+    with pytest.raises(UnsupportedFrames, match="more than the pipeline takes"):
+        decode_cine(path)
+
+
+def test_a_cine_with_fewer_frames_than_it_declares_is_refused(tmp_path: Path) -> None:
+    cine = dcmread(get_testdata_file("examples_ybr_color.dcm", download=False) or "")
+    cine.NumberOfFrames = 31
+    path = tmp_path / "short.dcm"
+    cine.save_as(path)
+    with pytest.raises(UnsupportedFrames, match="30 frames decoded, Number of Frames says 31"):
+        decode_cine(path)
