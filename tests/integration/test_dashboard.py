@@ -283,3 +283,38 @@ def fuzz_operation(operation: Any, base_url: str, token: str) -> None:
         assert signed_in.status_code < 500, (operation.label, case.path_parameters, signed_in.text)
 
     check()
+
+
+def test_every_action_and_every_reveal_of_identifiers_leaves_an_audit_row_by_name(
+    dashboard: Any, tmp_path: Path
+) -> None:
+    """Every POST route but login and logout is an operator action or a reveal; each one that
+    acts is audited under the acting user's name. The routes are enumerated, so a new action
+    without its audit row fails here."""
+    job_id, uid = failed_job(dashboard, tmp_path)
+    ada = client_for(dashboard.app, "ada")
+    actions = [
+        route.path.replace("{job_id}", str(job_id)).replace("{study_uid}", uid)
+        for route in dashboard.app.routes
+        if isinstance(route, APIRoute) and "POST" in route.methods
+        and route.path not in ("/login", "/logout")
+    ]  # fmt: skip
+    assert len(actions) >= 5
+    acted = []
+    for path in actions:
+        before = len(audited_by(dashboard.engine, "ada"))
+        answer = ada.post(path)
+        if answer.status_code in (200, 303):
+            acted.append(path)
+            assert len(audited_by(dashboard.engine, "ada")) > before, path
+        else:
+            assert answer.status_code == 409, (path, answer.status_code)  # nothing to do
+    assert {f"/jobs/{job_id}/retry", f"/studies/{uid}/reveal"} <= set(acted)
+    exported = len(audited_by(dashboard.engine, "ada"))
+    assert ada.get("/audit.csv").status_code == 200
+    assert len(audited_by(dashboard.engine, "ada")) == exported + 1
+
+
+def audited_by(engine: Engine, actor: str) -> list[AuditEvent]:
+    with Session(engine) as session:
+        return list(session.scalars(select(AuditEvent).where(AuditEvent.actor == actor)))
