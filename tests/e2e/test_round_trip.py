@@ -30,7 +30,7 @@ from tests.factory import PATIENT_ID, PATIENT_NAME
 from tests.orthanc import AE_TITLE, running_orthanc
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
-ACCESSION = "ACC-RECOGNISABLE-77"
+ACCESSION = "ACC-SECRET-7731"  # SH: 16 characters at most
 
 
 @pytest.fixture(params=["embedded", "redis+postgresql", "rabbitmq+postgresql", "triton"])
