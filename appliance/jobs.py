@@ -15,12 +15,13 @@ from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from appliance import __version__
 from appliance.audit.jobs import JobLedger, JobWork, LostJob
 from appliance.config import InferenceSettings, Settings
 from appliance.delivery import Deliverer
-from appliance.domain.jobs import JobState, JobTimings
+from appliance.domain.jobs import DatabaseUnavailable, JobState, JobTimings
 from appliance.domain.routing import route
 from appliance.inference.backend import (
     InferenceBackend,
@@ -98,9 +99,12 @@ class JobRunner:
         """Run one attempt of a job; the state it ends this attempt in. While it runs, its
         lease is renewed, so only a dead worker's job is ever taken over."""
         lease = timedelta(seconds=self._settings.queue.lease_seconds)
-        work = self._jobs.claim(job_id, _now(), lease)
-        if work is None:
-            return self._jobs.state(job_id)
+        try:
+            work = self._jobs.claim(job_id, _now(), lease)
+            if work is None:
+                return self._jobs.state(job_id)
+        except OperationalError as exc:
+            raise DatabaseUnavailable(str(exc.orig or exc)) from exc
         stop = threading.Event()
         heartbeat = threading.Thread(
             target=self._renew, args=(work, lease, stop), name=f"lease-{job_id}", daemon=True

@@ -1,12 +1,15 @@
-"""Large inputs: a 1,020-frame JPEG baseline YBR ultrasound cine (the real 30-frame cine in
-pydicom's wheel, its frames repeated) through the US pipeline's decoder, and the memory it
-takes. The peer, in the same run: pydicom decoding the whole cine at once (`pixel_array`),
-as the decoder did before it streamed.
+"""Large inputs and the memory they take:
 
-Memory is the peak of Python's and NumPy's allocations (tracemalloc) during each, so the two
+- a 1,020-frame JPEG baseline YBR ultrasound cine (the real 30-frame cine in pydicom's wheel,
+  its frames repeated) through the US pipeline's decoder; the peer is pydicom decoding the
+  whole cine at once (`pixel_array`), as the decoder did before it streamed;
+- a 2,000-instance CT series (512 x 512) read into the CT pipeline's volume; the peer is the
+  naive reader that holds every data set, pixels and all, before stacking them.
+
+Memory is the peak of Python's and NumPy's allocations (tracemalloc) during each, so the
 figures are comparable within one process.
 
-    .venv/bin/python bench/large.py [--repeat 34]
+    .venv/bin/python bench/large.py [--repeat 34] [--ct-slices 2000]
 """
 
 import argparse
@@ -16,6 +19,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
@@ -23,7 +27,9 @@ from pydicom.encaps import encapsulate, generate_frames
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from appliance.inference.ct import load_series  # noqa: E402
 from appliance.inference.ultrasound import decode_cine  # noqa: E402
+from tests.factory import new_series, write_series  # noqa: E402
 
 
 def long_cine(path: Path, repeat: int) -> int:
@@ -42,12 +48,13 @@ def measure(name: str, run: object) -> None:
     seconds = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    print(f"{name:<44} {seconds:6.1f} s  peak {peak / 2**20:7.0f} MiB  -> {result}")
+    print(f"{name:<56} {seconds:6.1f} s  peak {peak / 2**20:7.0f} MiB  -> {result}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=34, help="copies of the 30 frames")
+    parser.add_argument("--ct-slices", type=int, default=2000)
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="large-") as scratch:
         path = Path(scratch) / "cine.dcm"
@@ -58,6 +65,21 @@ def main() -> None:
                 lambda: decode_cine(path).frames.shape)  # fmt: skip
         measure("peer: pydicom pixel_array (the whole cine)",
                 lambda: dcmread(path).pixel_array.shape)  # fmt: skip
+
+        slices = write_series(new_series(arguments.ct_slices, rows=512, columns=512),
+                              Path(scratch) / "ct")  # fmt: skip
+        volume_mib = arguments.ct_slices * 512 * 512 * 4 / 2**20
+        print(f"CT: {arguments.ct_slices} slices of 512 x 512, 16-bit; "
+              f"the float32 volume alone is {volume_mib:.0f} MiB")  # fmt: skip
+        measure("appliance load_series (headers, then a slice at a time)",
+                lambda: load_series(slices).hu.shape)  # fmt: skip
+        measure("peer: every data set held, then stacked",
+                lambda: naive_volume(slices))  # fmt: skip
+
+
+def naive_volume(paths: list[Path]) -> tuple[int, ...]:
+    datasets = [dcmread(path) for path in paths]
+    return np.stack([d.pixel_array.astype(np.float32) for d in datasets]).shape
 
 
 if __name__ == "__main__":

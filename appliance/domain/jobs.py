@@ -57,6 +57,11 @@ class JobTimings:
         return sum(self.inference.values())
 
 
+class DatabaseUnavailable(Exception):
+    """The database could not be reached (restarting, failing over): the attempt never began,
+    and the task is tried again shortly."""
+
+
 class UnknownJob(LookupError):
     """A job ID the database does not hold: a message from another installation's database,
     or one left in a shared broker."""

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
+from kombu.exceptions import OperationalError as KombuOperationalError
 
-from appliance.domain.jobs import JobState, UnknownJob, backoff
+from appliance.domain.jobs import DatabaseUnavailable, JobState, UnknownJob, backoff
 from appliance.queue.app import DELIVER, PROCESS_STUDY
 
 LOG = logging.getLogger(__name__)
@@ -43,12 +44,21 @@ def register(
         except UnknownJob as exc:  # acknowledged and dropped: retrying cannot help
             LOG.error("message dropped: %s", exc)
             return "unknown"
+        except DatabaseUnavailable as exc:
+            wait = backoff(retry_seconds, task.request.retries)
+            LOG.warning("job %d: database unavailable (%s); retrying in %.0f s", job_id, exc, wait)
+            raise task.retry(countdown=wait, max_retries=None) from exc
         if state is JobState.QUEUED:
             wait = backoff(retry_seconds, task.request.retries)
             LOG.info("job %d back in the queue; retrying in %.0f s", job_id, wait)
             raise task.retry(countdown=wait, max_retries=None)
         if state is JobState.DELIVERING:
-            app.send_task(DELIVER, queue=task.request.delivery_info.get("routing_key"))
+            try:
+                app.send_task(DELIVER, queue=task.request.delivery_info.get("routing_key"))
+            except KombuOperationalError as exc:  # the sweeper delivers on its interval
+                LOG.warning(
+                    "job %d: delivery left to the sweeper: broker unavailable: %s", job_id, exc
+                )
         return state.value
 
     @app.task(name=DELIVER, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
