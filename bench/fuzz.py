@@ -121,6 +121,8 @@ def main() -> None:
         print(f"status 0x{status:04X}            {count}")
     print(f"not sendable (pynetdicom) {association.unsendable}")
     print(f"unanswered               {len(association.unanswered)}")
+    for case in association.unanswered[:20]:
+        print("   ", case)
     print(f"audit: stored {kinds['instance_stored']}, duplicate {kinds['instance_duplicate']}, "
           f"rejected {kinds['instance_rejected']}; instance rows {stored}")  # fmt: skip
     for reason, count in reasons.most_common(8):

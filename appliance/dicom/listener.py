@@ -445,6 +445,12 @@ class Listener:
             record = parse_instance(encoded, transfer_syntax, sop_class_uid, sop_instance_uid)
         except InvalidInstance as exc:
             return self._reject(state, exc.reason, exc.status, sop_instance_uid or None)
+        except Exception as exc:  # a parser bug must cost one refusal, not the association
+            LOG.exception("association %d: data set could not be parsed", state.id)
+            reason = f"data set could not be parsed: {type(exc).__name__}: {exc}"
+            return self._reject(
+                state, reason[:500], StoreStatus.CANNOT_UNDERSTAND, sop_instance_uid or None
+            )
 
         def refuse(reason: str, status: StoreStatus) -> StoreStatus:
             return self._reject(

@@ -188,8 +188,13 @@ class _Text:
 
     def __init__(self, values: dict[int, bytes]) -> None:
         self._values = values
-        terms = (_ascii(values, SPECIFIC_CHARACTER_SET) or "").split("\\")
-        self._encodings = convert_encodings([term.strip() for term in terms])
+        declared = _ascii(values, SPECIFIC_CHARACTER_SET) or ""
+        try:  # pydicom falls back from an unknown term, but not from a damaged one
+            self._encodings = convert_encodings([term.strip() for term in declared.split("\\")])
+        except (LookupError, ValueError) as exc:
+            raise InvalidInstance(
+                f"Specific Character Set {declared!r:.80} is unusable: {exc}"
+            ) from exc
 
     def __call__(self, tag: int, delimiters: frozenset[int] = frozenset()) -> str | None:
         raw = self._values.get(tag)

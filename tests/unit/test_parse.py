@@ -133,6 +133,13 @@ def test_overlong_values_are_clipped_to_their_vr() -> None:
     assert record.study_description == "D" * 64
 
 
+def test_a_damaged_character_set_is_refused_with_its_value() -> None:
+    ds = ct_slice(new_series(1), 0)  # Specific Character Set ISO_IR 100
+    damaged = _encode(ds).replace(b"ISO_IR 100", b"ISO_IR\x00100", 1)  # found by the fuzzer
+    with pytest.raises(InvalidInstance, match="Specific Character Set 'ISO_IR.*' is unusable"):
+        parse_instance(damaged, "1.2.840.10008.1.2.1", ds.SOPClassUID, ds.SOPInstanceUID)
+
+
 def test_empty_and_garbage() -> None:
     with pytest.raises(InvalidInstance, match="empty"):
         parse_instance(b"", "1.2.840.10008.1.2.1", "1.2", "1.2")
