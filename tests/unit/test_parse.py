@@ -136,7 +136,7 @@ def test_overlong_values_are_clipped_to_their_vr() -> None:
 def test_a_damaged_character_set_is_refused_with_its_value() -> None:
     ds = ct_slice(new_series(1), 0)  # Specific Character Set ISO_IR 100
     damaged = _encode(ds).replace(b"ISO_IR 100", b"ISO_IR\x00100", 1)  # found by the fuzzer
-    with pytest.raises(InvalidInstance, match="Specific Character Set 'ISO_IR.*' is unusable"):
+    with pytest.raises(InvalidInstance, match=r"Specific Character Set 'ISO_IR.*' is unusable"):
         parse_instance(damaged, "1.2.840.10008.1.2.1", ds.SOPClassUID, ds.SOPInstanceUID)
 
 
