@@ -79,11 +79,13 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
 
 
 def _text(raw: bytes) -> str:
-    return raw.decode("ascii", errors="replace").rstrip("\x00 ")
+    """A UID as sent, byte for byte (latin-1 maps every byte), so that a response echoes even
+    an invalid one exactly; the data set's own check refuses it."""
+    return raw.decode("latin-1").rstrip("\x00 ")
 
 
 def _uid(element: int, value: str) -> bytes:
-    raw = value.encode("ascii")
+    raw = value.encode("latin-1")
     if len(raw) % 2:
         raw += b"\x00"
     return _ELEMENT.pack(0x0000, element, len(raw)) + raw

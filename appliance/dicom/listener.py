@@ -385,6 +385,11 @@ class Listener:
             return "aborted: network timeout"
         except (ul.PeerClosed, OSError):
             return "connection closed" if not self._stopping.is_set() else "aborted: shutdown"
+        except Exception:  # a bug must cost this association, aborted and recorded, no more
+            LOG.exception("association %d: internal error", state.id)
+            with contextlib.suppress(OSError):
+                connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER))
+            return "aborted: internal error"
 
     def _refused(self, peer: AssociationPeer, reason: str) -> None:
         LOG.warning("refused association from %s@%s: %s", peer.calling_ae, peer.host, reason)

@@ -85,11 +85,19 @@ def _read(path: Path, reader: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _slice_geometry(uid: str, header: Dataset) -> SliceGeometry:
+    position = tuple(float(v) for v in header.ImagePositionPatient)
+    orientation = tuple(float(v) for v in header.ImageOrientationPatient)
+    spacing = tuple(float(v) for v in header.PixelSpacing)
+    if (len(position), len(orientation), len(spacing)) != (3, 6, 2):
+        raise UnsupportedSeries(
+            f"Image Position, Image Orientation and Pixel Spacing hold {len(position)}, "
+            f"{len(orientation)} and {len(spacing)} values, not 3, 6 and 2"
+        )
     return SliceGeometry(
         sop_instance_uid=uid,
-        image_position=tuple(float(v) for v in header.ImagePositionPatient),  # type: ignore[arg-type]
-        image_orientation=tuple(float(v) for v in header.ImageOrientationPatient),  # type: ignore[arg-type]
-        pixel_spacing=(float(header.PixelSpacing[0]), float(header.PixelSpacing[1])),
+        image_position=position,  # type: ignore[arg-type]
+        image_orientation=orientation,  # type: ignore[arg-type]
+        pixel_spacing=spacing,  # type: ignore[arg-type]
         rows=int(header.Rows),
         columns=int(header.Columns),
     )

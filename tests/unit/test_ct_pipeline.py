@@ -160,3 +160,12 @@ def test_pixel_data_that_does_not_fit_its_header_is_refused(phantom, tmp_path: P
         header.save_as(path)
     with pytest.raises(UnsupportedSeries, match="bytes of pixel data where its header says"):
         load_series(paths)
+
+
+def test_a_position_with_two_values_is_refused(phantom, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paths = write_ct_series(phantom, tmp_path)
+    broken = dcmread(paths[2])
+    broken.ImagePositionPatient = broken.ImagePositionPatient[:2]  # found by the fuzzer
+    broken.save_as(paths[2])
+    with pytest.raises(UnsupportedSeries, match="hold 2, 6 and 2 values, not 3, 6 and 2"):
+        load_series(paths)

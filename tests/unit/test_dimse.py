@@ -62,6 +62,12 @@ def test_store_response_reads_back_in_pydicom(status: int) -> None:
     assert tags == sorted(tags)
 
 
+def test_a_response_echoes_a_non_ascii_instance_uid_byte_for_byte() -> None:
+    odd = b"\xc3\xa9" + b"1" * (len(INSTANCE) - 2)  # a UID the fuzzer sent; same length
+    request = decode_command(store_request_bytes(3).replace(INSTANCE.encode(), odd))
+    assert odd in encode_response(request, 0xC000)
+
+
 def test_echo_response_has_no_instance_uid() -> None:
     command = Dataset()
     command.AffectedSOPClassUID = "1.2.840.10008.1.1"
