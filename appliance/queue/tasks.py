@@ -33,8 +33,9 @@ def register(
     job's own `queue.max_attempts` ends the retries."""
     built: dict[str, Any] = {}
 
+    # shared=False: these belong to `app` alone, never to another app in the same process.
     @app.task(  # type: ignore[untyped-decorator]
-        name=PROCESS_STUDY, bind=True, acks_late=True, reject_on_worker_lost=True
+        name=PROCESS_STUDY, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False
     )
     def process_study(task: Task, job_id: int) -> str:
         if "runner" not in built:
@@ -61,7 +62,7 @@ def register(
                 )
         return state.value
 
-    @app.task(name=DELIVER, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+    @app.task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, shared=False)  # type: ignore[untyped-decorator]
     def deliver() -> None:
         if "delivery" not in built:
             built["delivery"] = make_delivery()
