@@ -94,6 +94,7 @@ class LoadReport:
             f"associations refused         {sum(s.refused_associations for s in self.senders)}",
             f"associations aborted         {sum(s.aborted_associations for s in self.senders)}",
             f"acknowledged but lost        {len(self.lost)}",
+            f"refusal reasons              {sorted(set(self.refusal_reasons)) or 'none'}",
             f"C-STORE round trip           {percentiles(self.store_seconds)}",
             f"dashboard answers            {len(self.dashboard_seconds)}, "
             f"{self.dashboard_errors} errors",
