@@ -17,7 +17,8 @@ def test_sixteen_associations_and_a_polled_dashboard_lose_nothing(
 
     assert report.most_concurrent == SENDERS
     assert report.lost == []
-    assert report.acknowledged == report.stored > SENDERS * 40
+    # stored can exceed acknowledged by a response a stalled sender never read
+    assert SENDERS * 40 < report.acknowledged <= report.stored
     # pynetdicom as a sender now and then waits out its 30 s DIMSE timeout for a response
     # (against dcmtk's storescp too), then aborts and reconnects: the only failures allowed.
     aborted = sum(sender.aborted_associations for sender in report.senders)
