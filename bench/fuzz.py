@@ -15,6 +15,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import hypothesis
@@ -34,7 +35,7 @@ from tests.fuzzing import Case  # noqa: E402
 from tests.listener_kills import CALLING_AE, start_listener, write_config  # noqa: E402
 
 
-def fuzz(count: int, feed: object) -> None:
+def fuzz(count: int, feed: Callable[[Case], object]) -> None:
     @hypothesis.settings(
         max_examples=count,
         deadline=None,
@@ -44,7 +45,7 @@ def fuzz(count: int, feed: object) -> None:
     )
     @hypothesis.given(case=fuzzing.cases())
     def run(case: Case) -> None:
-        feed(case)  # type: ignore[operator]
+        feed(case)
 
     run()
 

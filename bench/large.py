@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +42,10 @@ def long_cine(path: Path, repeat: int) -> int:
     return len(frames) * repeat
 
 
-def measure(name: str, run: object) -> None:
+def measure(name: str, run: Callable[[], object]) -> None:
     tracemalloc.start()
     started = time.perf_counter()
-    result = run()  # type: ignore[operator]
+    result = run()
     seconds = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

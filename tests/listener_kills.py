@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -90,22 +91,23 @@ class KillReport:
         ]
 
 
-def write_config(directory: Path, port: int, db_url: str) -> Path:
+def write_config(directory: Path, port: int, db_url: str, **sections: dict[str, Any]) -> Path:
+    """A listener for `CALLING_AE` on this machine; keyword arguments add to or override
+    settings sections."""
+    tree: dict[str, Any] = {
+        "listener": {
+            "host": "127.0.0.1",
+            "port": port,
+            "peers": [{"ae_title": CALLING_AE, "hosts": ["127.0.0.1"]}],
+        },
+        "spool": {"path": str(directory / "spool")},
+        "database": {"url": db_url},
+        "logging": {"level": "WARNING"},
+    }
+    for section, values in sections.items():
+        tree[section] = {**tree.get(section, {}), **values}
     config = directory / "appliance.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listener": {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "peers": [{"ae_title": CALLING_AE, "hosts": ["127.0.0.1"]}],
-                },
-                "spool": {"path": str(directory / "spool")},
-                "database": {"url": db_url},
-                "logging": {"level": "WARNING"},
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump(tree))
     return config
 
 

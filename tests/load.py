@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import requests
-import yaml
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from appliance.audit.accounts import AccountLedger
@@ -30,7 +29,7 @@ from appliance.domain.accounts import Role
 from tests.conftest import echoscu, free_port, wait_for_http
 from tests.e2e.appliance import start_role, wait_for
 from tests.factory import ct_slice, new_series
-from tests.listener_kills import CALLING_AE, EXPLICIT_LITTLE
+from tests.listener_kills import CALLING_AE, EXPLICIT_LITTLE, write_config
 from tests.scu import associate
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -106,28 +105,6 @@ class LoadReport:
                 f"growth {memory.growth():+.1f} MiB over the run"
             )
         return lines
-
-
-def _config(directory: Path, port: int, dashboard_port: int, db_url: str) -> Path:
-    config = directory / "appliance.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listener": {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "peers": [{"ae_title": CALLING_AE, "hosts": ["127.0.0.1"]}],
-                    "max_associations": 16,
-                },
-                "spool": {"path": str(directory / "spool")},
-                "database": {"url": db_url},
-                "study": {"quiet_period_seconds": 2, "sweep_interval_seconds": 0.5},
-                "routing": {"rules": []},  # ingest under load: no study turns into inference
-                "dashboard": {"host": "127.0.0.1", "port": dashboard_port},
-            }
-        )
-    )
-    return config
 
 
 def send_studies(port: int, seconds: float, instances_per_study: int) -> Sender:
@@ -232,7 +209,16 @@ def run_load(
     upgrade(engine)
     token = _operator_token(engine)
     port, dashboard_port = free_port(), free_port()
-    config = _config(directory, port, dashboard_port, db_url)
+    config = write_config(
+        directory,
+        port,
+        db_url,
+        listener={"max_associations": 16},
+        study={"quiet_period_seconds": 2, "sweep_interval_seconds": 0.5},
+        routing={"rules": []},  # ingest under load: no study turns into inference
+        dashboard={"host": "127.0.0.1", "port": dashboard_port},
+        logging={"level": "INFO"},
+    )
     processes = {"listen": start_role(config, "listen")}
     wait_for(lambda: echoscu(port, calling=CALLING_AE).returncode == 0, 60)
     for role in ROLES[1:]:
@@ -287,7 +273,7 @@ def run_load(
     )
 
 
-def _operator_token(engine: object) -> str:
-    accounts = AccountLedger(engine)  # type: ignore[arg-type]
+def _operator_token(engine: Engine) -> str:
+    accounts = AccountLedger(engine)
     accounts.add("loadtest", "load test password", Role.VIEWER, datetime.now(UTC), "load")
     return accounts.create_token("loadtest", "poller", datetime.now(UTC), "load")

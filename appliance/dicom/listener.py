@@ -55,6 +55,12 @@ LOG = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
 ACCEPT_RETRY_SECONDS = 0.1
 TOO_MANY_ASSOCIATIONS = "too many concurrent associations"
+# The answer to a sender over a limit (concurrent associations, or its host's rate): try later.
+LOCAL_LIMIT_EXCEEDED = ul.associate_rj(
+    RejectResult.TRANSIENT,
+    RejectSource.SERVICE_PROVIDER_PRESENTATION,
+    ProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
+)
 
 _REFUSAL_DIAGNOSTICS = {
     RefusalReason.CALLED_AE_NOT_RECOGNISED: UserRejectReason.CALLED_AE_TITLE_NOT_RECOGNISED,
@@ -276,13 +282,7 @@ class Listener:
             tls=self._options.ssl_context is not None,
         )
         if self._rate_limited(peer):
-            connection.sendall(
-                ul.associate_rj(
-                    RejectResult.TRANSIENT,
-                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                    ProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
-                )
-            )
+            connection.sendall(LOCAL_LIMIT_EXCEEDED)
             return
         if str(request.application_context_name) != APPLICATION_CONTEXT_NAME:
             self._refused(peer, "application context name not supported")
@@ -305,13 +305,7 @@ class Listener:
             return
         if crowded:
             self._refused(peer, TOO_MANY_ASSOCIATIONS)
-            connection.sendall(
-                ul.associate_rj(
-                    RejectResult.TRANSIENT,
-                    RejectSource.SERVICE_PROVIDER_PRESENTATION,
-                    ProviderRejectReason.LOCAL_LIMIT_EXCEEDED,
-                )
-            )
+            connection.sendall(LOCAL_LIMIT_EXCEEDED)
             return
         now = self._clock()
         try:

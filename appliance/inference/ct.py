@@ -7,10 +7,10 @@ patches blended with a Gaussian importance map (as in nnU-Net), and the labels a
 back onto the source grid.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,7 +27,6 @@ BATCH = 2
 BODY_HU = -500.0  # air and lung below; skin, fat, the table and everything inside above
 # Larger series are refused before their pixels are read: 4,500 slices of 512 x 512 fit.
 MAX_VOXELS = 4_500 * 512 * 512
-T = TypeVar("T")
 
 
 class UnsupportedSeries(ValueError):
@@ -46,16 +45,20 @@ def load_series(paths: Sequence[Path]) -> CTVolume:
     read, is refused with the reason (`UnsupportedSeries`), whatever the parser raised."""
     headers = {}
     for path in paths:
-        header = _read(path, dcmread, path, stop_before_pixels=True)
-        missing = [
-            keyword
-            for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-            if keyword not in header
-        ]
-        if missing:
-            raise UnsupportedSeries(f"a slice lacks {', '.join(missing)}")
-        headers[str(_read(path, getattr, header, "SOPInstanceUID"))] = (path, header)
-    slices = [_read(path, _slice_geometry, uid, header) for uid, (path, header) in headers.items()]
+        with _refusing(path):
+            header = dcmread(path, stop_before_pixels=True)
+            missing = [
+                keyword
+                for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+                if keyword not in header
+            ]
+            if missing:
+                raise UnsupportedSeries(f"a slice lacks {', '.join(missing)}")
+            headers[str(header.SOPInstanceUID)] = (path, header)
+    slices = []
+    for uid, (path, header) in headers.items():
+        with _refusing(path):
+            slices.append(_slice_geometry(uid, header))
     try:
         geometry = build_volume(slices)
     except GeometryError as exc:
@@ -69,15 +72,17 @@ def load_series(paths: Sequence[Path]) -> CTVolume:
     hu = np.empty(geometry.shape, dtype=np.float32)
     for k, uid in enumerate(geometry.sop_instance_uids):
         path = headers[uid][0]
-        hu[k] = _read(path, _slice_hu, path, geometry.shape[1:])
+        with _refusing(path):
+            hu[k] = _slice_hu(path, geometry.shape[1:])
     return CTVolume(hu, geometry, tuple(headers[uid][1] for uid in geometry.sop_instance_uids))
 
 
-def _read(path: Path, reader: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`reader(*args, **kwargs)`, any failure of it on the data of `path` a refusal: pydicom
-    and numpy meet hostile data with any exception type."""
+@contextmanager
+def _refusing(path: Path) -> Iterator[None]:
+    """Any failure on the data of `path` becomes a refusal with the reason: pydicom and numpy
+    meet hostile data with any exception type."""
     try:
-        return reader(*args, **kwargs)
+        yield
     except UnsupportedSeries:
         raise
     except Exception as exc:

@@ -106,9 +106,9 @@ def _decode(path: Path) -> Cine:
         low, high = np.inf, -np.inf
         for frame in luminance():
             low, high = min(low, float(frame.min())), max(high, float(frame.max()))
+    scale = 255 / max(high - low, 1e-6)
     for decoded, frame in enumerate(luminance(), start=1):
-        scaled = (frame - low) / max(high - low, 1e-6) * 255 if (low, high) != (0, 255) else frame
-        frames[decoded - 1] = np.clip(np.rint(scaled), 0, 255)
+        frames[decoded - 1] = np.clip(np.rint((frame - low) * scale), 0, 255)
     if decoded != count:
         raise UnsupportedFrames(f"{decoded} frames decoded, Number of Frames says {count}")
     return Cine(frames, _pixel_size(dataset))
