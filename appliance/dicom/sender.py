@@ -128,6 +128,9 @@ class Association:
     def __enter__(self) -> "Association":
         try:
             self._open()
+        except AssociationFailed:
+            self._close()
+            raise
         except (OSError, ul.ProtocolError, ul.PeerClosed) as exc:
             self._close()
             raise AssociationFailed(
@@ -170,8 +173,18 @@ class Association:
         request.user_information = our_user_information()
         pdu = A_ASSOCIATE_RQ()
         pdu.from_primitive(request)
-        self._sock.sendall(pdu.encode())
-        kind, body = ul.read_pdu(self._sock, MAX_PDU_LENGTH)
+        try:
+            self._sock.sendall(pdu.encode())
+            kind, body = ul.read_pdu(self._sock, MAX_PDU_LENGTH)
+        except (OSError, ul.PeerClosed) as exc:
+            if peer.tls is None:
+                raise
+            # Under TLS 1.3 the server checks our certificate after our handshake ends: its
+            # refusal arrives as an alert or, racing it, as a reset or a bare end of stream.
+            raise AssociationFailed(
+                f"{peer.ae_title} ended the TLS session before answering the association; "
+                f"it may not trust our client certificate ({exc})"
+            ) from exc
         if kind is ul.PduType.ASSOCIATE_RJ:
             rejection = A_ASSOCIATE_RJ()
             rejection.decode(ul.with_header(kind, bytes(body)))
