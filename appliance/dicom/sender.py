@@ -177,7 +177,7 @@ class Association:
             self._sock.sendall(pdu.encode())
             kind, body = ul.read_pdu(self._sock, MAX_PDU_LENGTH)
         except (OSError, ul.PeerClosed) as exc:
-            if peer.tls is None:
+            if peer.tls is None or isinstance(exc, TimeoutError):
                 raise
             # Under TLS 1.3 the server checks our certificate after our handshake ends: its
             # refusal arrives as an alert or, racing it, as a reset or a bare end of stream.
