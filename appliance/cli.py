@@ -427,7 +427,7 @@ def models_build_trt(ctx: click.Context, output: Path, max_batch: int, fp32: boo
     click.echo(f"built {', '.join(built)} into {output}")
 
 
-TRAINING_STEPS = {"us_frame": 450, "organ_ct": 4000, "lesion_ct": 6000}
+TRAINING_STEPS = {"us_frame": 450, "organ_ct": 4000, "lesion_ct": 9000}
 
 
 @main.command()

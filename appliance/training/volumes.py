@@ -1,6 +1,7 @@
 """What the 3D models share: foreground-biased patch sampling, the soft Dice loss, a
 checkpointed training loop, and the model behind the serving pipeline's backend protocol."""
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 CHECKPOINT_EVERY = 25
+LEARNING_RATE = 2e-3
 Volume = tuple[NDArray[np.float32], NDArray[np.int64]]  # normalised image, class labels
 
 
@@ -79,14 +81,20 @@ def fit(
     rng: np.random.Generator,
     batch: int = 2,
     class_weights: Sequence[float] | None = None,
+    decay_from: int | None = None,
 ) -> None:
-    """Train from step `done` to `steps`: cross-entropy plus Dice on foreground crops."""
-    optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    """Train from step `done` to `steps`: cross-entropy plus Dice on foreground crops. With
+    `decay_from`, the learning rate falls on a cosine from that step to zero at `steps`."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
     weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     cross_entropy = nn.CrossEntropyLoss(weight=weights)
     model.train()
     progress = tqdm(range(done, steps), desc=name, unit="step", initial=done, total=steps)
     for step in progress:
+        if decay_from is not None:
+            fraction = (step - decay_from) / max(steps - decay_from, 1)
+            for group in optimiser.param_groups:
+                group["lr"] = LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * fraction))
         crops = [
             foreground_crop(rng, volumes[int(rng.integers(len(volumes)))], patch)
             for _ in range(batch)
