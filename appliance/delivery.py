@@ -3,10 +3,13 @@
 Wiring between `dicom` (durable files, the C-STORE and STOW-RS clients), `audit` (the outbox
 ledger) and the domain's delivery rules. One round takes each destination's due results over
 one association (or HTTP session); a destination that cannot be reached gets its results back
-in the queue with exponential backoff, until the deadline makes them dead letters.
+in the queue with exponential backoff, until the deadline makes them dead letters. Each result
+is claimed just before it is sent, so a worker and the sweeper never send it at the same time;
+a claim lapses after twice the destination's timeout, for a sender that died.
 """
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -124,9 +127,15 @@ class Deliverer:
         if not ready:
             return
         finished: set[int] = set()
+        lease = timedelta(seconds=2 * destination.timeout_seconds)
+        started = time.monotonic()
         try:
             with self._connect(destination, [item for _, item in ready]) as connection:
                 for row, item in ready:
+                    at = now + timedelta(seconds=time.monotonic() - started)
+                    if not self._ledger.claim(row.id, at, at + lease):
+                        finished.add(row.id)  # another sender has it
+                        continue
                     try:
                         status = connection.store(item)
                     except LookupError as exc:  # no presentation context: never accepted

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from appliance.audit.db import session_factory
@@ -119,6 +119,22 @@ class OutboxLedger:
                 )
                 for r in rows
             ]  # fmt: skip
+
+    def claim(self, delivery_id: int, now: datetime, until: datetime) -> bool:
+        """Take a due result for one send: its next attempt moves to `until`, so no other
+        sender sees it as due meanwhile. False when another sender took it first."""
+        with self._sessions.begin() as session:
+            taken = session.scalars(
+                update(Delivery)
+                .where(
+                    Delivery.id == delivery_id,
+                    Delivery.state == DeliveryState.PENDING.value,
+                    Delivery.next_attempt_at <= now,
+                )
+                .values(next_attempt_at=until)
+                .returning(Delivery.id)
+            ).one_or_none()
+            return taken is not None
 
     def delivered(self, delivery_id: int, status: int, reason: str | None, now: datetime) -> None:
         """The destination stored the object (`reason` holds a warning status, if any)."""

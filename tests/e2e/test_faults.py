@@ -147,7 +147,21 @@ def test_a_worker_killed_mid_delivery_leaves_each_result_delivered_once(tmp_path
         tmp_path,
         port,
         pacs.port,
-        {"delivery": {"interval_seconds": 3, "retry_initial_seconds": 0.5}},
+        {
+            "delivery": {
+                "interval_seconds": 3,
+                "retry_initial_seconds": 0.5,
+                "destinations": [
+                    {  # the killed worker's claim on the result lapses after 2 x 5 s
+                        "name": "pacs",
+                        "ae_title": AE_TITLE,
+                        "host": "127.0.0.1",
+                        "port": pacs.port,
+                        "timeout_seconds": 5,
+                    }
+                ],
+            }
+        },
     )
     try:
         assert storescu(port, [cine], calling=AE_TITLE).returncode == 0

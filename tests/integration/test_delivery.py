@@ -2,6 +2,7 @@
 the PACS is down and delivered exactly once when it comes up, dead letters with reasons."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
@@ -289,3 +290,23 @@ def test_orthanc_stores_a_label_map_seg(engine: Engine, tmp_path: Path) -> None:
             for i in pacs.get("/instances")
         }
     assert stored == {"1.2.840.10008.5.1.4.1.1.66.7", Comprehensive3DSRStorage}
+
+
+def test_two_senders_at_once_send_each_result_once(
+    results: tuple[str, list[CheckedResult]], engine: Engine, tmp_path: Path
+) -> None:
+    """A worker and the sweeper delivering at the same moment: each result is claimed by one
+    of them just before it goes out, so the wire carries it once."""
+    study, objects = results
+    pacs = MisbehavingPacs(delay=1.0)  # both have read the due rows before either answer
+    try:
+        delivery = settings(tmp_path, [dimse("pacs", pacs.port, "MISFIT")])
+        senders = [Deliverer(delivery, engine), Deliverer(delivery, engine)]
+        senders[0].queue(objects, study, T0)
+        with ThreadPoolExecutor(len(senders)) as pool:
+            reports = list(pool.map(lambda sender: sender.deliver_due(T0), senders))
+    finally:
+        pacs.stop()
+    assert sorted(pacs.received) == sorted(r.sop_instance_uid for r in objects)
+    assert sum(report.delivered for report in reports) == 2
+    assert {row.state for row in senders[0].ledger.rows()} == {DeliveryState.DELIVERED}
