@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import ColumnElement, Engine, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from appliance.audit.db import session_factory
@@ -54,6 +54,11 @@ class DeliveryRow:
     reason: str | None
     next_attempt_at: datetime
     finished_at: datetime | None
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    """A delivery still to send whose next attempt has come."""
+    return and_(Delivery.state == DeliveryState.PENDING.value, Delivery.next_attempt_at <= now)
 
 
 class OutboxLedger:
@@ -104,11 +109,7 @@ class OutboxLedger:
         with self._sessions() as session:
             rows = session.scalars(
                 select(Delivery)
-                .where(
-                    Delivery.destination == destination,
-                    Delivery.state == DeliveryState.PENDING.value,
-                    Delivery.next_attempt_at <= now,
-                )
+                .where(Delivery.destination == destination, _due(now))
                 .order_by(Delivery.id)
                 .limit(limit)
             ).all()
@@ -126,11 +127,7 @@ class OutboxLedger:
         with self._sessions.begin() as session:
             taken = session.scalars(
                 update(Delivery)
-                .where(
-                    Delivery.id == delivery_id,
-                    Delivery.state == DeliveryState.PENDING.value,
-                    Delivery.next_attempt_at <= now,
-                )
+                .where(Delivery.id == delivery_id, _due(now))
                 .values(next_attempt_at=until)
                 .returning(Delivery.id)
             ).one_or_none()
