@@ -7,6 +7,7 @@ two to four lesions each, centred on a lesion two times in three.
 
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -138,11 +139,9 @@ def train(
     model = UNet(dims=3, in_channels=1, classes=CLASSES, base=8, levels=4)
     done = resume(model, checkpoint)
     started = time.monotonic()
-    start = 0
-    for stage in schedule:
+    for start, stage in _started(schedule):
         end = min(stage.end, steps)
         if done >= end:
-            start = stage.end
             continue
         crops = liver_crops(stage.seeds, grid)
         rng = np.random.default_rng(seed + done)
@@ -160,7 +159,7 @@ def train(
             class_weights=(0.2, 1.0, 1.0),
             decay_from=start if stage.decay else None,
         )
-        done = start = end
+        done = end
     metrics = evaluate(model, liver_crops(test_seeds, grid))
     export_onnx(model, output / "1" / "model.onnx", CONTRACT)
     publish(
@@ -183,15 +182,16 @@ def train(
     return metrics
 
 
+def _started(schedule: tuple[Stage, ...]) -> Iterator[tuple[int, Stage]]:
+    """Each stage with the step it starts from: the end of the one before."""
+    return zip((0, *(stage.end for stage in schedule[:-1])), schedule, strict=True)
+
+
 def _stages(schedule: tuple[Stage, ...], steps: int) -> str:
-    parts, start = [], 0
-    for stage in schedule:
-        if start >= steps:
-            break
-        parts.append(
-            f"steps {start}-{min(stage.end, steps)} on seeds "
-            f"{stage.seeds.start}-{stage.seeds.stop - 1}"
-            + (" with a cosine learning-rate decay" if stage.decay else "")
-        )
-        start = stage.end
-    return ", ".join(parts)
+    return ", ".join(
+        f"steps {start}-{min(stage.end, steps)} on seeds "
+        f"{stage.seeds.start}-{stage.seeds.stop - 1}"
+        + (" with a cosine learning-rate decay" if stage.decay else "")
+        for start, stage in _started(schedule)
+        if start < steps
+    )
