@@ -14,9 +14,9 @@ import yaml
 from appliance.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from appliance.audit.accounts import AccountLedger
-    from appliance.audit.studies import StudyService
-    from appliance.delivery import Deliverer
+    from appliance.app.delivery import Deliverer
+    from appliance.store.account_ledger import AccountLedger
+    from appliance.store.study_ledger import StudyLedger
 
 EXIT_BAD_SETTINGS = 2
 EXIT_NOT_FOUND = 3
@@ -29,20 +29,22 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _study_service(ctx: click.Context) -> "StudyService":
-    from appliance.audit.studies import StudyService
-    from appliance.runtime import completion_policy, open_database
+def _study_service(ctx: click.Context) -> "StudyLedger":
+    from appliance.store.db import open_database
+    from appliance.store.study_ledger import StudyLedger
 
     settings = _settings(ctx)
-    return StudyService(open_database(settings, migrate=False), completion_policy(settings))
+    return StudyLedger(
+        open_database(settings.database.url, migrate=False), settings.study.completion_policy()
+    )
 
 
 def _deliverer(ctx: click.Context) -> "Deliverer":
-    from appliance.delivery import Deliverer
-    from appliance.runtime import open_database
+    from appliance.app.delivery import Deliverer
+    from appliance.store.db import open_database
 
     settings = _settings(ctx)
-    return Deliverer(settings.delivery, open_database(settings, migrate=False))
+    return Deliverer(settings.delivery, open_database(settings.database.url, migrate=False))
 
 
 def _print_json(value: Any) -> None:
@@ -75,7 +77,8 @@ def _run(
     work: bool = False,
     dashboard: bool = False,
 ) -> None:
-    from appliance.runtime import SchemaNotCurrent, run
+    from appliance.app.processes import run
+    from appliance.store.db import SchemaNotCurrent
 
     try:
         run(
@@ -129,7 +132,7 @@ def sweep(ctx: click.Context) -> None:
 @click.pass_context
 def worker(ctx: click.Context) -> None:
     """Run a job worker (Celery) on the configured broker: pipelines, encoding, the gate."""
-    from appliance.runtime import run_worker
+    from appliance.app.processes import run_worker
 
     run_worker(_settings(ctx))
 
@@ -143,7 +146,7 @@ def db() -> None:
 @click.pass_context
 def db_upgrade(ctx: click.Context) -> None:
     """Apply pending migrations (idempotent)."""
-    from appliance.audit.db import create_db_engine, upgrade
+    from appliance.store.db import create_db_engine, upgrade
 
     upgrade(create_db_engine(_settings(ctx).database.url))
     click.echo("database schema is current")
@@ -155,10 +158,10 @@ def users() -> None:
 
 
 def _accounts(ctx: click.Context) -> "AccountLedger":
-    from appliance.audit.accounts import AccountLedger
-    from appliance.runtime import open_database
+    from appliance.store.account_ledger import AccountLedger
+    from appliance.store.db import open_database
 
-    return AccountLedger(open_database(_settings(ctx), migrate=False))
+    return AccountLedger(open_database(_settings(ctx).database.url, migrate=False))
 
 
 def _console() -> str:
@@ -198,8 +201,8 @@ def users_add(ctx: click.Context, username: str, role: str, password_stdin: bool
 @click.pass_context
 def users_password(ctx: click.Context, username: str, password_stdin: bool) -> None:
     """Set a new password; the account's sessions and tokens stop working."""
-    from appliance.audit.accounts import UnknownAccount
     from appliance.domain.accounts import WeakPassword
+    from appliance.store.account_ledger import UnknownAccount
 
     try:
         _accounts(ctx).set_password(
@@ -217,7 +220,7 @@ def users_password(ctx: click.Context, username: str, password_stdin: bool) -> N
 @click.pass_context
 def users_token(ctx: click.Context, username: str, name: str) -> None:
     """Create an API token acting as USERNAME (for scripts and Prometheus); printed once."""
-    from appliance.audit.accounts import UnknownAccount
+    from appliance.store.account_ledger import UnknownAccount
 
     try:
         token = _accounts(ctx).create_token(username, name, datetime.now(UTC), _console())
@@ -264,7 +267,7 @@ def studies_list(ctx: click.Context, state: str | None, limit: int, as_json: boo
 @click.pass_context
 def studies_show(ctx: click.Context, study_instance_uid: str, as_json: bool) -> None:
     """One study with its series and jobs."""
-    from appliance.audit.studies import UnknownStudy
+    from appliance.domain.assembly import UnknownStudy
 
     service = _study_service(ctx)
     try:
@@ -303,7 +306,7 @@ def studies_show(ctx: click.Context, study_instance_uid: str, as_json: bool) -> 
 @click.pass_context
 def studies_force_complete(ctx: click.Context, study_instance_uid: str, operator: str) -> None:
     """Complete a receiving study now and queue its job."""
-    from appliance.audit.studies import UnknownStudy
+    from appliance.domain.assembly import UnknownStudy
 
     service = _study_service(ctx)
     try:
@@ -327,12 +330,12 @@ def spool() -> None:
 @click.pass_context
 def spool_verify(ctx: click.Context, no_hashes: bool) -> None:
     """Check every recorded instance's file and hash, and find files with no record."""
-    from appliance.integrity import verify_spool
-    from appliance.runtime import open_database
+    from appliance.app.integrity import verify_spool
+    from appliance.store.db import open_database
 
     settings = _settings(ctx)
     report = verify_spool(
-        open_database(settings, migrate=False),
+        open_database(settings.database.url, migrate=False),
         settings.spool.path,
         datetime.now(UTC),
         hashes=not no_hashes,
@@ -571,7 +574,7 @@ def demo(
 ) -> None:
     """Send a phantom CT study and an ultrasound cine into a running appliance, wait for their
     jobs, and print where the results went and how long each step took."""
-    from appliance.demo import run_demo
+    from appliance.app.demo import run_demo
     from appliance.dicom.sender import Peer
     from appliance.domain.delivery import DestinationUnavailable
 

@@ -1,14 +1,19 @@
-"""Typed settings: one YAML file plus `APPLIANCE_*` environment overrides, validated at start.
+"""Typed settings (pydantic-settings): one YAML file plus `APPLIANCE_*` environment variables,
+which win, validated at start.
 
 An environment variable names a field path with double underscores, for example
-``APPLIANCE_LISTENER__PORT=11112`` or ``APPLIANCE_DATABASE__URL=postgresql+psycopg://...``; its
-value is read as YAML, so numbers, booleans and lists work. A bad value stops start-up with a
-message that names the field.
+``APPLIANCE_LISTENER__PORT=11112`` or ``APPLIANCE_DATABASE__URL=postgresql+psycopg://...``; a
+list or section is written as YAML, for example
+``APPLIANCE_LISTENER__PEERS='[{ae_title: PACS, hosts: [10.20.0.0/16]}]'``. A bad value stops
+start-up with a message that names the field.
+
+Settings import `domain` only: every edge can be configured without pulling in another.
 """
 
 import ipaddress
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,11 +28,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from appliance.domain.assembly import CompletionPolicy
+from appliance.domain.findings import SegmentationType
 from appliance.domain.policy import DuplicatePolicy
 from appliance.domain.routing import Priority, RouteRule
 from appliance.domain.uids import InvalidUid, parse_uid
-from appliance.results.findings import SegmentationType
 
 ENV_PREFIX = "APPLIANCE_"
 ENV_SEPARATOR = "__"
@@ -180,6 +194,12 @@ class StudySettings(_Section):
         default=1.0, gt=0, description="How often the sweeper looks for complete studies."
     )
 
+    def completion_policy(self) -> CompletionPolicy:
+        return CompletionPolicy(
+            quiet_period=timedelta(seconds=self.quiet_period_seconds),
+            hint_settle=timedelta(seconds=self.hint_settle_seconds),
+        )
+
 
 class InferenceSettings(_Section):
     """Models and the backend that runs them."""
@@ -250,6 +270,9 @@ class RoutingSettings(_Section):
         default_factory=_default_rules,
         description="In order; the default sends CT series to ct and US cines to us.",
     )
+
+    def route_rules(self) -> list[RouteRule]:
+        return [rule.rule() for rule in self.rules]
 
 
 class QueueSettings(_Section):
@@ -408,8 +431,37 @@ class LoggingSettings(_Section):
     )
 
 
-class Settings(_Section):
+class SettingsError(Exception):
+    """Settings could not be loaded; the message names every bad field."""
+
+
+def _yaml(text: str, name: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{name}: not valid YAML ({exc.__class__.__name__})") from exc
+
+
+class _Environment(EnvSettingsSource):
+    """`APPLIANCE_<SECTION>__<KEY>` variables of `environ`; lists and sections read as YAML."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {name.lower(): value for name, value in environ.items()}
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo | None, value: Any) -> Any:
+        return _yaml(value, field_name)
+
+
+class Settings(BaseSettings):
     """The whole settings tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_SEPARATOR,
+        extra="forbid",
+        frozen=True,
+    )
 
     listener: ListenerSettings = Field(default_factory=ListenerSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
@@ -423,43 +475,29 @@ class Settings(_Section):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
-
-class SettingsError(Exception):
-    """Settings could not be loaded; the message names every bad field."""
-
-
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    node = tree
-    for key in path[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise SettingsError(f"{'.'.join(path)}: {key} is not a section")
-        node = child
-    node[path[-1]] = value
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment wins over the values given (the settings file's); nothing else."""
+        return (_Environment(settings_cls, os.environ), init_settings)
 
 
-def _environment_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
-            continue
-        path = [part.lower() for part in name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)]
-        try:
-            value = yaml.safe_load(raw) if raw else raw
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"{name}: not valid YAML ({exc.__class__.__name__})") from exc
-        _set_path(overrides, path, value)
-    return overrides
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def _unknown_sections(environ: Mapping[str, str]) -> list[str]:
+    """`APPLIANCE_*` variables that name no section: a typo must not pass unnoticed."""
+    sections = set(Settings.model_fields)
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() != CONFIG_ENV
+        and name[len(ENV_PREFIX) :].split(ENV_SEPARATOR)[0].lower() not in sections
+    )
 
 
 def _describe(error: ValidationError) -> str:
@@ -470,24 +508,30 @@ def _describe(error: ValidationError) -> str:
     return "invalid settings:\n  " + "\n  ".join(lines)
 
 
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path} is not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SettingsError(f"{path}: the top level must be a mapping of sections")
+    return loaded or {}
+
+
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Load settings from `path` (or $APPLIANCE_CONFIG) and the environment."""
+    """Load settings from `path` (or $APPLIANCE_CONFIG) and the environment (`environ`, by
+    default the process's), the environment winning."""
     environ = os.environ if environ is None else environ
     if path is None and environ.get(CONFIG_ENV):
         path = Path(environ[CONFIG_ENV])
-    tree: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"{path} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SettingsError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded or {}
-    tree = _merge(tree, _environment_overrides(environ))
+    tree = _read_file(path) if path is not None else {}
+    unknown = _unknown_sections(environ)
+    if unknown:
+        raise SettingsError(f"{', '.join(unknown)}: no such settings section")
+    sources = (_Environment(Settings, environ), InitSettingsSource(Settings, tree))
     try:
-        return Settings.model_validate(tree)
+        return Settings(_build_sources=(sources, tree))  # type: ignore[call-arg]
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None

@@ -19,7 +19,7 @@ resampling and SEG/SR encoding. The named peer is the bare pipeline: the same fi
 `run_ct`/`run_ultrasound` and the encoders, called directly in this process with the same
 models and threads, no listener, queue or PACS.
 
-    .venv/bin/python bench/e2e.py [--quiet 2]
+    .venv/bin/python -m bench.e2e [--quiet 2]
 """
 
 import argparse
@@ -33,27 +33,25 @@ from pathlib import Path
 
 import yaml
 from pydicom import dcmread
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from appliance.app.pipelines import run_ct, run_ultrasound
+from appliance.dicom.sender import Association, Peer, echo, outgoing
+from appliance.domain.delivery import DestinationUnavailable
+from appliance.domain.findings import SegmentationType
+from appliance.inference.backend import OnnxRuntimeBackend, TimedBackend
+from appliance.inference.contract import load_contract
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.ultrasound import generate_cine
+from appliance.results.encode import ct_results, ultrasound_results
+from appliance.results.segmentation import Equipment
+from appliance.store.models import AuditEvent, Delivery, Job, Study
+from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import create_engine, select  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-from appliance.audit.models import AuditEvent, Delivery, Job, Study  # noqa: E402
-from appliance.dicom.sender import Association, Peer, echo, outgoing  # noqa: E402
-from appliance.domain.delivery import DestinationUnavailable  # noqa: E402
-from appliance.inference.backend import OnnxRuntimeBackend, TimedBackend  # noqa: E402
-from appliance.inference.contract import load_contract  # noqa: E402
-from appliance.phantoms.ct import Grid, generate_ct  # noqa: E402
-from appliance.phantoms.dicom import write_ct_series, write_us_cine  # noqa: E402
-from appliance.phantoms.ultrasound import generate_cine  # noqa: E402
-from appliance.pipelines import run_ct, run_ultrasound  # noqa: E402
-from appliance.results.encode import ct_results, ultrasound_results  # noqa: E402
-from appliance.results.findings import SegmentationType  # noqa: E402
-from appliance.results.segmentation import Equipment  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.orthanc import AE_TITLE, running_orthanc  # noqa: E402
 
 REPOSITORY = ROOT / "model_repository"
 TARGET_SHARE = 0.05

@@ -5,7 +5,7 @@ counts: cases, statuses, refusals with their recorded reasons, crashes (which mu
 The peer, in the same run, is dcmtk's dcmdump reading the same pipeline cases: how often a
 mature DICOM toolkit's reader fails on them, beside how often our entry points refuse them.
 
-    .venv/bin/python bench/fuzz.py [--cases 10000] [--database sqlite|postgresql]
+    .venv/bin/python -m bench.fuzz [--cases 10000] [--database sqlite|postgresql]
 """
 
 import argparse
@@ -23,16 +23,14 @@ from hypothesis import HealthCheck, Phase
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from appliance.audit.db import create_db_engine, upgrade  # noqa: E402
-from appliance.audit.models import AuditEvent, Instance  # noqa: E402
-from bench.kills import database  # noqa: E402
-from tests import fuzzing  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.fuzzing import Case  # noqa: E402
-from tests.listener_kills import CALLING_AE, start_listener, write_config  # noqa: E402
+from appliance.store.db import create_db_engine, upgrade
+from appliance.store.models import AuditEvent, Instance
+from bench.kills import database
+from tests.support import fuzzing
+from tests.support.fuzzing import Case
+from tests.support.listener_kills import CALLING_AE, listener_layer, start_listener
+from tests.support.services import free_port
+from tests.support.settings import write_config
 
 
 def fuzz(count: int, feed: Callable[[Case], object]) -> None:
@@ -80,7 +78,7 @@ def main() -> None:
         engine = create_db_engine(url)
         upgrade(engine)
         port = free_port()
-        listener = start_listener(write_config(directory, port, url), port)
+        listener = start_listener(write_config(directory, listener_layer(port, url)), port)
         association = fuzzing.AssociationTally()
         sender = fuzzing.Sender(port, directory, CALLING_AE, per_association=500)
         started = time.monotonic()

@@ -7,30 +7,28 @@ It prints each time and the Triton share: the part of the Triton time spent serv
 than computing (Triton minus in-process, over Triton), since the model computation is the same
 ONNX Runtime session in both.
 
-    .venv/bin/python bench/inference.py [--frames 100] [--repeats 3] [--only us|ct]
+    .venv/bin/python -m bench.inference [--frames 100] [--repeats 3] [--only us|ct]
 """
 
 import argparse
 import contextlib
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from appliance.app.pipelines import run_ct
+from appliance.inference.backend import InferenceBackend, OnnxRuntimeBackend
+from appliance.inference.contract import load_contract
+from appliance.inference.triton import TritonBackend
+from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
+from appliance.inference.ultrasound import decode_cine, segment_cine
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.ultrasound import generate_cine
 
-from appliance.inference.backend import InferenceBackend, OnnxRuntimeBackend  # noqa: E402
-from appliance.inference.contract import load_contract  # noqa: E402
-from appliance.inference.triton import TritonBackend  # noqa: E402
-from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable  # noqa: E402
-from appliance.inference.ultrasound import decode_cine, segment_cine  # noqa: E402
-from appliance.phantoms.ct import Grid, generate_ct  # noqa: E402
-from appliance.phantoms.dicom import write_ct_series, write_us_cine  # noqa: E402
-from appliance.phantoms.ultrasound import generate_cine  # noqa: E402
-from appliance.pipelines import run_ct  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 REPOSITORY = ROOT / "model_repository"
 CINE_TARGET_S = 10.0

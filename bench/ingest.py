@@ -5,14 +5,12 @@ in parallel, to (a) the appliance listener with durable writes (fsync'd file and
 committed SQLite row per instance) and (b) dcmtk's storescp writing plain files (no fsync).
 Prints instances per second for each, their ratio, and the listener's peak memory.
 
-    .venv/bin/python bench/ingest.py [--counts 300 2000] [--repeats 1] [--processes 1 2]
+    .venv/bin/python -m bench.ingest [--counts 300 2000] [--repeats 1] [--processes 1 2]
 """
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,31 +19,15 @@ import time
 from pathlib import Path
 
 import psutil
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tests.support.datasets import new_series, write_series
+from tests.support.dcmtk import dcmtk_env, storescu_command
+from tests.support.services import free_port
+from tests.support.settings import write_config
+from tests.support.waiting import wait_for_port
 
-from tests.factory import new_series, write_series  # noqa: E402
-
-DATA = ROOT / "bench" / ".data"
-ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
+DATA = Path(__file__).resolve().parent / ".data"
+ENV = dcmtk_env()
 
 
 def instances(count: int) -> list[Path]:
@@ -88,17 +70,7 @@ def send(port: int, files: list[Path], associations: int) -> float:
     started = time.perf_counter()
     senders = [
         subprocess.Popen(
-            [
-                "storescu",
-                "-R",
-                "-aet",
-                "STORESCU",
-                "-aec",
-                "APPLIANCE",
-                "127.0.0.1",
-                str(port),
-                *map(str, chunk),
-            ],
+            storescu_command(port, chunk),
             env=ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -170,13 +142,10 @@ def run_appliance(
 ) -> tuple[float, int]:
     """The appliance listener: fsync'd file and directory, committed SQLite row per instance."""
     port = free_port()
-    config = workdir / "appliance.yaml"
-    config.write_text(yaml.safe_dump({
-        "listener": {"host": "127.0.0.1", "port": port, "processes": processes},
-        "spool": {"path": str(workdir / "spool")},
-        "database": {"url": f"sqlite:///{workdir}/appliance.db"},
-        "logging": {"level": "WARNING"},
-    }))  # fmt: skip
+    config = write_config(
+        workdir,
+        {"listener": {"port": port, "processes": processes}, "logging": {"level": "WARNING"}},
+    )
     appliance = [sys.executable, "-m", "appliance", "--config", str(config)]
     subprocess.run([*appliance, "db", "upgrade"], check=True, stdout=subprocess.DEVNULL)
     settle = 1.0 if processes > 1 else 0.2  # let every process bind

@@ -4,7 +4,7 @@ several senders push studies; then account for every instance (tests/listener_ki
 The peer, measured in the same run, is the same senders against a listener nobody kills: its
 wall time is what the kills cost.
 
-    .venv/bin/python bench/kills.py [--kills 120] [--senders 4] [--database sqlite|postgresql]
+    .venv/bin/python -m bench.kills [--kills 120] [--senders 4] [--database sqlite|postgresql]
 """
 
 import argparse
@@ -15,11 +15,8 @@ from pathlib import Path
 
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import free_port  # noqa: E402
-from tests.listener_kills import KillReport, kill_repeatedly  # noqa: E402
+from tests.support.listener_kills import KillReport, kill_repeatedly
+from tests.support.services import free_port
 
 
 def database(kind: str, directory: Path) -> str:

@@ -9,11 +9,10 @@
 Memory is the peak of Python's and NumPy's allocations (tracemalloc) during each, so the
 figures are comparable within one process.
 
-    .venv/bin/python bench/large.py [--repeat 34] [--ct-slices 2000]
+    .venv/bin/python -m bench.large [--repeat 34] [--ct-slices 2000]
 """
 
 import argparse
-import sys
 import tempfile
 import time
 import tracemalloc
@@ -25,12 +24,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from appliance.inference.ct import load_series  # noqa: E402
-from appliance.inference.ultrasound import decode_cine  # noqa: E402
-from tests.factory import new_series, write_series  # noqa: E402
+from appliance.inference.ct import load_series
+from appliance.inference.ultrasound import decode_cine
+from tests.support.datasets import new_series, write_series
 
 
 def long_cine(path: Path, repeat: int) -> int:

@@ -7,7 +7,7 @@ over the run.
 The peer, in the same run: the same senders for the same time against dcmtk's storescp
 (`--fork`, plain files, no fsync, no database).
 
-    .venv/bin/python bench/load.py [--seconds 300] [--senders 16] [--database postgresql|sqlite]
+    .venv/bin/python -m bench.load [--seconds 300] [--senders 16] [--database postgresql|sqlite]
 """
 
 import argparse
@@ -18,12 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.kills import database  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.load import percentiles, run_load, run_senders  # noqa: E402
+from bench.kills import database
+from tests.support.load import percentiles, run_load, run_senders
+from tests.support.services import free_port
 
 
 def peer(senders: int, seconds: float) -> None:

@@ -10,7 +10,7 @@
    pynetdicom SCU tuned as far as it goes (TCP_NODELAY, chunked data set sending, its log
    handler off), interleaved, median of the repeats.
 
-    .venv/bin/python bench/results.py [--count 300] [--repeats 3] [--only encode|send]
+    .venv/bin/python -m bench.results [--count 300] [--repeats 3] [--only encode|send]
 """
 
 import argparse
@@ -18,31 +18,28 @@ import logging
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import tracemalloc
 from io import BytesIO
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from pydicom import dcmread
 
-from ingest import ENV, free_port, instances, wait_for_port  # noqa: E402
-from pydicom import dcmread  # noqa: E402
+from appliance.dicom.sender import Association, Peer, outgoing
+from appliance.domain.findings import SegmentationType
+from appliance.inference.contract import load_contract
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series
+from appliance.results.encode import ct_results
+from appliance.results.segmentation import Equipment
+from bench.ingest import ENV, instances
+from tests.support.scu import associate, send_files
+from tests.support.services import free_port
+from tests.support.truth import truth_findings
+from tests.support.waiting import wait_for_port
 
-from appliance.dicom.sender import Association, Peer, outgoing  # noqa: E402
-from appliance.inference.contract import load_contract  # noqa: E402
-from appliance.phantoms.ct import Grid, generate_ct  # noqa: E402
-from appliance.phantoms.dicom import write_ct_series  # noqa: E402
-from appliance.phantoms.truth import truth_findings  # noqa: E402
-from appliance.results.encode import ct_results  # noqa: E402
-from appliance.results.findings import SegmentationType  # noqa: E402
-from appliance.results.segmentation import Equipment  # noqa: E402
-from tests.scu import associate, send_files  # noqa: E402
-
-REPOSITORY = ROOT / "model_repository"
+REPOSITORY = Path(__file__).resolve().parents[1] / "model_repository"
 EQUIPMENT = Equipment("Appliance project", "DICOM inference appliance", "bench", "bench-1")
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -86,7 +83,7 @@ def _appliance(port: int, files: list[Path]) -> None:
     items = [outgoing(path.read_bytes()) for path in files]
     syntaxes = sorted({(item.sop_class_uid, item.transfer_syntax_uid) for item in items})
     with Association(Peer("STORESCP", "127.0.0.1", port, "BENCH"), syntaxes) as association:
-        statuses = [association.store(item) for item in items]
+        statuses = [association.store(item).code for item in items]
     assert set(statuses) == {0}
 
 

@@ -1,14 +1,7 @@
 """Shared fixtures: databases (SQLite and a real PostgreSQL), a running listener, dcmtk tools.
+Fixtures only: the helpers they and the tests use live in `tests.support`."""
 
-Services are required in CI: with TESTS_REQUIRE_SERVICES=1 (set by .ci/run) a missing
-PostgreSQL or dcmtk fails the tests instead of skipping them.
-"""
-
-import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,45 +10,16 @@ from typing import Any
 
 import psycopg
 import pytest
-import requests
 from sqlalchemy import Engine
 
-from appliance.audit.db import create_db_engine, upgrade
+from appliance.app.ingest import start_listener
 from appliance.config import Settings
 from appliance.dicom.listener import Listener
-from appliance.runtime import start_listener
+from appliance.store.db import create_db_engine, upgrade
+from tests.support.services import missing_service
+from tests.support.settings import make_settings
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REQUIRE_SERVICES = os.environ.get("TESTS_REQUIRE_SERVICES") == "1"
-
-
-def missing_service(reason: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"required service missing: {reason}")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_http(url: str, timeout: float = 30) -> None:
-    """Return once something answers HTTP at `url`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing answered at {url}")
-
-
-def dcmtk_env() -> dict[str, str]:
-    """dcmtk leaves Nagle's algorithm on unless TCP_NODELAY is set: every C-STORE stalls."""
-    return {**os.environ, "TCP_NODELAY": "1"}
 
 
 @pytest.fixture(scope="session")
@@ -93,26 +57,6 @@ def engine(db_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def make_settings(tmp_path: Path, db_url: str, **sections: dict[str, Any]) -> Settings:
-    tree: dict[str, Any] = {
-        "listener": {
-            "host": "127.0.0.1",
-            "port": 0,
-            "peers": [
-                {"ae_title": "STORESCU", "hosts": ["127.0.0.1"]},
-                {"ae_title": "PYSCU", "hosts": ["127.0.0.0/8"]},
-                {"ae_title": "FARAWAY", "hosts": ["192.0.2.10"]},
-            ],
-        },
-        "spool": {"path": str(tmp_path / "spool")},
-        "database": {"url": db_url},
-        "study": {"quiet_period_seconds": 30, "hint_settle_seconds": 1},
-    }
-    for section, values in sections.items():
-        tree[section] = {**tree.get(section, {}), **values}
-    return Settings.model_validate(tree)
-
-
 @dataclass
 class RunningListener:
     listener: Listener
@@ -134,7 +78,7 @@ def start(tmp_path: Path, engine: Engine, db_url: str) -> Iterator[Any]:
     running: list[Listener] = []
 
     def _start(**sections: dict[str, Any]) -> RunningListener:
-        settings = make_settings(tmp_path, db_url, **sections)
+        settings = make_settings(tmp_path, {"database": {"url": db_url}}, sections)
         listener = start_listener(settings, engine)
         running.append(listener)
         return RunningListener(listener, settings, engine)
@@ -142,38 +86,3 @@ def start(tmp_path: Path, engine: Engine, db_url: str) -> Iterator[Any]:
     yield _start
     for listener in running:
         listener.stop()
-
-
-def storescu(
-    port: int, files: list[Path], *args: str, calling: str = "STORESCU", called: str = "APPLIANCE"
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "storescu",
-            "-R",
-            "-aet",
-            calling,
-            "-aec",
-            called,
-            *args,
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        env=dcmtk_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def echoscu(port: int, calling: str = "STORESCU") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["echoscu", "-aet", calling, "-aec", "APPLIANCE", "127.0.0.1", str(port)],
-        env=dcmtk_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )

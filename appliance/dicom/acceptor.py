@@ -11,36 +11,29 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    ImplementationVersionNameNotification,
-    MaximumLengthNotification,
-    SCP_SCU_RoleSelectionNegotiation,
-)
+from pynetdicom.pdu_primitives import A_ASSOCIATE, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
 from appliance.dicom import upper_layer as ul
+from appliance.dicom.association import (
+    APPLICATION_CONTEXT_NAME,
+    MAX_PDU_LENGTH,
+    our_user_information,
+)
 from appliance.dicom.dimse import (
-    UNRECOGNISED_OPERATION,
     Command,
     CommandField,
     InvalidCommand,
     decode_command,
     encode_response,
 )
-from appliance.dicom.spool import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from appliance.dicom.status import StoreStatus
+from appliance.dicom.sop_classes import VERIFICATION
+from appliance.domain.status import Status
 
 LOG = logging.getLogger(__name__)
-
-APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"
-MAX_PDU_LENGTH = 1 << 20  # what we accept; a longer PDU is a protocol error
-VERIFICATION = "1.2.840.10008.1.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +47,22 @@ class Negotiated:
     peer_max_pdu: int
 
 
-StoreHandler = Callable[[bytes, str, str, str, str], StoreStatus]
-"""(encoded data set, transfer syntax, context's SOP Class UID, requested SOP Class UID,
-requested SOP Instance UID) -> status."""
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """A whole C-STORE-RQ: its data set as received, on the presentation context it came."""
+
+    data_set: bytes
+    transfer_syntax_uid: str  # the context's
+    context_sop_class_uid: str  # the context's abstract syntax
+    sop_class_uid: str  # Affected SOP Class UID of the command
+    sop_instance_uid: str  # Affected SOP Instance UID of the command
+
+
+StoreHandler = Callable[[StoreRequest], Status]
+
+
+class DimseTimeout(TimeoutError):
+    """A DIMSE message stopped arriving part way: no fragment within the DIMSE timeout."""
 
 
 def read_request(sock: socket.socket) -> A_ASSOCIATE:
@@ -74,18 +80,6 @@ def read_request(sock: socket.socket) -> A_ASSOCIATE:
         raise ul.ProtocolError(
             f"malformed A-ASSOCIATE-RQ: {exc}", ul.AbortReason.INVALID_PDU_PARAMETER_VALUE
         ) from exc
-
-
-def our_user_information() -> list[Any]:  # pynetdicom's user-information item types
-    """What the appliance says of itself in every A-ASSOCIATE, as acceptor or requestor: the
-    longest PDU it takes, its implementation class UID and version name."""
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = MAX_PDU_LENGTH
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
-    version = ImplementationVersionNameNotification()
-    version.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    return [maximum, implementation, version]
 
 
 def accept(
@@ -130,11 +124,30 @@ class _Message:
     data_set: bytearray = field(default_factory=bytearray)
 
 
-def serve(sock: socket.socket, negotiated: Negotiated, on_store: StoreHandler) -> str:
-    """Run the data phase until release or abort; returns how the association ended."""
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds a read may wait: `network` between messages (an idle association), `dimse`
+    once a message has begun, for each of its further fragments (dcmtk's DIMSE timeout)."""
+
+    network: float
+    dimse: float
+
+
+def serve(
+    sock: socket.socket, negotiated: Negotiated, on_store: StoreHandler, timeouts: Timeouts
+) -> str:
+    """Run the data phase until release or abort; returns how the association ended. Raises
+    DimseTimeout when a message in progress stalls, TimeoutError when the association idles."""
     message: _Message | None = None
+    sock.settimeout(timeouts.network)
     while True:
-        kind, body = ul.read_pdu(sock, MAX_PDU_LENGTH)
+        try:
+            kind, body = ul.read_pdu(sock, MAX_PDU_LENGTH)
+        except TimeoutError as exc:
+            if message is not None:
+                stalled = f"no fragment of a DIMSE message for {timeouts.dimse:g} s"
+                raise DimseTimeout(stalled) from exc
+            raise
         if kind is ul.PduType.RELEASE_RQ:
             sock.sendall(ul.release_rp())
             return "released"
@@ -151,6 +164,7 @@ def serve(sock: socket.socket, negotiated: Negotiated, on_store: StoreHandler) -
                 )
             if message is None:
                 message = _Message(value.context_id)
+                sock.settimeout(timeouts.dimse)
             elif message.context_id != value.context_id:
                 raise ul.ProtocolError(
                     "P-DATA interleaves two messages", ul.AbortReason.UNEXPECTED_PDU
@@ -158,6 +172,7 @@ def serve(sock: socket.socket, negotiated: Negotiated, on_store: StoreHandler) -
             if _add_fragment(message, value):
                 _respond(sock, negotiated, context, message, on_store)
                 message = None
+                sock.settimeout(timeouts.network)
 
 
 def _add_fragment(message: _Message, value: ul.PresentationDataValue) -> bool:
@@ -194,10 +209,10 @@ def _respond(
     assert command is not None
     abstract = str(context.abstract_syntax)
     if command.command_field == CommandField.C_ECHO_RQ and abstract == VERIFICATION:
-        status = int(StoreStatus.SUCCESS)
+        status = Status.SUCCESS
     elif command.command_field == CommandField.C_STORE_RQ and abstract != VERIFICATION:
-        status = int(
-            on_store(
+        status = on_store(
+            StoreRequest(
                 bytes(message.data_set),
                 str(context.transfer_syntax[0]),
                 abstract,
@@ -207,7 +222,7 @@ def _respond(
         )
     else:
         LOG.warning("unsupported DIMSE command 0x%04X on %s", command.command_field, abstract)
-        status = UNRECOGNISED_OPERATION
+        status = Status.UNRECOGNISED_OPERATION
     for pdu in ul.data_tf(
         message.context_id, True, encode_response(command, status), negotiated.peer_max_pdu
     ):

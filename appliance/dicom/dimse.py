@@ -20,7 +20,6 @@ class CommandField(IntEnum):
 
 
 NO_DATA_SET = 0x0101  # Command Data Set Type (0000,0800) when no data set follows
-UNRECOGNISED_OPERATION = 0x0211  # PS3.7 Annex C.5.4
 
 _AFFECTED_SOP_CLASS_UID = 0x0002
 _COMMAND_FIELD = 0x0100

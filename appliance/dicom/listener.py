@@ -25,21 +25,22 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from appliance.dicom import upper_layer as ul
 from appliance.dicom.acceptor import (
-    APPLICATION_CONTEXT_NAME,
-    VERIFICATION,
+    DimseTimeout,
     Negotiated,
+    StoreRequest,
+    Timeouts,
     accept,
     read_request,
     serve,
 )
+from appliance.dicom.association import APPLICATION_CONTEXT_NAME
 from appliance.dicom.parse import InvalidInstance, parse_instance
-from appliance.dicom.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from appliance.dicom.sop_classes import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES, VERIFICATION
 from appliance.dicom.spool import Spool, SpoolFull, encode_file_meta
-from appliance.dicom.status import (
+from appliance.dicom.upper_layer import (
     ProviderRejectReason,
     RejectResult,
     RejectSource,
-    StoreStatus,
     UserRejectReason,
 )
 from appliance.domain.ingest import Admission, AssociationPeer, LedgerUnavailable, StoredFile
@@ -50,6 +51,7 @@ from appliance.domain.policy import (
     RefusalReason,
     SourceRateLimit,
 )
+from appliance.domain.status import Status
 
 LOG = logging.getLogger(__name__)
 LISTEN_BACKLOG = 128
@@ -324,7 +326,6 @@ class Listener:
         state = _AssociationState(association_id, peer)
         self._record_refused_contexts(state, negotiated, now)
         LOG.info("association %d accepted from %s@%s", association_id, peer.calling_ae, peer.host)
-        connection.settimeout(self._options.network_timeout)
         outcome = self._data_phase(connection, negotiated, state)
         with self._lock:  # the association is over: its slot is free for the sender's next
             self._connections.discard(connection)
@@ -356,34 +357,41 @@ class Listener:
     def _data_phase(
         self, connection: socket.socket, negotiated: Negotiated, state: _AssociationState
     ) -> str:
-        def on_store(
-            encoded: bytes, syntax: str, context_class: str, sop_class: str, sop_instance: str
-        ) -> StoreStatus:
-            status = self._store(state, encoded, syntax, context_class, sop_class, sop_instance)
-            if status == StoreStatus.SUCCESS:
+        def on_store(request: StoreRequest) -> Status:
+            status = self._store(state, request)
+            if status == Status.SUCCESS:
                 state.stored += 1
             else:
                 state.failed += 1
             return status
 
+        timeouts = Timeouts(self._options.network_timeout, self._options.dimse_timeout)
         try:
-            return serve(connection, negotiated, on_store)
+            return serve(connection, negotiated, on_store, timeouts)
         except ul.ProtocolError as exc:
             LOG.warning("association %d: protocol error: %s", state.id, exc)
-            with contextlib.suppress(OSError):
-                connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER, exc.reason))
-            return f"aborted: {exc}"
+            return self._abort(connection, f"aborted: {exc}", exc.reason)
+        except DimseTimeout as exc:
+            LOG.warning("association %d: %s", state.id, exc)
+            return self._abort(connection, "aborted: DIMSE timeout")
         except TimeoutError:
-            with contextlib.suppress(OSError):
-                connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER))
-            return "aborted: network timeout"
+            return self._abort(connection, "aborted: network timeout")
         except (ul.PeerClosed, OSError):
             return "connection closed" if not self._stopping.is_set() else "aborted: shutdown"
         except Exception:  # a bug must cost this association, aborted and recorded, no more
             LOG.exception("association %d: internal error", state.id)
-            with contextlib.suppress(OSError):
-                connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER))
-            return "aborted: internal error"
+            return self._abort(connection, "aborted: internal error")
+
+    @staticmethod
+    def _abort(
+        connection: socket.socket,
+        outcome: str,
+        reason: ul.AbortReason = ul.AbortReason.NOT_SPECIFIED,
+    ) -> str:
+        """Send the peer an A-ABORT (if it still listens); `outcome`, for the record."""
+        with contextlib.suppress(OSError):
+            connection.sendall(ul.abort(ul.AbortSource.SERVICE_PROVIDER, reason))
+        return outcome
 
     def _refused(self, peer: AssociationPeer, reason: str) -> None:
         LOG.warning("refused association from %s@%s: %s", peer.calling_ae, peer.host, reason)
@@ -411,10 +419,10 @@ class Listener:
         self,
         state: _AssociationState,
         reason: str,
-        status: StoreStatus,
+        status: Status,
         sop_instance_uid: str | None = None,
         study_instance_uid: str | None = None,
-    ) -> StoreStatus:
+    ) -> Status:
         LOG.warning("association %d: instance refused (0x%04X): %s", state.id, status, reason)
         try:
             self._ledger.instance_rejected(
@@ -424,34 +432,31 @@ class Listener:
             LOG.error("association %d: could not record refused instance", state.id)
         return status
 
-    def _store(
-        self,
-        state: _AssociationState,
-        encoded: bytes,
-        transfer_syntax: str,
-        context_class: str,
-        sop_class_uid: str,
-        sop_instance_uid: str,
-    ) -> StoreStatus:
-        if sop_class_uid != context_class:
+    def _store(self, state: _AssociationState, request: StoreRequest) -> Status:
+        sop_instance_uid = request.sop_instance_uid or None
+        if request.sop_class_uid != request.context_sop_class_uid:
             return self._reject(
                 state,
-                f"SOP Class {sop_class_uid} sent on a {context_class} context",
-                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
-                sop_instance_uid or None,
+                f"SOP Class {request.sop_class_uid} sent on a "
+                f"{request.context_sop_class_uid} context",
+                Status.SOP_CLASS_NOT_SUPPORTED,
+                sop_instance_uid,
             )
         try:
-            record = parse_instance(encoded, transfer_syntax, sop_class_uid, sop_instance_uid)
+            record = parse_instance(
+                request.data_set,
+                request.transfer_syntax_uid,
+                request.sop_class_uid,
+                request.sop_instance_uid,
+            )
         except InvalidInstance as exc:
-            return self._reject(state, exc.reason, exc.status, sop_instance_uid or None)
+            return self._reject(state, exc.reason, exc.status, sop_instance_uid)
         except Exception as exc:  # a parser bug must cost one refusal, not the association
             LOG.exception("association %d: data set could not be parsed", state.id)
             reason = f"data set could not be parsed: {type(exc).__name__}: {exc}"
-            return self._reject(
-                state, reason[:500], StoreStatus.CANNOT_UNDERSTAND, sop_instance_uid or None
-            )
+            return self._reject(state, reason[:500], Status.CANNOT_UNDERSTAND, sop_instance_uid)
 
-        def refuse(reason: str, status: StoreStatus) -> StoreStatus:
+        def refuse(reason: str, status: Status) -> Status:
             return self._reject(
                 state, reason, status, record.sop_instance_uid, record.study_instance_uid
             )
@@ -459,27 +464,27 @@ class Listener:
         try:
             admission = self._ledger.admission(record)
         except LedgerUnavailable as exc:
-            return refuse(f"database unavailable: {exc}", StoreStatus.OUT_OF_RESOURCES)
+            return refuse(f"database unavailable: {exc}", Status.OUT_OF_RESOURCES)
         if admission.conflict:
-            return refuse(admission.conflict, StoreStatus.CANNOT_UNDERSTAND)
+            return refuse(admission.conflict, Status.CANNOT_UNDERSTAND)
         if admission.known is not None and self._options.duplicates is DuplicatePolicy.KEEP_FIRST:
-            identical = hashlib.sha256(encoded).hexdigest() == admission.known.sha256
+            identical = hashlib.sha256(request.data_set).hexdigest() == admission.known.sha256
             try:
                 self._ledger.instance_duplicate(
                     state.id, state.peer, record, identical, self._clock()
                 )
             except LedgerUnavailable as exc:
-                return refuse(f"database unavailable: {exc}", StoreStatus.OUT_OF_RESOURCES)
-            return StoreStatus.SUCCESS
+                return refuse(f"database unavailable: {exc}", Status.OUT_OF_RESOURCES)
+            return Status.SUCCESS
 
         try:
             stored = self._spool.store(
-                record, encode_file_meta(record, state.peer.calling_ae), encoded
+                record, encode_file_meta(record, state.peer.calling_ae), request.data_set
             )
         except SpoolFull as exc:
-            return refuse(str(exc), StoreStatus.OUT_OF_RESOURCES)
+            return refuse(str(exc), Status.OUT_OF_RESOURCES)
         except OSError as exc:
-            return refuse(f"spool write failed: {exc.strerror}", StoreStatus.OUT_OF_RESOURCES)
+            return refuse(f"spool write failed: {exc.strerror}", Status.OUT_OF_RESOURCES)
 
         try:
             self._ledger.instance_stored(
@@ -493,5 +498,5 @@ class Listener:
         except LedgerUnavailable as exc:
             if admission.known is None:
                 self._spool.discard(stored.path)
-            return refuse(f"database unavailable: {exc}", StoreStatus.OUT_OF_RESOURCES)
-        return StoreStatus.SUCCESS
+            return refuse(f"database unavailable: {exc}", Status.OUT_OF_RESOURCES)
+        return Status.SUCCESS

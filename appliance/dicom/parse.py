@@ -15,8 +15,8 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from appliance.dicom.sop_classes import PIXEL_DATA_REQUIRED
-from appliance.dicom.status import StoreStatus
 from appliance.domain.instance import InstanceRecord, PatientIdentity
+from appliance.domain.status import Status
 from appliance.domain.uids import InvalidUid, Uid, parse_uid
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -64,7 +64,7 @@ _PN_DELIMITERS = frozenset(
 class InvalidInstance(ValueError):
     """A data set the appliance will not store, with the C-STORE status to answer."""
 
-    def __init__(self, reason: str, status: StoreStatus = StoreStatus.CANNOT_UNDERSTAND) -> None:
+    def __init__(self, reason: str, status: Status = Status.CANNOT_UNDERSTAND) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
@@ -220,11 +220,11 @@ def parse_instance(
     if record_class != sop_class_uid or record_instance != sop_instance_uid:
         raise InvalidInstance(
             "SOP Class or Instance UID in the data set differs from the C-STORE request",
-            StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
         )
     if record_class in PIXEL_DATA_REQUIRED and PIXEL_DATA_PRESENT not in values:
         raise InvalidInstance(
-            "image data set has no pixel data", StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+            "image data set has no pixel data", Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
         )
     text = _Text(values)
     return InstanceRecord(

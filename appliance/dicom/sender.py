@@ -22,16 +22,13 @@ from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-)
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from appliance.dicom import upper_layer as ul
-from appliance.dicom.acceptor import (
+from appliance.dicom.association import (
     APPLICATION_CONTEXT_NAME,
     MAX_PDU_LENGTH,
-    VERIFICATION,
     our_user_information,
 )
 from appliance.dicom.dimse import (
@@ -40,14 +37,20 @@ from appliance.dicom.dimse import (
     encode_echo_request,
     encode_store_request,
 )
+from appliance.dicom.sop_classes import VERIFICATION
 from appliance.dicom.spool import data_set_of
 from appliance.domain.delivery import DestinationUnavailable
+from appliance.domain.status import DimseStatus
 
 _UNCOMPRESSED: tuple[str, ...] = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))
 
 
 class AssociationFailed(DestinationUnavailable):
     """The association could not be made or broke."""
+
+
+class ContextNotAccepted(LookupError):
+    """The peer accepted no presentation context for the object's SOP class: it never will."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ class Association:
             fallback = fallback or (context_id, syntax)
         return fallback
 
-    def _exchange(self, context_id: int, command: bytes, data_set: bytes | None) -> int:
+    def _exchange(self, context_id: int, command: bytes, data_set: bytes | None) -> DimseStatus:
         """Send one request, return the response's status."""
         assert self._sock is not None
         try:
@@ -236,17 +239,17 @@ class Association:
                         decoded = decode_command(response)
                         if decoded.status is None:
                             raise AssociationFailed("a response without a status")
-                        return decoded.status
+                        return DimseStatus(decoded.status)
         except (OSError, ul.ProtocolError, ul.PeerClosed, InvalidCommand) as exc:
             raise AssociationFailed(f"association with {self._peer.ae_title} broke: {exc}") from exc
 
-    def store(self, item: Outgoing) -> int:
-        """C-STORE one object; its status. Raises LookupError when the peer accepted no
-        context for its SOP class (a permanent refusal), AssociationFailed when the
-        association breaks."""
+    def store(self, item: Outgoing) -> DimseStatus:
+        """C-STORE one object; the status the peer answered. Raises ContextNotAccepted when
+        the peer accepted no context for its SOP class, AssociationFailed when the association
+        breaks."""
         found = self._context_for(item)
         if found is None:
-            raise LookupError(
+            raise ContextNotAccepted(
                 f"{self._peer.ae_title} accepts no context for SOP class {item.sop_class_uid}"
             )
         context_id, syntax = found
@@ -258,7 +261,7 @@ class Association:
         command = encode_store_request(self._next_id(), item.sop_class_uid, item.sop_instance_uid)
         return self._exchange(context_id, command, data_set)
 
-    def echo(self) -> int:
+    def echo(self) -> DimseStatus:
         """C-ECHO on this association; its status."""
         for context_id in self._accepted:
             if str(self._proposed[context_id].abstract_syntax) == VERIFICATION:
@@ -270,8 +273,7 @@ class Association:
         return self._message_id
 
 
-def echo(peer: Peer) -> int:
-    """C-ECHO `peer` on an association of its own: its status (0 when healthy). Raises
-    AssociationFailed."""
+def echo(peer: Peer) -> DimseStatus:
+    """C-ECHO `peer` on an association of its own: its status. Raises AssociationFailed."""
     with Association(peer, [(VERIFICATION, ExplicitVRLittleEndian)]) as association:
         return association.echo()

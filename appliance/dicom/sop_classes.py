@@ -1,4 +1,5 @@
-"""The Storage SOP Classes (PS3.4 Annex B.5) and transfer syntaxes (PS3.5 Annex A) accepted."""
+"""The SOP Classes (Verification, PS3.4 Annex A; Storage, PS3.4 Annex B.5) and transfer syntaxes
+(PS3.5 Annex A) the appliance accepts."""
 
 from pydicom.uid import (
     HTJ2K,
@@ -19,6 +20,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
     "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",

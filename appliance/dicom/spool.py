@@ -14,14 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance import __version__
+from appliance.dicom.association import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from appliance.domain.ingest import StoredFile
 from appliance.domain.instance import InstanceRecord
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
-# A UUID-derived UID (PS3.5 Annex B.2): unique without a registered root.
-IMPLEMENTATION_CLASS_UID = "2.25.147690566407424862805522298222690410017"
-IMPLEMENTATION_VERSION_NAME = f"APPLIANCE_{__version__}"[:16]
 _DIRECTORY_MODE = 0o750
 _FILE_MODE = 0o640
 

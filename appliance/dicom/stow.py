@@ -17,9 +17,7 @@ from pydicom.errors import InvalidDicomError
 
 from appliance.dicom.sender import Outgoing
 from appliance.domain.delivery import DestinationUnavailable
-
-_WARNING = 0xB000
-_PROCESSING_FAILURE = 0x0110
+from appliance.domain.status import DimseStatus, Status
 
 
 class StowSession:
@@ -53,7 +51,7 @@ class StowSession:
     ) -> None:
         self._session.close()
 
-    def store(self, item: Outgoing) -> int:
+    def store(self, item: Outgoing) -> DimseStatus:
         """STOW one object; its status in C-STORE terms. Raises DestinationUnavailable."""
         dataset = dcmread(BytesIO(item.part10))
         try:
@@ -62,14 +60,14 @@ class StowSession:
             code = exc.response.status_code if exc.response is not None else 0
             if code >= 500 or code == 429:
                 raise DestinationUnavailable(f"{self._url} answered HTTP {code}") from exc
-            return _failure_reason(exc.response) or _PROCESSING_FAILURE
+            return DimseStatus(_failure_reason(exc.response) or Status.PROCESSING_FAILURE)
         except requests.RequestException as exc:
             raise DestinationUnavailable(f"{self._url}: {exc}") from exc
         failed = answer.get("FailedSOPSequence") if answer is not None else None
         if failed:
-            return int(failed[0].get("FailureReason", _PROCESSING_FAILURE))
+            return DimseStatus(int(failed[0].get("FailureReason", Status.PROCESSING_FAILURE)))
         warnings = answer.get("WarningReason") if answer is not None else None
-        return int(warnings) if warnings else 0
+        return DimseStatus(int(warnings) if warnings else Status.SUCCESS)
 
 
 def _failure_reason(response: requests.Response | None) -> int | None:

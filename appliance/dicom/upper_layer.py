@@ -41,6 +41,33 @@ class AbortReason(IntEnum):
     INVALID_PDU_PARAMETER_VALUE = 0x06
 
 
+class RejectResult(IntEnum):
+    """A-ASSOCIATE-RJ result (PS3.8 Table 9-21)."""
+
+    PERMANENT = 0x01
+    TRANSIENT = 0x02
+
+
+class RejectSource(IntEnum):
+    SERVICE_USER = 0x01
+    SERVICE_PROVIDER_ACSE = 0x02
+    SERVICE_PROVIDER_PRESENTATION = 0x03
+
+
+class ProviderRejectReason(IntEnum):
+    """Reasons when the source is the presentation-related service provider."""
+
+    TEMPORARY_CONGESTION = 0x01
+    LOCAL_LIMIT_EXCEEDED = 0x02
+
+
+class UserRejectReason(IntEnum):
+    NO_REASON_GIVEN = 0x01
+    APPLICATION_CONTEXT_NOT_SUPPORTED = 0x02
+    CALLING_AE_TITLE_NOT_RECOGNISED = 0x03
+    CALLED_AE_TITLE_NOT_RECOGNISED = 0x07
+
+
 class ProtocolError(Exception):
     """The peer broke the upper layer protocol; the association must be aborted."""
 
@@ -146,5 +173,7 @@ def abort(source: AbortSource, reason: AbortReason = AbortReason.NOT_SPECIFIED) 
     return with_header(PduType.ABORT, bytes([0, 0, source, reason]))
 
 
-def associate_rj(result: int, source: int, reason: int) -> bytes:
+def associate_rj(
+    result: RejectResult, source: RejectSource, reason: ProviderRejectReason | UserRejectReason
+) -> bytes:
     return with_header(PduType.ASSOCIATE_RJ, bytes([0, result, source, reason]))

@@ -61,6 +61,19 @@ class SeriesProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class CompletedStudy:
+    study_id: int
+    study_instance_uid: str
+    version: int
+    job_id: int
+    reason: CompletionReason
+
+
+class UnknownStudy(LookupError):
+    """A Study Instance UID the appliance never received."""
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionPolicy:
     quiet_period: timedelta
     hint_settle: timedelta

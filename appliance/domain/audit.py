@@ -4,8 +4,9 @@ Event IDs use the DCM coding scheme where PS3.15 defines one; appliance-specific
 assembly, jobs) use the private scheme `99APPLIANCE` so they never pose as standard codes.
 """
 
-from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+
+from appliance.domain.concepts import CodedConcept
 
 
 class EventAction(StrEnum):
@@ -25,13 +26,6 @@ class EventOutcome(IntEnum):
     MINOR_FAILURE = 4
     SERIOUS_FAILURE = 8
     MAJOR_FAILURE = 12
-
-
-@dataclass(frozen=True, slots=True)
-class CodedEvent:
-    code: str
-    scheme: str
-    meaning: str
 
 
 class AuditEventType(StrEnum):
@@ -60,13 +54,13 @@ class AuditEventType(StrEnum):
     AUDIT_EXPORTED = "audit_exported"
 
 
-_BEGIN_TRANSFER = CodedEvent("110102", "DCM", "Begin Transferring DICOM Instances")
-_TRANSFERRED = CodedEvent("110104", "DCM", "DICOM Instances Transferred")
-_SECURITY_ALERT = CodedEvent("110113", "DCM", "Security Alert")
-_AUTHENTICATION = CodedEvent("110114", "DCM", "User Authentication")
+_BEGIN_TRANSFER = CodedConcept("DCM", "110102", "Begin Transferring DICOM Instances")
+_TRANSFERRED = CodedConcept("DCM", "110104", "DICOM Instances Transferred")
+_SECURITY_ALERT = CodedConcept("DCM", "110113", "Security Alert")
+_AUTHENTICATION = CodedConcept("DCM", "110114", "User Authentication")
 _APPLIANCE = "99APPLIANCE"
 
-EVENT_IDS: dict[AuditEventType, CodedEvent] = {
+EVENT_IDS: dict[AuditEventType, CodedConcept] = {
     AuditEventType.ASSOCIATION_STARTED: _BEGIN_TRANSFER,
     AuditEventType.ASSOCIATION_ENDED: _TRANSFERRED,
     AuditEventType.ASSOCIATION_REFUSED: _SECURITY_ALERT,
@@ -75,17 +69,17 @@ EVENT_IDS: dict[AuditEventType, CodedEvent] = {
     AuditEventType.INSTANCE_REJECTED: _TRANSFERRED,
     AuditEventType.INSTANCE_DUPLICATE: _TRANSFERRED,
     AuditEventType.INSTANCE_REPLACED: _TRANSFERRED,
-    AuditEventType.STUDY_COMPLETED: CodedEvent("STUDY-COMPLETE", _APPLIANCE, "Study complete"),
-    AuditEventType.STUDY_REOPENED: CodedEvent("STUDY-REOPEN", _APPLIANCE, "Study re-opened"),
-    AuditEventType.JOB_CREATED: CodedEvent("JOB-CREATE", _APPLIANCE, "Job created"),
-    AuditEventType.JOB_STATE: CodedEvent("JOB-STATE", _APPLIANCE, "Job state changed"),
-    AuditEventType.RESULT_QUEUED: CodedEvent("RESULT-QUEUE", _APPLIANCE, "Result queued"),
+    AuditEventType.STUDY_COMPLETED: CodedConcept(_APPLIANCE, "STUDY-COMPLETE", "Study complete"),
+    AuditEventType.STUDY_REOPENED: CodedConcept(_APPLIANCE, "STUDY-REOPEN", "Study re-opened"),
+    AuditEventType.JOB_CREATED: CodedConcept(_APPLIANCE, "JOB-CREATE", "Job created"),
+    AuditEventType.JOB_STATE: CodedConcept(_APPLIANCE, "JOB-STATE", "Job state changed"),
+    AuditEventType.RESULT_QUEUED: CodedConcept(_APPLIANCE, "RESULT-QUEUE", "Result queued"),
     AuditEventType.RESULT_DELIVERED: _TRANSFERRED,
     AuditEventType.DELIVERY_RETRY: _TRANSFERRED,
     AuditEventType.DELIVERY_DEAD_LETTER: _TRANSFERRED,
     AuditEventType.USER_LOGIN: _AUTHENTICATION,
     AuditEventType.USER_LOGOUT: _AUTHENTICATION,
-    AuditEventType.ACCOUNT_CHANGED: CodedEvent("110136", "DCM", "Security Roles Changed"),
-    AuditEventType.PATIENT_DATA_SHOWN: CodedEvent("110110", "DCM", "Patient Record"),
-    AuditEventType.AUDIT_EXPORTED: CodedEvent("110106", "DCM", "Export"),
+    AuditEventType.ACCOUNT_CHANGED: CodedConcept("DCM", "110136", "Security Roles Changed"),
+    AuditEventType.PATIENT_DATA_SHOWN: CodedConcept("DCM", "110110", "Patient Record"),
+    AuditEventType.AUDIT_EXPORTED: CodedConcept("DCM", "110106", "Export"),
 }

@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance.domain.concepts import CodedConcept
+
 CONTRACT_FILE = "contract.yaml"
 
 
@@ -24,14 +26,6 @@ class Family(StrEnum):
     ORGAN_CT = "organ_ct"
     LESION_CT = "lesion_ct"
     US_FRAME = "us_frame"
-
-
-class CodedConcept(_Strict):
-    """A code triplet (PS3.3 Table 8.8-1): scheme designator, code value, code meaning."""
-
-    scheme: str = Field(min_length=1, max_length=16)
-    value: str = Field(min_length=1, max_length=64)
-    meaning: str = Field(min_length=1, max_length=64)
 
 
 class Label(_Strict):

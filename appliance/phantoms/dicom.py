@@ -1,12 +1,16 @@
 """Write phantoms as real DICOM: a CT series with realistic headers, an ultrasound cine.
 
 Used by tests, benchmarks and the demo to exercise series handling end to end, since no real
-multi-slice CT ships with any package here.
+multi-slice CT ships with any package here. `ct_slice` is the one CT image builder: the test
+suite's synthetic series are made with it too.
 """
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
@@ -19,8 +23,36 @@ from pydicom.uid import (
 from appliance.phantoms.ct import CTPhantom
 from appliance.phantoms.ultrasound import UltrasoundCine
 
+HU_OFFSET = 1024  # stored value = HU + 1024 (Rescale Intercept -1024)
 
-def _base(sop_class: str, study_uid: str, series_uid: str, modality: str) -> Dataset:
+
+@dataclass(frozen=True)
+class Patient:
+    """Who a series is of; the phantoms' own patient is plainly synthetic."""
+
+    name: str = "Phantom^Synthetic"
+    patient_id: str = "PHANTOM"
+    birth_date: str = ""
+    accession_number: str = ""
+
+
+@dataclass(frozen=True)
+class CTSeries:
+    """What every slice of one CT series shares."""
+
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    spacing: tuple[float, float, float]  # (slice, row, column) in mm
+    description: str
+    patient: Patient = Patient()
+    series_number: int = 1
+    images_in_acquisition: int | None = None  # the count hint, when the scanner sends it
+
+
+def _base(
+    sop_class: str, study_uid: str, series_uid: str, modality: str, patient: Patient
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
@@ -32,17 +64,51 @@ def _base(sop_class: str, study_uid: str, series_uid: str, modality: str) -> Dat
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.Modality = modality
-    ds.PatientName = "Phantom^Synthetic"
-    ds.PatientID = "PHANTOM"
-    ds.PatientBirthDate = ""
+    ds.PatientName = patient.name
+    ds.PatientID = patient.patient_id
+    ds.PatientBirthDate = patient.birth_date
     ds.PatientSex = "O"
     ds.StudyDate = "20261124"
     ds.StudyTime = "120000"
-    ds.AccessionNumber = ""
+    ds.AccessionNumber = patient.accession_number
     ds.ReferringPhysicianName = ""
     ds.StudyID = "1"
     ds.SeriesNumber = 1
     ds.Manufacturer = "Appliance phantom (synthetic)"
+    return ds
+
+
+def ct_slice(
+    series: CTSeries, index: int, position: Sequence[float], stored: NDArray[np.integer]
+) -> Dataset:
+    """One axial CT image: slice `index` (0-based) at `position` (LPS, mm), its stored pixel
+    values `stored` (uint16, or int16 for signed pixels) with a Rescale Intercept of -1024."""
+    ds = _base(CTImageStorage, series.study_uid, series.series_uid, "CT", series.patient)
+    dz, dy, dx = series.spacing
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.StudyDescription = "CT ABDOMEN (phantom)"
+    ds.SeriesDescription = series.description
+    ds.SeriesNumber = series.series_number
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.KVP = 120
+    ds.FrameOfReferenceUID = series.frame_of_reference_uid
+    ds.AcquisitionNumber = 1
+    ds.InstanceNumber = index + 1
+    if series.images_in_acquisition is not None:
+        ds.ImagesInAcquisition = series.images_in_acquisition
+    ds.ImagePositionPatient = list(position)
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SliceThickness = dz
+    ds.PixelSpacing = [dy, dx]
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1 if stored.dtype == np.int16 else 0
+    ds.RescaleIntercept = -HU_OFFSET
+    ds.RescaleSlope = 1
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.PixelData = stored.tobytes()
     return ds
 
 
@@ -51,35 +117,21 @@ def write_ct_series(
 ) -> list[Path]:
     """One file per slice, axial, feet-first order of positions (LPS, +z is superior)."""
     directory.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    frame_of_reference = generate_uid()
-    slices, rows, columns = phantom.hu.shape
     dz, dy, dx = phantom.grid.spacing
+    series = CTSeries(
+        study_uid or generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        (dz, dy, dx),
+        f"Abdomen {dz:g} mm {phantom.phase.value}",
+    )
+    slices, rows, columns = phantom.hu.shape
     origin_x = -(columns - 1) / 2 * dx
     origin_y = -(rows - 1) / 2 * dy
     paths = []
     for k in range(slices):
-        ds = _base(CTImageStorage, study_uid, series_uid, "CT")
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.StudyDescription = "CT ABDOMEN (phantom)"
-        ds.SeriesDescription = f"Abdomen {dz:g} mm {phantom.phase.value}"
-        ds.BodyPartExamined = "ABDOMEN"
-        ds.FrameOfReferenceUID = frame_of_reference
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [origin_x, origin_y, (k - (slices - 1) / 2) * dz]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.SliceThickness = dz
-        ds.PixelSpacing = [dy, dx]
-        ds.Rows, ds.Columns = rows, columns
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = (phantom.hu[k].astype(np.int32) + 1024).astype(np.uint16).tobytes()
+        stored = (phantom.hu[k].astype(np.int32) + HU_OFFSET).astype(np.uint16)
+        ds = ct_slice(series, k, [origin_x, origin_y, (k - (slices - 1) / 2) * dz], stored)
         path = directory / f"{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -88,7 +140,13 @@ def write_ct_series(
 
 def write_us_cine(cine: UltrasoundCine, path: Path, study_uid: str | None = None) -> Path:
     """An Ultrasound Multi-frame Image, monochrome, with its physical region calibration."""
-    ds = _base(UltrasoundMultiFrameImageStorage, study_uid or generate_uid(), generate_uid(), "US")
+    ds = _base(
+        UltrasoundMultiFrameImageStorage,
+        study_uid or generate_uid(),
+        generate_uid(),
+        "US",
+        Patient(),
+    )
     frames, rows, columns = cine.frames.shape
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.SeriesDescription = "Liver cine (phantom)"

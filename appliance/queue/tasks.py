@@ -14,7 +14,7 @@ from celery import Celery, Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from appliance.domain.jobs import DatabaseUnavailable, JobState, UnknownJob, backoff
-from appliance.queue.app import DELIVER, PROCESS_STUDY
+from appliance.queue.celery_app import DELIVER, PROCESS_STUDY
 
 LOG = logging.getLogger(__name__)
 

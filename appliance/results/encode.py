@@ -4,12 +4,8 @@ from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 
-from appliance.results.findings import (
-    CTFindings,
-    RunIdentity,
-    SegmentationType,
-    UltrasoundFindings,
-)
+from appliance.domain.findings import RunIdentity, SegmentationType
+from appliance.results.findings import CTFindings, UltrasoundFindings
 from appliance.results.report import ct_report, ultrasound_report
 from appliance.results.segmentation import (
     Equipment,

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-from appliance.results.findings import CTFindings, Segment, UltrasoundFindings
+from appliance.domain.findings import Segment
+from appliance.results.findings import CTFindings, UltrasoundFindings
 from appliance.results.segmentation import Equipment, coded
 from appliance.results.summary import ct_summary, ultrasound_summary
 

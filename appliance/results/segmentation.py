@@ -30,13 +30,9 @@ from pydicom.uid import (
     UltrasoundImageStorage,
 )
 
-from appliance.results.findings import (
-    Code,
-    CTFindings,
-    Segment,
-    SegmentationType,
-    UltrasoundFindings,
-)
+from appliance.domain.concepts import CodedConcept
+from appliance.domain.findings import Segment, SegmentationType
+from appliance.results.findings import CTFindings, UltrasoundFindings
 
 SEG_SERIES_NUMBER = 9001
 
@@ -51,7 +47,8 @@ class Equipment:
     device_serial_number: str
 
 
-def coded(code: Code) -> hd.sr.CodedConcept:
+def coded(code: CodedConcept) -> hd.sr.CodedConcept:
+    """The domain's coded concept as highdicom's, at the encoding boundary."""
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from fastapi import Depends, Request
 
 from appliance.domain.accounts import CredentialKind, Role, User
-from appliance.web.ports import Appliance
+from appliance.web.ports import Accounts
 
 LOG = logging.getLogger(__name__)
 COOKIE = "appliance_session"
@@ -38,13 +38,13 @@ def is_machine_path(path: str) -> bool:
 
 
 def current_user(request: Request) -> User:
-    appliance: Appliance = request.app.state.appliance
+    accounts: Accounts = request.app.state.ports.accounts
     header = request.headers.get("authorization", "")
     user = None
     if header.lower().startswith("bearer "):
-        user = appliance.user(header[7:].strip(), CredentialKind.TOKEN)
+        user = accounts.user(header[7:].strip(), CredentialKind.TOKEN)
     elif cookie := request.cookies.get(COOKIE):
-        user = appliance.user(cookie, CredentialKind.SESSION)
+        user = accounts.user(cookie, CredentialKind.SESSION)
     if user is None:
         raise NotSignedIn(is_machine_path(request.url.path))
     return user

@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the database (through `ports.Appliance`) at scrape time.
+"""Prometheus metrics, read from the database (through `ports.Monitoring`) at scrape time.
 
 The database is where every role (listener, sweeper, workers, on one host or many) records
 what it did, so one scrape of the dashboard sees the whole appliance, and a restarted process
@@ -7,7 +7,8 @@ loses no count. Histograms are cumulative over every finished job.
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -16,19 +17,20 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from appliance.web.ports import Appliance
+from appliance.web.dependencies import Viewer
+from appliance.web.ports import Monitoring
 
 # Seconds: from a cine's few seconds to a large CT's minutes on a busy CPU box.
 BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 class DatabaseCollector(Collector):
-    def __init__(self, appliance: Appliance) -> None:
-        self._appliance = appliance
+    def __init__(self, monitoring: Monitoring) -> None:
+        self._monitoring = monitoring
 
     def collect(self) -> Iterator[Metric]:
-        flow = self._appliance.flow()
-        totals = self._appliance.totals()
+        flow = self._monitoring.flow()
+        totals = self._monitoring.totals()
         yield CounterMetricFamily(
             "appliance_studies_received", "Studies received.", value=flow.studies
         )
@@ -69,10 +71,10 @@ class DatabaseCollector(Collector):
             "appliance_destination_up", "1 when the destination answered its last check.",
             labels=["destination"],
         )  # fmt: skip
-        for check in self._appliance.destinations():
+        for check in self._monitoring.destinations():
             up.add_metric([check.name], 1.0 if check.ok else 0.0)
         yield up
-        spool = self._appliance.spool()
+        spool = self._monitoring.spool()
         yield GaugeMetricFamily(
             "appliance_spool_disk_used_ratio", "Used share of the spool's disk.",
             value=spool.used_percent / 100,
@@ -87,7 +89,7 @@ class DatabaseCollector(Collector):
             "encoding, delivery, and total: last instance received to last result stored.",
             labels=["stage", "model"],
         )
-        for histogram in self._appliance.histograms(BUCKETS):
+        for histogram in self._monitoring.histograms(BUCKETS):
             buckets = [
                 (f"{bound:g}", count)
                 for bound, count in zip(BUCKETS, histogram.cumulative, strict=True)
@@ -103,3 +105,11 @@ def registry(collector: DatabaseCollector) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry
+
+
+router = APIRouter()
+
+
+@router.get("/metrics")
+def metrics(request: Request, user: Viewer) -> Response:
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)

@@ -1,5 +1,6 @@
-"""What the dashboard needs of the rest of the appliance, as one protocol; `appliance.dashboard`
-implements it on the database, the spool, the inference backend and the destinations.
+"""What the dashboard needs of the rest of the appliance: one small protocol per area, bundled
+in `Ports`. `app.dashboard_view` implements them on the database, the spool, the inference
+backend and the destinations; the web edge knows nothing else.
 
 Every method that acts or reveals takes the acting user's name, for the audit trail.
 """
@@ -7,17 +8,19 @@ Every method that acts or reveals takes the acting user's name, for the audit tr
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from appliance.domain.accounts import CredentialKind, User
-from appliance.domain.dashboard import (
+from appliance.domain.monitoring import (
     Check,
     DeliveryRow,
     EventRow,
     Flow,
     JobRow,
+    ModelRow,
     StageHistogram,
     StageSamples,
+    StudySummary,
     Totals,
 )
 
@@ -49,30 +52,52 @@ class SpoolDisk:
         return self.used_percent < self.watermark_percent
 
 
-class Appliance(Protocol):
-    # accounts
+class Accounts(Protocol):
     def login(self, username: str, password: str, host: str | None) -> str | None: ...
     def user(self, secret: str, kind: CredentialKind) -> User | None: ...
     def logout(self, secret: str) -> None: ...
 
-    # what is happening
+
+class Monitoring(Protocol):
+    """What is happening: flow, latency, health. Read at every page view and scrape."""
+
     def flow(self) -> Flow: ...
     def stage_samples(self) -> list[StageSamples]: ...
     def histograms(self, buckets: Sequence[float]) -> list[StageHistogram]: ...
     def totals(self) -> Totals: ...
-    def jobs(self, state: str | None) -> list[JobRow]: ...
-    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None: ...
-    def studies(self, state: str | None) -> Sequence[Any]: ...
-    def events(self, where: EventFilter, limit: int) -> list[EventRow]: ...
-    def models(self) -> list[dict[str, Any]]: ...
     def readiness(self) -> list[Check]: ...
     def destinations(self) -> list[Check]: ...
     def spool(self) -> SpoolDisk: ...
 
-    # acting, audited under the user's name
+
+class Jobs(Protocol):
+    def jobs(self, state: str | None) -> list[JobRow]: ...
+    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None: ...
     def retry(self, job_id: int, actor: str) -> None: ...
     def cancel(self, job_id: int, actor: str) -> None: ...
     def resend(self, job_id: int, actor: str) -> None: ...
+
+
+class Studies(Protocol):
+    def studies(self, state: str | None) -> list[StudySummary]: ...
     def complete_study(self, study_instance_uid: str, actor: str) -> None: ...
     def reveal(self, study_instance_uid: str, actor: str, host: str | None) -> dict[str, str]: ...
+
+
+class AuditTrail(Protocol):
+    def events(self, where: EventFilter, limit: int) -> list[EventRow]: ...
     def exported(self, events: int, actor: str) -> None: ...
+
+
+class Models(Protocol):
+    def models(self) -> list[ModelRow]: ...
+
+
+@dataclass(frozen=True)
+class Ports:
+    accounts: Accounts
+    monitoring: Monitoring
+    jobs: Jobs
+    studies: Studies
+    audit: AuditTrail
+    models: Models

@@ -20,9 +20,11 @@ from pydicom import dcmread
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from tests.conftest import free_port, missing_service, storescu
-from tests.e2e.appliance import serve, wait_for
-from tests.orthanc import AE_TITLE, running_orthanc
+from tests.support.dcmtk import storescu
+from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.processes import serve
+from tests.support.services import free_port, missing_service
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 CHROMIUM = Path("/usr/bin/chromium")

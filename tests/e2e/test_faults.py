@@ -11,14 +11,16 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from appliance.audit.models import AuditEvent, Job
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from tests.conftest import free_port, storescu
-from tests.e2e.appliance import serve, wait_for, wait_for_modalities
-from tests.misbehaving_pacs import MisbehavingPacs
-from tests.orthanc import AE_TITLE, running_orthanc
+from appliance.store.models import AuditEvent, Job
+from tests.support.dcmtk import storescu
+from tests.support.misbehaving_pacs import MisbehavingPacs
+from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.processes import serve, wait_for_modalities
+from tests.support.services import free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -48,6 +50,14 @@ def job_states(engine: Engine) -> list[str]:
         return list(session.scalars(select(Job.state).order_by(Job.id)))
 
 
+def running_only(engine: Engine) -> bool:
+    """Whether the one job is running (False while serve has not created its database)."""
+    try:
+        return job_states(engine) == ["running"]
+    except OperationalError:
+        return False
+
+
 def test_a_worker_killed_mid_job_leaves_one_copy_of_each_result(tmp_path: Path) -> None:
     phantom = generate_ct(14, Grid((120, 200, 200), (2.5, 2.0, 2.0)), lesion_count=2)
     series = write_ct_series(phantom, tmp_path / "ct")
@@ -58,18 +68,7 @@ def test_a_worker_killed_mid_job_leaves_one_copy_of_each_result(tmp_path: Path) 
         try:
             assert storescu(pacs.dicom_port, series, called=AE_TITLE).returncode == 0
             engine = create_engine(f"sqlite:///{database}")
-            deadline = time.monotonic() + 90
-            states: list[str] = []
-            while time.monotonic() < deadline:
-                try:
-                    with Session(engine) as session:
-                        states = list(session.scalars(select(Job.state)))
-                except OperationalError:  # serve has not created its database yet
-                    states = []
-                if states == ["running"]:
-                    break
-                time.sleep(0.05)
-            assert states == ["running"]
+            wait_for(lambda: running_only(engine), 90, interval=0.05)
             killed = worker_of(psutil.Process(appliance.pid))
             killed.send_signal(signal.SIGKILL)
             modalities = wait_for_modalities(pacs, ["CT"] * len(series) + ["SEG", "SR"], 180)

@@ -15,18 +15,19 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.models import AuditEvent, Job
 from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from tests.conftest import free_port, storescu
-from tests.e2e.appliance import (
+from appliance.store.models import AuditEvent, Job
+from tests.support.dcmtk import storescu
+from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.processes import (
     Mode,
     production_mode,
     running_roles,
     wait_for,
     wait_for_modalities,
 )
-from tests.orthanc import AE_TITLE, running_orthanc
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 STUDIES = 3

@@ -17,8 +17,10 @@ from pydicom import dcmread
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from tests.conftest import free_port, missing_service, storescu
-from tests.e2e.appliance import (
+from tests.support.datasets import PATIENT_ID, PATIENT_NAME
+from tests.support.dcmtk import storescu
+from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.processes import (
     REPOSITORY,
     Mode,
     production_mode,
@@ -26,8 +28,7 @@ from tests.e2e.appliance import (
     serve,
     wait_for_modalities,
 )
-from tests.factory import PATIENT_ID, PATIENT_NAME
-from tests.orthanc import AE_TITLE, running_orthanc
+from tests.support.services import free_port, missing_service
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 ACCESSION = "ACC-SECRET-7731"  # SH: 16 characters at most

@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.models import AuditEvent, Job, Study
-from appliance.audit.studies import StudyService, UnknownStudy
-from appliance.domain.assembly import CompletionPolicy
+from appliance.domain.assembly import CompletionPolicy, UnknownStudy
 from appliance.domain.ingest import SERIES_CONFLICT
 from appliance.domain.jobs import JobState
-from tests.conftest import storescu
-from tests.factory import new_series, write_series
+from appliance.store.models import AuditEvent, Job, Study
+from appliance.store.study_ledger import StudyLedger
+from tests.support.datasets import new_series, write_series
+from tests.support.dcmtk import storescu
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 POLICY = CompletionPolicy(quiet_period=timedelta(seconds=30), hint_settle=timedelta(seconds=1))
@@ -38,7 +38,7 @@ def test_quiet_period_completes_once_with_one_job(start, tmp_path: Path) -> None
     running = start()
     spec = new_series(5)
     assert storescu(running.port, write_series(spec, tmp_path)).returncode == 0
-    service = StudyService(running.engine, POLICY)
+    service = StudyLedger(running.engine, POLICY)
 
     assert service.fold_pending(datetime.now(UTC)) == 5
     assert service.complete_due(later(29)) == []
@@ -61,7 +61,7 @@ def test_count_hints_complete_early(start, tmp_path: Path) -> None:
     running = start()
     spec = new_series(4, images_in_acquisition=True)
     partial = write_series(spec, tmp_path)
-    service = StudyService(running.engine, POLICY)
+    service = StudyLedger(running.engine, POLICY)
 
     storescu(running.port, partial[:3])
     service.fold_pending(datetime.now(UTC))
@@ -78,7 +78,7 @@ def test_late_instance_reopens_for_a_new_version(start, tmp_path: Path) -> None:
     running = start()
     spec = new_series(3)
     files = write_series(spec, tmp_path)
-    service = StudyService(running.engine, POLICY)
+    service = StudyLedger(running.engine, POLICY)
     storescu(running.port, files[:2])
     service.fold_pending(datetime.now(UTC))
     service.complete_due(later(31))
@@ -103,7 +103,7 @@ def test_force_complete_and_unknown_study(start, tmp_path: Path) -> None:
     running = start()
     spec = new_series(2)
     storescu(running.port, write_series(spec, tmp_path))
-    service = StudyService(running.engine, POLICY)
+    service = StudyLedger(running.engine, POLICY)
 
     done = service.force_complete(spec.study_uid, datetime.now(UTC), "operator:alice")
 
@@ -121,12 +121,12 @@ def test_force_complete_and_unknown_study(start, tmp_path: Path) -> None:
 def test_concurrent_sweepers_create_exactly_one_job(start, tmp_path: Path) -> None:
     running = start()
     storescu(running.port, write_series(new_series(3), tmp_path))
-    services = [StudyService(running.engine, POLICY) for _ in range(4)]
+    services = [StudyLedger(running.engine, POLICY) for _ in range(4)]
     services[0].fold_pending(datetime.now(UTC))
     barrier = threading.Barrier(len(services))
     results: list[int] = []
 
-    def sweep(service: StudyService) -> None:
+    def sweep(service: StudyLedger) -> None:
         barrier.wait()
         results.append(len(service.complete_due(later(31))))
 
@@ -145,11 +145,11 @@ def test_series_claimed_by_another_study_is_refused(start, tmp_path: Path) -> No
     first = new_series(1)
     storescu(running.port, write_series(first, tmp_path / "a"))
     # The same Series Instance UID under another study: refused with a reason, audited.
-    from tests.factory import SeriesSpec
+    from tests.support.datasets import SeriesSpec
 
     intruder = SeriesSpec(study_uid=new_series(1).study_uid, series_uid=first.series_uid, slices=1)
     refused = storescu(running.port, write_series(intruder, tmp_path / "b"))
-    service = StudyService(running.engine, POLICY)
+    service = StudyLedger(running.engine, POLICY)
     service.fold_pending(datetime.now(UTC))
 
     with Session(running.engine) as session:

@@ -1,39 +1,27 @@
 """The `appliance` command as an operator uses it."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import storescu
-from tests.factory import PATIENT_ID, PATIENT_NAME, new_series, write_series
-
-
-def appliance(config: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
-    prefix = ["--config", str(config)] if config else []
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *prefix, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support.cli import run_cli
+from tests.support.datasets import PATIENT_ID, PATIENT_NAME, new_series, write_series
+from tests.support.dcmtk import storescu
 
 
 def test_config_check_names_the_bad_field(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("listener:\n  port: 99999\nstudy:\n  quiet_period_seconds: -1\n")
-    result = appliance(config, "config", "check")
+    result = run_cli(config, "config", "check")
     assert result.returncode == 2
     assert "listener.port" in result.stderr
     assert "study.quiet_period_seconds" in result.stderr
 
 
 def test_config_check_prints_resolved_settings() -> None:
-    result = appliance(Path("deploy/appliance.example.yaml"), "config", "check")
+    result = run_cli(Path("deploy/appliance.example.yaml"), "config", "check")
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert resolved["listener"]["ae_title"] == "APPLIANCE"
@@ -50,22 +38,22 @@ def test_studies_commands(start, tmp_path: Path, db_url: str) -> None:
         yaml.safe_dump({"database": {"url": db_url}, "spool": {"path": str(running.spool)}})
     )
 
-    assert appliance(config, "db", "upgrade").returncode == 0, "upgrade is idempotent"
-    listed = appliance(config, "studies", "list")
+    assert run_cli(config, "db", "upgrade").returncode == 0, "upgrade is idempotent"
+    listed = run_cli(config, "studies", "list")
     assert spec.study_uid in listed.stdout
     assert "receiving" in listed.stdout
-    forced = appliance(config, "studies", "force-complete", spec.study_uid, "--operator", "bob")
+    forced = run_cli(config, "studies", "force-complete", spec.study_uid, "--operator", "bob")
     assert forced.returncode == 0, forced.stderr
     assert "version 1 complete: job" in forced.stdout
-    shown = appliance(config, "studies", "show", spec.study_uid, "--json")
+    shown = run_cli(config, "studies", "show", spec.study_uid, "--json")
     detail = json.loads(shown.stdout)
     assert detail["study"]["state"] == "complete"
     assert detail["study"]["instance_count"] == 3
     assert [job["state"] for job in detail["jobs"]] == ["queued"]
-    again = appliance(config, "studies", "force-complete", spec.study_uid)
+    again = run_cli(config, "studies", "force-complete", spec.study_uid)
     assert again.returncode == 4
     assert "already complete" in again.stderr
-    missing = appliance(config, "studies", "show", "1.2.3")
+    missing = run_cli(config, "studies", "show", "1.2.3")
     assert missing.returncode == 3
     for output in (listed.stdout, shown.stdout, forced.stdout):
         assert PATIENT_ID not in output
@@ -83,31 +71,31 @@ def test_listen_refuses_an_old_schema(tmp_path: Path) -> None:
             }
         )
     )
-    result = appliance(config, "listen")
+    result = run_cli(config, "listen")
     assert result.returncode != 0
     assert "run `appliance db upgrade`" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_models_commands_on_the_committed_repository() -> None:
-    listed = appliance(None, "models", "list")
+    listed = run_cli(None, "models", "list")
     assert listed.returncode == 0
     assert "us_frame v1 [us_frame]: cyst  (synthetic training data; not for clinical use)" in (
         listed.stdout
     )
-    checked = appliance(None, "models", "check")
+    checked = run_cli(None, "models", "check")
     assert checked.returncode == 0, checked.stdout
     assert "us_frame: ok" in checked.stdout
 
 
 def test_models_check_fails_on_a_broken_model(tmp_path: Path) -> None:
-    from tests.models import write_tiny_model
+    from tests.support.models import write_tiny_model
 
     directory = write_tiny_model(tmp_path / "repository")
     (directory / "card.md").unlink()
     config = tmp_path / "appliance.yaml"
     config.write_text(yaml.safe_dump({"inference": {"repository": str(tmp_path / "repository")}}))
-    result = appliance(config, "models", "check")
+    result = run_cli(config, "models", "check")
     assert result.returncode == 4
     assert "tiny: FAILED" in result.stdout
     assert "model card card.md is missing" in result.stdout

@@ -4,8 +4,8 @@ again and ends up stored once. bench/kills.py runs the same for a hundred kills 
 
 from pathlib import Path
 
-from tests.conftest import free_port
-from tests.listener_kills import kill_repeatedly
+from tests.support.listener_kills import kill_repeatedly
+from tests.support.services import free_port
 
 KILLS = 6
 

@@ -17,19 +17,20 @@ from pydicom import dcmread
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.accounts import AccountLedger
-from appliance.audit.jobs import JobLedger
-from appliance.audit.models import AuditEvent, Job
-from appliance.audit.studies import StudyService
-from appliance.dashboard import ApplianceView
+from appliance.app.dashboard_view import ApplianceView
+from appliance.app.job_runner import make_backend
 from appliance.domain.accounts import Role
 from appliance.domain.jobs import JobState
-from appliance.jobs import make_backend
-from appliance.runtime import completion_policy
+from appliance.store.account_ledger import AccountLedger
+from appliance.store.job_ledger import JobLedger
+from appliance.store.models import AuditEvent, Job
+from appliance.store.study_ledger import StudyLedger
 from appliance.web.app import create_app
 from appliance.web.server import DashboardServer
-from tests.conftest import free_port, storescu, wait_for_http
-from tests.factory import PATIENT_ID, PATIENT_NAME, new_series, write_series
+from tests.support.datasets import PATIENT_ID, PATIENT_NAME, new_series, write_series
+from tests.support.dcmtk import storescu
+from tests.support.services import free_port
+from tests.support.waiting import wait_for_http
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -65,10 +66,12 @@ def failed_job(running: Any, tmp_path: Path) -> tuple[int, str]:
     files = write_series(new_series(2), tmp_path / "series")
     assert storescu(running.port, files).returncode == 0
     uid = str(dcmread(files[0]).StudyInstanceUID)
-    studies = StudyService(running.engine, completion_policy(running.settings))
+    studies = StudyLedger(running.engine, running.settings.study.completion_policy())
     job_id = studies.force_complete(uid, datetime.now(UTC), "test").job_id
     jobs = JobLedger(running.engine)
-    assert jobs.claim(job_id, datetime.now(UTC), completion_policy(running.settings).quiet_period)
+    assert jobs.claim(
+        job_id, datetime.now(UTC), running.settings.study.completion_policy().quiet_period
+    )
     jobs.move(job_id, JobState.FAILED, datetime.now(UTC), "test failure", attempt=1)
     return job_id, uid
 

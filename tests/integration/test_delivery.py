@@ -17,25 +17,25 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.models import AuditEvent
+from appliance.app.delivery import Deliverer
+from appliance.app.pipelines import run_ultrasound
 from appliance.config import DeliverySettings
-from appliance.delivery import Deliverer
 from appliance.domain.delivery import DeliveryState
+from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
-from appliance.phantoms.truth import truth_findings
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.pipelines import run_ultrasound
 from appliance.results.encode import ct_results, ultrasound_results
-from appliance.results.findings import SegmentationType
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import CheckedResult
-from tests.conftest import free_port
-from tests.integration.test_cli import appliance
-from tests.misbehaving_pacs import MisbehavingPacs
-from tests.orthanc import AE_TITLE, running_orthanc
+from appliance.store.models import AuditEvent
+from tests.support.cli import run_cli
+from tests.support.misbehaving_pacs import MisbehavingPacs
+from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.services import free_port
+from tests.support.truth import truth_findings
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 EQUIPMENT = Equipment("Appliance project", "DICOM inference appliance", "0.1.0", "test-1")
@@ -253,17 +253,17 @@ def test_operator_commands(results: tuple[str, list[CheckedResult]], tmp_path: P
                 }
             )
         )
-        assert appliance(config, "db", "upgrade").returncode == 0
-        checked = appliance(config, "destinations", "check")
+        assert run_cli(config, "db", "upgrade").returncode == 0
+        checked = run_cli(config, "destinations", "check")
         assert checked.returncode == 0, checked.stderr
         assert checked.stdout.strip() == "pacs: C-ECHO 0x0000 Success"
-        sent = appliance(config, "send", *map(str, files))
+        sent = run_cli(config, "send", *map(str, files))
         assert sent.returncode == 0, sent.stderr
         assert "delivered 2, retrying 0, dead letters 0" in sent.stdout
         assert pacs.instance_count() == 2
-    listed = appliance(config, "outbox", "list", "--json")
+    listed = run_cli(config, "outbox", "list", "--json")
     assert {row["state"] for row in json.loads(listed.stdout)} == {"delivered"}
-    down = appliance(config, "destinations", "check")
+    down = run_cli(config, "destinations", "check")
     assert down.returncode == 4
     assert down.stdout.startswith("pacs: DOWN")
 

@@ -9,15 +9,16 @@ from pydicom import dcmread
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.jobs import JobLedger, LostJob
-from appliance.audit.models import Job
-from appliance.audit.studies import StudyService
+from appliance.app.dispatch import Dispatcher
+from appliance.app.job_runner import JobRunner
 from appliance.domain.jobs import JobState, UnknownJob
-from appliance.jobs import JobRunner
-from appliance.queue.app import QUEUES, make_app
-from appliance.runtime import Dispatcher, completion_policy
-from tests.conftest import make_settings, storescu
-from tests.factory import new_series, write_series
+from appliance.queue.celery_app import QUEUES, make_app
+from appliance.store.job_ledger import JobLedger, LostJob
+from appliance.store.models import Job
+from appliance.store.study_ledger import StudyLedger
+from tests.support.datasets import new_series, write_series
+from tests.support.dcmtk import storescu
+from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -39,7 +40,7 @@ def test_urgent_first_within_the_window(start, tmp_path: Path) -> None:
             ]
         },
     )  # fmt: skip
-    studies = StudyService(running.engine, completion_policy(running.settings))
+    studies = StudyLedger(running.engine, running.settings.study.completion_policy())
     job_ids = []
     for calling in ("STORESCU", "STORESCU", "STORESCU", "PYSCU"):  # three routine, then urgent
         files = write_series(new_series(2), tmp_path / f"series-{len(job_ids)}")
@@ -88,7 +89,7 @@ def test_a_cancelled_running_attempt_stops_at_its_next_step(start, tmp_path: Pat
     running = start()
     files = write_series(new_series(2), tmp_path / "series")
     assert storescu(running.port, files).returncode == 0
-    studies = StudyService(running.engine, completion_policy(running.settings))
+    studies = StudyLedger(running.engine, running.settings.study.completion_policy())
     studies.fold_pending(datetime.now(UTC))
     uid = str(dcmread(files[0]).StudyInstanceUID)
     job_id = studies.force_complete(uid, datetime.now(UTC), "test").job_id

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, Phase
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.db import create_db_engine, upgrade
-from appliance.audit.models import AuditEvent, Instance
-from tests.conftest import echoscu, free_port
-from tests.fuzzing import (
+from appliance.store.db import create_db_engine, upgrade
+from appliance.store.models import AuditEvent, Instance
+from tests.support.dcmtk import echoscu
+from tests.support.fuzzing import (
     AssociationTally,
     Case,
     PipelineTally,
@@ -24,7 +24,9 @@ from tests.fuzzing import (
     cases,
     feed_pipeline,
 )
-from tests.listener_kills import CALLING_AE, start_listener, write_config
+from tests.support.listener_kills import CALLING_AE, listener_layer, start_listener
+from tests.support.services import free_port
+from tests.support.settings import write_config
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # pydicom warns on every bad value
@@ -61,7 +63,7 @@ def test_mutated_instances_over_an_association_each_get_a_status_and_a_recorded_
     port = free_port()
     engine = create_db_engine(db_url)
     upgrade(engine)
-    listener = start_listener(write_config(tmp_path, port, db_url), port)
+    listener = start_listener(write_config(tmp_path, listener_layer(port, db_url)), port)
     tally = AssociationTally()
     sender = Sender(port, tmp_path, CALLING_AE, per_association=100)
 

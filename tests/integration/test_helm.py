@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from appliance.config import load_settings
-from tests.conftest import missing_service
-from tests.unit.test_deploy import command_exists
+from tests.support.cli import command_exists
+from tests.support.services import missing_service
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "appliance"

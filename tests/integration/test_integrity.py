@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.integrity import verify_spool
-from tests.conftest import storescu
-from tests.factory import new_series, write_series
+from appliance.app.integrity import verify_spool
+from tests.support.datasets import new_series, write_series
+from tests.support.dcmtk import storescu
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 

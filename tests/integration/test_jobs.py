@@ -2,25 +2,25 @@
 completes, the job runs the routed pipeline, and Orthanc ends up with the SEG and SR; a study
 with bad input fails with its reason and the next one goes through."""
 
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
-from appliance.audit.studies import StudyService
+from appliance.app.delivery import Deliverer
+from appliance.app.job_runner import JobRunner
 from appliance.config import Settings
-from appliance.delivery import Deliverer
 from appliance.domain.jobs import JobState
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
-from appliance.jobs import JobRunner
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.runtime import completion_policy
-from tests.conftest import missing_service, storescu
-from tests.orthanc import AE_TITLE, running_orthanc
+from appliance.store.study_ledger import StudyLedger
+from tests.support.dcmtk import storescu
+from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.services import missing_service
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -40,7 +40,7 @@ def appliance_for(start, pacs_port: int, outbox: Path):  # type: ignore[no-untyp
 
 
 def complete(settings: Settings, engine, study_uid: str) -> int:  # type: ignore[no-untyped-def]
-    studies = StudyService(engine, completion_policy(settings))
+    studies = StudyLedger(engine, settings.study.completion_policy())
     studies.fold_pending(datetime.now(UTC))
     return studies.force_complete(study_uid, datetime.now(UTC), "test").job_id
 
@@ -70,7 +70,7 @@ def test_a_cine_goes_round_trip_and_bad_input_fails_alone(start, tmp_path: Path)
             pacs.get(f"/instances/{i}/simplified-tags")["Modality"] for i in pacs.get("/instances")
         }
     assert stored == {"SEG", "SR"}
-    studies = StudyService(running.engine, completion_policy(running.settings))
+    studies = StudyLedger(running.engine, running.settings.study.completion_policy())
     (failed,) = studies.show(str(dcmread(ct[0]).StudyInstanceUID)).jobs
     assert failed.state == JobState.FAILED
     assert failed.reason is not None
@@ -104,11 +104,11 @@ def test_an_unreachable_triton_sends_the_job_back_until_it_returns(start, tmp_pa
     try:
         # gRPC reconnects with its own backoff: the first attempts after the start may still
         # find the channel down, as a worker's retries would.
-        for _ in range(8):
-            if (state := runner.run(job)) is not JobState.QUEUED:
-                break
-            time.sleep(1)
-        assert state is JobState.DELIVERING
+        def attempt() -> JobState | None:
+            state = runner.run(job)
+            return None if state is JobState.QUEUED else state
+
+        assert wait_for(attempt, 8, interval=1) is JobState.DELIVERING
     finally:
         server.stop()
     # No destinations: with nothing to deliver, the job is done.

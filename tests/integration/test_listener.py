@@ -13,13 +13,13 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, RTPlanStorage  # type: ignore[attr-defined]
 from sqlalchemy import Engine, func, select
 
-from appliance.audit.models import AuditEvent, Instance, Study
-from appliance.audit.studies import StudyService
-from appliance.dicom.status import StoreStatus
-from appliance.runtime import completion_policy
-from tests.conftest import echoscu, missing_service, storescu
-from tests.factory import ct_slice, dataset_bytes, new_series, write_series
-from tests.scu import associate, send_files
+from appliance.domain.status import Status
+from appliance.store.models import AuditEvent, Instance, Study
+from appliance.store.study_ledger import StudyLedger
+from tests.support.datasets import ct_slice, dataset_bytes, new_series, write_series
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.scu import associate, send_files
+from tests.support.services import missing_service
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -129,7 +129,7 @@ def test_above_disk_watermark_answers_out_of_resources_and_keeps_serving(
 
     statuses = pynetdicom_send(running.port, files)
 
-    assert statuses == [StoreStatus.OUT_OF_RESOURCES] * 2
+    assert statuses == [Status.OUT_OF_RESOURCES] * 2
     assert not list(running.spool.rglob("*.dcm"))
     assert count(running.engine, Instance) == 0
     rejected = audit_rows(running.engine, "instance_rejected")
@@ -162,18 +162,18 @@ def test_a_full_disk_answers_out_of_resources_keeps_serving_and_resumes(
 
     first = pynetdicom_send(running.port, files)
 
-    assert first[0] == StoreStatus.SUCCESS
-    assert StoreStatus.OUT_OF_RESOURCES in first, first
-    assert set(first) <= {StoreStatus.SUCCESS, StoreStatus.OUT_OF_RESOURCES}
+    assert first[0] == Status.SUCCESS
+    assert Status.OUT_OF_RESOURCES in first, first
+    assert set(first) <= {Status.SUCCESS, Status.OUT_OF_RESOURCES}
     reasons = [e.detail or "" for e in audit_rows(running.engine, "instance_rejected")]
-    assert len(reasons) == first.count(StoreStatus.OUT_OF_RESOURCES)
+    assert len(reasons) == first.count(Status.OUT_OF_RESOURCES)
     assert all("No space left on device" in r or "watermark" in r for r in reasons), reasons
     assert echoscu(running.port).returncode == 0
     assert not list((small_disk / "spool" / ".incoming").glob("*.part"))
 
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
     refused = [path for path, status in zip(files, first, strict=True) if status]
-    assert pynetdicom_send(running.port, refused) == [StoreStatus.SUCCESS] * len(refused)
+    assert pynetdicom_send(running.port, refused) == [Status.SUCCESS] * len(refused)
     assert count(running.engine, Instance) == len(files)
     stored = {path.name: path for path in (small_disk / "spool").rglob("*.dcm")}
     assert sorted(stored) == sorted(path.name for path in files)
@@ -195,7 +195,7 @@ def test_duplicates_follow_policy(start, tmp_path: Path, policy: str) -> None:
 
     statuses = pynetdicom_send(running.port, [first, first, second])
 
-    assert statuses == [StoreStatus.SUCCESS] * 3
+    assert statuses == [Status.SUCCESS] * 3
     (stored,) = list(running.spool.rglob("*.dcm"))
     expected = first if policy == "keep_first" else second
     assert dataset_bytes(stored) == dataset_bytes(expected)
@@ -224,9 +224,9 @@ def test_bad_input_gets_failure_status_and_audit_then_echo_works(start, tmp_path
 
     statuses = pynetdicom_send(running.port, [truncated, no_uid, whole])
 
-    assert statuses[0] == StoreStatus.CANNOT_UNDERSTAND
-    assert statuses[1] in (StoreStatus.CANNOT_UNDERSTAND,)
-    assert statuses[2] == StoreStatus.SUCCESS
+    assert statuses[0] == Status.CANNOT_UNDERSTAND
+    assert statuses[1] in (Status.CANNOT_UNDERSTAND,)
+    assert statuses[2] == Status.SUCCESS
     reasons = [e.detail or "" for e in audit_rows(running.engine, "instance_rejected")]
     assert any("truncated" in r for r in reasons)
     assert any("SOPInstanceUID is missing" in r for r in reasons)
@@ -252,12 +252,12 @@ def test_unsupported_sop_class_refused_with_audit(start, tmp_path: Path) -> None
 def test_study_rows_hold_patient_data_but_logs_do_not(start, tmp_path: Path, caplog) -> None:
     from sqlalchemy.orm import Session
 
-    from tests.factory import PATIENT_ID, PATIENT_NAME
+    from tests.support.datasets import PATIENT_ID, PATIENT_NAME
 
     running = start()
     caplog.set_level("DEBUG")
     storescu(running.port, write_series(new_series(2), tmp_path))
-    StudyService(running.engine, completion_policy(running.settings)).fold_pending(
+    StudyLedger(running.engine, running.settings.study.completion_policy()).fold_pending(
         datetime.now(UTC)
     )
     with Session(running.engine) as session:
@@ -301,7 +301,7 @@ def test_real_files_in_every_transfer_syntax_are_stored_as_received(
     via_dcmtk = start()
     result = storescu(via_dcmtk.port, [source], propose)
 
-    assert statuses == [StoreStatus.SUCCESS]
+    assert statuses == [Status.SUCCESS]
     (stored,) = list(exact.spool.rglob("*.dcm"))
     assert dataset_bytes(stored) == dataset_bytes(source)
     stored_meta = dcmread(stored, stop_before_pixels=True).file_meta

@@ -5,7 +5,7 @@ prints the latency percentiles and peak memory."""
 
 from pathlib import Path
 
-from tests.load import run_load
+from tests.support.load import run_load
 
 SENDERS = 16
 

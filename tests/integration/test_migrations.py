@@ -9,10 +9,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from appliance.audit.db import pending_migrations, upgrade
-from appliance.audit.events import record_event
-from appliance.audit.models import AuditEvent, AuditEventImmutable, Base
 from appliance.domain.audit import AuditEventType
+from appliance.store.audit_trail import record_event
+from appliance.store.db import pending_migrations, upgrade
+from appliance.store.models import AuditEvent, AuditEventImmutable, Base
 
 
 def test_schema_matches_models(engine: Engine) -> None:

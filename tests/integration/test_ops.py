@@ -14,13 +14,14 @@ from types import ModuleType
 import yaml
 from fastapi.testclient import TestClient
 
-from appliance.audit.accounts import AccountLedger
-from appliance.audit.db import create_db_engine, upgrade
-from appliance.dashboard import ApplianceView
+from appliance.app.dashboard_view import ApplianceView
+from appliance.app.job_runner import make_backend
 from appliance.domain.accounts import Role
-from appliance.jobs import make_backend
+from appliance.store.account_ledger import AccountLedger
+from appliance.store.db import create_db_engine, upgrade
 from appliance.web.app import create_app
-from tests.conftest import make_settings, missing_service
+from tests.support.services import missing_service
+from tests.support.settings import make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"

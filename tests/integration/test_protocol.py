@@ -11,10 +11,11 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from appliance.audit.models import Association, AuditEvent
-from tests.conftest import echoscu, storescu
-from tests.factory import new_series, write_series
-from tests.scu import associate, send_files
+from appliance.store.models import Association, AuditEvent
+from tests.support.datasets import new_series, write_series
+from tests.support.dcmtk import echoscu, storescu
+from tests.support.scu import associate, send_files
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -55,12 +56,10 @@ def test_pdata_on_an_unaccepted_context_aborts(start) -> None:
     time.sleep(0.5)
     assert assoc.is_aborted
     assert echoscu(running.port).returncode == 0
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(
-        "unaccepted context" in o for o in association_outcomes(running.engine)
-    ):
-        time.sleep(0.1)
-    assert any("unaccepted context 99" in o for o in association_outcomes(running.engine))
+    outcomes = wait_for(
+        lambda: [o for o in association_outcomes(running.engine) if "unaccepted context" in o], 5
+    )
+    assert any("unaccepted context 99" in o for o in outcomes)
 
 
 def test_association_limit_refuses_transiently_with_audit(start, tmp_path: Path) -> None:

@@ -13,18 +13,18 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from appliance.app.pipelines import run_ultrasound
+from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
-from appliance.phantoms.truth import truth_findings
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.pipelines import run_ultrasound
 from appliance.results.encode import ct_results, ultrasound_results
-from appliance.results.findings import SegmentationType
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import InvalidResult, check
-from tests.conftest import missing_service
+from tests.support.services import missing_service
+from tests.support.truth import truth_findings
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 EQUIPMENT = Equipment("Appliance project", "DICOM inference appliance", "0.1.0", "test-1")

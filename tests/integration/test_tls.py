@@ -1,21 +1,21 @@
 """DICOM TLS with mutual authentication, against dcmtk's storescu as the TLS client."""
 
 import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.audit.models import Association, AuditEvent
+from appliance.app.delivery import Deliverer
 from appliance.config import DeliverySettings, DestinationSettings
-from appliance.delivery import Deliverer
 from appliance.results.validate import check
-from tests.conftest import dcmtk_env
-from tests.factory import new_series, write_series
+from appliance.store.models import Association, AuditEvent
+from tests.support.datasets import new_series, write_series
+from tests.support.dcmtk import dcmtk_env, storescu
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -104,27 +104,8 @@ def mutual_tls(pki: Path) -> dict[str, object]:
 def tls_storescu(
     port: int, pki: Path, files: list[Path], *client: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            "storescu",
-            "-R",
-            *client,
-            "+cf",
-            str(pki / "hospital-ca.pem"),
-            "-aet",
-            "STORESCU",
-            "-aec",
-            "APPLIANCE",
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        env=dcmtk_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    """storescu over TLS, trusting the hospital CA; `client`: its own certificate options."""
+    return storescu(port, files, *client, "+cf", str(pki / "hospital-ca.pem"))
 
 
 def test_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
@@ -152,18 +133,10 @@ def test_mutual_tls(start, pki: Path, tmp_path: Path) -> None:
     assert anonymous.returncode != 0
     assert plain.returncode != 0
     assert len(list(running.spool.rglob("*.dcm"))) == 2
-    deadline = time.monotonic() + 10  # a refused peer may hang up before its refusal is written
-    while True:
-        with Session(running.engine) as session:
-            associations = list(session.scalars(select(Association)))
-            refusals = list(
-                session.scalars(
-                    select(AuditEvent).where(AuditEvent.event_type == "association_refused")
-                )
-            )
-        if len(refusals) >= 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # A refused peer may hang up before its refusal is written.
+    refusals = wait_for(lambda: refused_associations(running.engine, 3), 10)
+    with Session(running.engine) as session:
+        associations = list(session.scalars(select(Association)))
     assert [a.tls for a in associations] == [True]
     assert len(refusals) == 3
     assert all("TLS handshake failed" in (r.detail or "") for r in refusals)
@@ -208,3 +181,14 @@ def test_results_go_out_over_mutual_tls(start, pki: Path, tmp_path: Path) -> Non
     report = trusted.deliver_due(now)
     assert report.delivered == 2
     assert len(list(running.spool.rglob("*.dcm"))) == 2
+
+
+def refused_associations(engine: Engine, at_least: int) -> list[AuditEvent]:
+    """The refused associations' audit events, once there are `at_least` (else empty)."""
+    with Session(engine) as session:
+        refusals = list(
+            session.scalars(
+                select(AuditEvent).where(AuditEvent.event_type == "association_refused")
+            )
+        )
+    return refusals if len(refusals) >= at_least else []

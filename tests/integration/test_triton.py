@@ -15,8 +15,7 @@ from appliance.inference.backend import (
 )
 from appliance.inference.triton import TritonBackend
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
-from tests.conftest import missing_service
-from tests.integration.test_crash import free_port
+from tests.support.services import free_port, missing_service
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from appliance.dicom.dimse import CommandField, decode_command, encode_store_request
-from appliance.domain.delivery import Outcome, RetryPolicy, classify, describe_status
+from appliance.domain.delivery import Outcome, RetryPolicy, classify
+from appliance.domain.status import DimseStatus
 
 
 @pytest.mark.parametrize(
@@ -27,13 +28,13 @@ from appliance.domain.delivery import Outcome, RetryPolicy, classify, describe_s
     ],
 )
 def test_status_classes(status: int, outcome: Outcome) -> None:
-    assert classify(status) is outcome
+    assert classify(DimseStatus(status)) is outcome
 
 
 def test_statuses_are_described_for_people() -> None:
-    assert describe_status(0xA701) == "0xA701 Refused: out of resources"
-    assert describe_status(0xC001) == "0xC001 Error: cannot understand"
-    assert describe_status(0x0122) == "0x0122 Refused: SOP Class not supported"
+    assert str(DimseStatus(0xA701)) == "0xA701 Refused: out of resources"
+    assert str(DimseStatus(0xC001)) == "0xC001 Error: cannot understand"
+    assert str(DimseStatus(0x0122)) == "0x0122 Refused: SOP Class not supported"
 
 
 def test_backoff_doubles_to_its_maximum_and_stops_at_the_deadline() -> None:

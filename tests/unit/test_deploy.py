@@ -6,28 +6,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 
-from appliance.cli import main
 from appliance.config import load_settings
+from tests.support.cli import command_exists
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 IMAGE = "appliance:0.1.0"
-
-
-def command_exists(words: list[str]) -> bool:
-    """Whether `appliance WORDS...` runs a command of the CLI (words after it are its
-    arguments)."""
-    command: click.Command = main
-    for word in words:
-        if not isinstance(command, click.Group):
-            return True
-        if word not in command.commands:
-            return False
-        command = command.commands[word]
-    return not isinstance(command, click.Group)  # a group alone runs nothing
 
 
 def test_the_image_is_multi_stage_pinned_and_runs_as_a_user() -> None:

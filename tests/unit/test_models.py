@@ -9,7 +9,7 @@ import yaml
 from appliance.inference.backend import OnnxRuntimeBackend, PermanentBackendError
 from appliance.inference.contract import ContractError, ModelContract, load_contract
 from appliance.inference.repository import check_model, render_config
-from tests.models import CONTRACT, SIZE, threshold_model, write_tiny_model
+from tests.support.models import CONTRACT, SIZE, threshold_model, write_tiny_model
 
 
 def test_a_consistent_model_passes_every_check(tmp_path: Path) -> None:

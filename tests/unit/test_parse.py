@@ -12,8 +12,8 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from appliance.dicom.parse import InvalidInstance, parse_instance
 from appliance.dicom.spool import data_set_of
-from appliance.dicom.status import StoreStatus
-from tests.factory import ct_slice, dataset_bytes, new_series
+from appliance.domain.status import Status
+from tests.support.datasets import ct_slice, dataset_bytes, new_series
 
 IMAGES = [
     "CT_small.dcm",  # explicit VR little endian
@@ -88,8 +88,8 @@ def test_every_truncation_is_refused(name: str, fraction: float) -> None:
     with pytest.raises(InvalidInstance) as refused:
         parse_instance(encoded, syntax, sop_class, sop_instance)
     assert refused.value.status in (
-        StoreStatus.CANNOT_UNDERSTAND,  # cut inside an element
-        StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,  # cut between elements: no pixel data
+        Status.CANNOT_UNDERSTAND,  # cut inside an element
+        Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,  # cut between elements: no pixel data
     )
 
 
@@ -113,7 +113,7 @@ def test_request_mismatch_answers_a900() -> None:
     ds = ct_slice(new_series(1), 0)
     with pytest.raises(InvalidInstance) as refused:
         parse_instance(_encode(ds), "1.2.840.10008.1.2.1", ds.SOPClassUID, "1.2.3.4")
-    assert refused.value.status is StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert refused.value.status is Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 
 
 def test_image_without_pixel_data_is_refused() -> None:
@@ -121,7 +121,7 @@ def test_image_without_pixel_data_is_refused() -> None:
     del ds.PixelData
     with pytest.raises(InvalidInstance, match="no pixel data") as refused:
         parse_instance(_encode(ds), "1.2.840.10008.1.2.1", ds.SOPClassUID, ds.SOPInstanceUID)
-    assert refused.value.status is StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert refused.value.status is Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 
 
 def test_overlong_values_are_clipped_to_their_vr() -> None:

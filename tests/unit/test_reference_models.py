@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from appliance.app.pipelines import run_ct
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
 from appliance.inference.ct import segment_grid
@@ -18,7 +19,6 @@ from appliance.inference.ultrasound import Cine, segment_cine
 from appliance.phantoms.ct import Grid, Organ, generate_ct
 from appliance.phantoms.dicom import write_ct_series
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.pipelines import run_ct
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 CI_SEEDS = range(300_000, 300_006)

@@ -15,7 +15,7 @@ from appliance.dicom.spool import (
 )
 from appliance.domain.instance import InstanceRecord
 from appliance.domain.uids import parse_uid
-from tests.factory import ct_slice, dataset_bytes, new_series
+from tests.support.datasets import ct_slice, dataset_bytes, new_series
 
 
 def _record_and_bytes(tmp_path: Path) -> tuple[InstanceRecord, bytes, Path]:

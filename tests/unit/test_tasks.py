@@ -4,7 +4,7 @@ each way an attempt can end before it begins."""
 from celery import Celery
 
 from appliance.domain.jobs import DatabaseUnavailable, JobState, UnknownJob
-from appliance.queue.app import PROCESS_STUDY
+from appliance.queue.celery_app import PROCESS_STUDY
 from appliance.queue.tasks import register
 
 

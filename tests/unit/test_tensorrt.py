@@ -11,7 +11,7 @@ from appliance.inference.tensorrt import (
     build_tensorrt_repository,
     tensorrt_config,
 )
-from tests.models import write_tiny_model
+from tests.support.models import write_tiny_model
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

@@ -10,7 +10,7 @@ from pydicom.data import get_testdata_file
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import load_contract
 from appliance.inference.ultrasound import Cine, UnsupportedFrames, decode_cine, segment_cine
-from tests.models import write_tiny_model
+from tests.support.models import write_tiny_model
 
 
 @pytest.mark.parametrize(

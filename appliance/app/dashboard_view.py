@@ -1,0 +1,212 @@
+"""The dashboard's view of the appliance: the web edge's ports (`web.ports`) implemented on the
+database, the spool, the inference backend and the destinations. The one place the web edge
+meets the others; each port answers with domain rows and translates the ledgers' errors into
+the dashboard's (NotFound, Conflict)."""
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from appliance.app import health
+from appliance.app.delivery import Deliverer
+from appliance.app.ingest import spool
+from appliance.app.pipelines import make_backend
+from appliance.config import Settings
+from appliance.dicom.spool import Spool
+from appliance.domain.accounts import CredentialKind, User
+from appliance.domain.assembly import StudyState, UnknownStudy
+from appliance.domain.jobs import InvalidJobTransition, UnknownJob
+from appliance.domain.monitoring import (
+    Check,
+    DeliveryRow,
+    EventRow,
+    Flow,
+    JobRow,
+    ModelRow,
+    StageHistogram,
+    StageSamples,
+    StudySummary,
+    Totals,
+    recent,
+)
+from appliance.inference.backend import InferenceBackend
+from appliance.inference.contract import ContractError, load_contract
+from appliance.inference.repository import model_directories
+from appliance.queue.celery_app import make_app
+from appliance.store.account_ledger import AccountLedger
+from appliance.store.job_ledger import JobLedger
+from appliance.store.queries import DashboardQueries
+from appliance.store.study_ledger import StudyLedger
+from appliance.web.ports import Conflict, EventFilter, NotFound, Ports, SpoolDisk
+
+
+class AccountsView:
+    def __init__(self, engine: Engine, session_lifetime: timedelta) -> None:
+        self._accounts = AccountLedger(engine)
+        self._lifetime = session_lifetime
+
+    def login(self, username: str, password: str, host: str | None) -> str | None:
+        return self._accounts.login(username, password, _now(), self._lifetime, host)
+
+    def user(self, secret: str, kind: CredentialKind) -> User | None:
+        return self._accounts.user(secret, kind, _now())
+
+    def logout(self, secret: str) -> None:
+        self._accounts.logout(secret, _now())
+
+
+class MonitoringView:
+    def __init__(self, settings: Settings, engine: Engine, backend: InferenceBackend) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._backend = backend
+        self._queries = DashboardQueries(engine)
+        self._queue = make_app(settings.queue)  # one app for every readiness probe
+        self._spool: Spool = spool(settings)
+        self._monitor = health.DestinationMonitor(Deliverer(settings.delivery, engine), settings)
+
+    def flow(self) -> Flow:
+        return self._queries.flow(recent(_now()))
+
+    def stage_samples(self) -> list[StageSamples]:
+        return self._queries.stage_samples()
+
+    def histograms(self, buckets: Sequence[float]) -> list[StageHistogram]:
+        return self._queries.histograms(buckets)
+
+    def totals(self) -> Totals:
+        return self._queries.totals()
+
+    def readiness(self) -> list[Check]:
+        return [
+            health.database(self._engine),
+            health.broker(self._queue),
+            health.spool_disk(self._spool),
+            health.inference(self._backend, self._settings.inference.repository),
+        ]
+
+    def destinations(self) -> list[Check]:
+        return self._monitor.checks()
+
+    def spool(self) -> SpoolDisk:
+        return SpoolDisk(self._spool.usage().percent, self._spool.watermark_percent)
+
+
+class JobsView:
+    def __init__(self, engine: Engine) -> None:
+        self._queries = DashboardQueries(engine)
+        self._jobs = JobLedger(engine)
+
+    def jobs(self, state: str | None) -> list[JobRow]:
+        return self._queries.jobs(state)
+
+    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None:
+        return self._queries.job(job_id)
+
+    def retry(self, job_id: int, actor: str) -> None:
+        _acting(lambda: self._jobs.retry(job_id, _now(), actor))
+
+    def cancel(self, job_id: int, actor: str) -> None:
+        _acting(lambda: self._jobs.cancel(job_id, _now(), actor))
+
+    def resend(self, job_id: int, actor: str) -> None:
+        _acting(lambda: self._jobs.resend(job_id, _now(), actor))
+
+
+class StudiesView:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._studies = StudyLedger(engine, settings.study.completion_policy())
+        self._queries = DashboardQueries(engine)
+
+    def studies(self, state: str | None) -> list[StudySummary]:
+        try:
+            wanted = StudyState(state) if state else None
+        except ValueError as exc:
+            raise NotFound(f"no study state {state!r}") from exc
+        return self._studies.list_studies(limit=200, state=wanted)
+
+    def complete_study(self, study_instance_uid: str, actor: str) -> None:
+        try:
+            self._studies.force_complete(study_instance_uid, _now(), actor)
+        except UnknownStudy as exc:
+            raise NotFound(f"no study {exc}") from exc
+        except ValueError as exc:
+            raise Conflict(str(exc)) from exc
+
+    def reveal(self, study_instance_uid: str, actor: str, host: str | None) -> dict[str, str]:
+        shown = self._queries.patient_identifiers(study_instance_uid, _now(), actor, host)
+        if not shown:
+            raise NotFound(f"no study {study_instance_uid}")
+        return shown
+
+
+class AuditView:
+    def __init__(self, engine: Engine) -> None:
+        self._queries = DashboardQueries(engine)
+
+    def events(self, where: EventFilter, limit: int) -> list[EventRow]:
+        return self._queries.events(
+            where.event_type, where.actor, where.study_instance_uid, where.since, where.until,
+            limit,
+        )  # fmt: skip
+
+    def exported(self, events: int, actor: str) -> None:
+        self._queries.record_export(events, _now(), actor)
+
+
+class ModelsView:
+    def __init__(self, settings: Settings, backend: InferenceBackend) -> None:
+        self._repository = settings.inference.repository
+        self._backend = backend
+
+    def models(self) -> list[ModelRow]:
+        rows = []
+        for directory in model_directories(self._repository):
+            try:
+                contract = load_contract(directory)
+            except ContractError as exc:
+                rows.append(ModelRow(directory.name, error=str(exc)))
+                continue
+            try:
+                ready = self._backend.ready(contract.name)
+            except Exception:  # noqa: BLE001 - any backend failure means not ready
+                ready = False
+            card = directory / contract.card
+            rows.append(
+                ModelRow(
+                    contract.name, contract.version, contract.family.value, contract.synthetic,
+                    [label.name for label in contract.labels], contract.spacing_mm,
+                    list(contract.patch), ready,
+                    card.read_text() if card.exists() else "(no model card)",
+                )
+            )  # fmt: skip
+        return rows
+
+
+def dashboard_ports(
+    settings: Settings, engine: Engine, backend: InferenceBackend | None = None
+) -> Ports:
+    """Every port of the dashboard, on `engine` and the configured inference backend."""
+    backend = backend or make_backend(settings.inference)
+    return Ports(
+        accounts=AccountsView(engine, timedelta(hours=settings.dashboard.session_hours)),
+        monitoring=MonitoringView(settings, engine, backend),
+        jobs=JobsView(engine),
+        studies=StudiesView(settings, engine),
+        audit=AuditView(engine),
+        models=ModelsView(settings, backend),
+    )
+
+
+def _acting(action: Callable[[], object]) -> None:
+    try:
+        action()
+    except UnknownJob as exc:
+        raise NotFound(str(exc)) from exc
+    except InvalidJobTransition as exc:
+        raise Conflict(str(exc)) from exc
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,231 @@
+"""The processes: `serve` runs every role, and `listen`, `sweep`, `worker` and `dashboard`
+one each. Each builds what it needs at start, runs until SIGTERM or SIGINT, and restarts a
+child (a listener process sharing the port, the worker) that died.
+"""
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from kombu.exceptions import KombuError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from appliance.app.completion import complete_studies
+from appliance.app.dashboard_view import dashboard_ports
+from appliance.app.delivery import Deliverer, deliver_and_settle
+from appliance.app.dispatch import Dispatcher
+from appliance.app.ingest import spool, start_listener
+from appliance.app.job_runner import JobRunner
+from appliance.app.logs import configure_logging
+from appliance.config import Settings
+from appliance.dicom.listener import Listener
+from appliance.queue.celery_app import QUEUES, make_app
+from appliance.queue.tasks import register
+from appliance.store.account_ledger import AccountLedger
+from appliance.store.db import open_database
+from appliance.store.job_ledger import JobLedger
+from appliance.store.study_ledger import StudyLedger
+from appliance.web.app import create_app
+from appliance.web.server import DashboardServer
+
+LOG = logging.getLogger(__name__)
+SUPERVISE_INTERVAL_SECONDS = 1.0
+
+
+def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
+    """Complete due studies, dispatch their jobs, and attempt due deliveries, until `stop`."""
+    studies = StudyLedger(engine, settings.study.completion_policy())
+    dispatcher = Dispatcher(settings, engine)
+    deliverer = Deliverer(settings.delivery, engine)
+    jobs = JobLedger(engine)
+    delivered_at = 0.0
+    while not stop.is_set():
+        try:
+            complete_studies(studies)
+            dispatcher.dispatch(datetime.now(UTC))
+            if time.monotonic() - delivered_at >= settings.delivery.interval_seconds:
+                deliver_and_settle(deliverer, jobs)
+                delivered_at = time.monotonic()
+        except (OSError, SQLAlchemyError, KombuError) as exc:
+            LOG.error("sweep failed, trying again: %s", exc)  # a broker or database hiccup
+        stop.wait(settings.study.sweep_interval_seconds)
+
+
+def run_worker(settings: Settings) -> None:
+    """A Celery worker consuming both queues; blocks until it is stopped."""
+    configure_logging(settings.logging)
+    engine = open_database(settings.database.url, migrate=False)
+    app = make_app(settings.queue)
+    deliverer = Deliverer(settings.delivery, engine)
+    register(
+        app,
+        lambda: JobRunner(settings, engine).run,
+        lambda: lambda: deliver_and_settle(deliverer, JobLedger(engine)),
+        retry_seconds=settings.queue.retry_seconds,
+    )
+    pool = "solo" if settings.queue.worker_concurrency == 1 else "prefork"
+    app.worker_main(
+        [
+            "worker",
+            f"--pool={pool}",
+            f"--queues={','.join(QUEUES)}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            f"--loglevel={settings.logging.level}",
+            f"--hostname=appliance-worker-{os.getpid()}@{socket.gethostname()}",
+        ]
+    )
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        LOG.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _listener_process(settings: Settings) -> None:
+    """Entry point of one listener process sharing the port with its siblings."""
+    configure_logging(settings.logging)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    engine = open_database(settings.database.url, migrate=False)
+    listener = start_listener(settings, engine, reuse_port=True)
+    stop.wait()
+    listener.stop()
+
+
+class WorkerProcess:
+    """The worker role of `serve`: one child process running `run_worker`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._spawn = multiprocessing.get_context("spawn")
+        self._process: BaseProcess | None = None
+
+    def start(self) -> None:
+        self._process = self._spawn.Process(
+            target=run_worker, args=(self._settings,), name="worker"
+        )
+        self._process.start()
+
+    def supervise(self) -> None:
+        if self._process is not None and not self._process.is_alive():
+            LOG.error("worker exited with %s: restarting", self._process.exitcode)
+            self.start()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.join(timeout=30)
+
+
+class ListenerGroup:
+    """Runs the listener in this process, or in N processes that share the port."""
+
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._listener: Listener | None = None
+        self._processes: list[BaseProcess] = []
+        self._spawn = multiprocessing.get_context("spawn")
+
+    def start(self) -> None:
+        removed = spool(self._settings).clear_staging()
+        if removed:
+            LOG.warning("removed %d partial files left by an earlier crash", removed)
+        count = self._settings.listener.processes
+        if count == 1:
+            self._listener = start_listener(self._settings, self._engine)
+            return
+        self._processes = [self._start_process(index) for index in range(count)]
+
+    def _start_process(self, index: int) -> BaseProcess:
+        process = self._spawn.Process(
+            target=_listener_process, args=(self._settings,), name=f"listener-{index}"
+        )
+        process.start()
+        return process
+
+    def supervise(self) -> None:
+        """Restart listener processes that died."""
+        for index, process in enumerate(self._processes):
+            if not process.is_alive():
+                LOG.error("%s exited with %s: restarting", process.name, process.exitcode)
+                self._processes[index] = self._start_process(index)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+        for process in self._processes:
+            process.terminate()
+        for process in self._processes:
+            process.join(timeout=10)
+
+
+def dashboard_server(settings: Settings, engine: Engine) -> DashboardServer:
+    app = create_app(settings.dashboard, dashboard_ports(settings, engine))
+    return DashboardServer(app, settings.dashboard.host, settings.dashboard.port)
+
+
+def run(
+    settings: Settings,
+    listen: bool,
+    sweep: bool,
+    migrate: bool,
+    work: bool = False,
+    dashboard: bool = False,
+) -> None:
+    """Run the chosen roles until SIGTERM or SIGINT: listener, sweeper and dashboard in this
+    process, a worker (with `work`) in a child process, restarted if it dies."""
+    configure_logging(settings.logging)
+    engine = open_database(settings.database.url, migrate=migrate)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    web = None
+    if dashboard:
+        web = dashboard_server(settings, engine)
+        web.start()
+        if AccountLedger(engine).count() == 0:
+            LOG.warning("no dashboard accounts yet: add one with `appliance users add NAME`")
+    worker = WorkerProcess(settings) if work else None
+    if worker is not None:
+        worker.start()
+    group = ListenerGroup(settings, engine) if listen else None
+    if group is not None:
+        group.start()
+    sweeper = None
+    if sweep:
+        sweeper = threading.Thread(
+            target=run_sweeper, args=(settings, engine, stop), name="sweeper", daemon=True
+        )
+        sweeper.start()
+    try:
+        while not stop.wait(SUPERVISE_INTERVAL_SECONDS):
+            if group is not None:
+                group.supervise()
+            if worker is not None:
+                worker.supervise()
+            if web is not None and not web.alive():
+                raise OSError(f"the dashboard stopped: is {web.address} taken?")
+    finally:
+        if web is not None:
+            web.stop()
+        if worker is not None:
+            worker.stop()
+        if group is not None:
+            group.stop()
+        if sweeper is not None:
+            sweeper.join(timeout=10)
+        LOG.info("stopped")

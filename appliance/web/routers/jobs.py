@@ -1,0 +1,70 @@
+"""Jobs: the list and one job with its results and audit trail; operators retry, cancel and
+re-send, each audited under their name."""
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from appliance.domain.accounts import Role
+from appliance.domain.jobs import JobState
+from appliance.domain.monitoring import DeliveryRow, EventRow, JobRow
+from appliance.web.dependencies import JobId, Operator, Viewer, Wired, page
+from appliance.web.ports import Ports
+from appliance.web.schemas import Delivery, Event, Job, JobDetail
+
+router = APIRouter()
+
+
+def _job_or_404(ports: Ports, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]]:
+    found = ports.jobs.job(job_id)
+    if found is None:
+        raise HTTPException(404, f"no job {job_id}")
+    return found
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(
+    request: Request, user: Viewer, ports: Wired, state: str | None = None
+) -> HTMLResponse:
+    rows = ports.jobs.jobs(state or None)
+    return page(request, "jobs.html", user, jobs=rows, state=state or "",
+                states=list(JobState), refresh=5)  # fmt: skip
+
+
+@router.get("/api/jobs")
+def api_jobs(user: Viewer, ports: Wired, state: str | None = None) -> list[Job]:
+    return [Job.model_validate(row) for row in ports.jobs.jobs(state or None)]
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, user: Viewer, ports: Wired, job_id: JobId) -> HTMLResponse:
+    job, deliveries, events = _job_or_404(ports, job_id)
+    return page(request, "job.html", user, job=job, deliveries=deliveries, events=events,
+                may_act=user.may(Role.OPERATOR))  # fmt: skip
+
+
+@router.get("/api/jobs/{job_id}")
+def api_job(user: Viewer, ports: Wired, job_id: JobId) -> JobDetail:
+    job, deliveries, events = _job_or_404(ports, job_id)
+    return JobDetail(
+        job=Job.model_validate(job),
+        deliveries=[Delivery.model_validate(row) for row in deliveries],
+        events=[Event.model_validate(row) for row in events],
+    )
+
+
+@router.post("/jobs/{job_id}/retry")
+def retry(user: Operator, ports: Wired, job_id: JobId) -> Response:
+    ports.jobs.retry(job_id, user.username)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(user: Operator, ports: Wired, job_id: JobId) -> Response:
+    ports.jobs.cancel(job_id, user.username)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/resend")
+def resend(user: Operator, ports: Wired, job_id: JobId) -> Response:
+    ports.jobs.resend(job_id, user.username)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
