@@ -15,6 +15,7 @@ from appliance.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from appliance.app.delivery import Deliverer
+    from appliance.app.processes import Roles
     from appliance.store.account_ledger import AccountLedger
     from appliance.store.study_ledger import StudyLedger
 
@@ -69,26 +70,12 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
         sys.exit(EXIT_BAD_SETTINGS)
 
 
-def _run(
-    ctx: click.Context,
-    listen: bool,
-    sweep: bool,
-    migrate: bool,
-    work: bool = False,
-    dashboard: bool = False,
-) -> None:
+def _run(ctx: click.Context, roles: "Roles") -> None:
     from appliance.app.processes import run
     from appliance.store.db import SchemaNotCurrent
 
     try:
-        run(
-            _settings(ctx),
-            listen=listen,
-            sweep=sweep,
-            migrate=migrate,
-            work=work,
-            dashboard=dashboard,
-        )
+        run(_settings(ctx), roles)
     except SchemaNotCurrent as exc:
         click.echo(f"appliance: {exc}", err=True)
         sys.exit(EXIT_BAD_SETTINGS)
@@ -102,30 +89,37 @@ def _run(
 def serve(ctx: click.Context) -> None:
     """Run every role on the configured (by default embedded) services: listener, sweeper and
     dashboard in this process, a worker beside it."""
-    settings = _settings(ctx)
-    _run(ctx, listen=True, sweep=True, migrate=True, work=True,
-         dashboard=settings.dashboard.enabled)  # fmt: skip
+    from appliance.app.processes import Roles
+
+    dashboard = _settings(ctx).dashboard.enabled
+    _run(ctx, Roles(listen=True, sweep=True, work=True, dashboard=dashboard, migrate=True))
 
 
 @main.command()
 @click.pass_context
 def dashboard(ctx: click.Context) -> None:
     """Run the ops dashboard, its JSON API and /metrics only (the schema must be current)."""
-    _run(ctx, listen=False, sweep=False, migrate=False, dashboard=True)
+    from appliance.app.processes import Roles
+
+    _run(ctx, Roles(dashboard=True))
 
 
 @main.command()
 @click.pass_context
 def listen(ctx: click.Context) -> None:
     """Run the DICOM listener only (the schema must be current)."""
-    _run(ctx, listen=True, sweep=False, migrate=False)
+    from appliance.app.processes import Roles
+
+    _run(ctx, Roles(listen=True))
 
 
 @main.command()
 @click.pass_context
 def sweep(ctx: click.Context) -> None:
     """Run the sweeper only: complete quiet studies, dispatch jobs, deliver results."""
-    _run(ctx, listen=False, sweep=True, migrate=False)
+    from appliance.app.processes import Roles
+
+    _run(ctx, Roles(sweep=True))
 
 
 @main.command()

@@ -132,8 +132,15 @@ class ListenerSettings(_Section):
         description="Handling of an already stored SOP Instance.",
     )
     acse_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for ACSE.")
-    dimse_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for DIMSE.")
-    network_timeout: float = Field(default=60.0, gt=0, description="Idle connection timeout.")
+    dimse_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds to wait for the next fragment of a DIMSE message under way; a "
+        "message that stalls longer aborts the association.",
+    )
+    network_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds an association may idle between messages."
+    )
     extra_sop_classes: list[str] = Field(
         default_factory=list,
         description="Storage SOP Class UIDs accepted beyond the built-in imaging, SEG and SR set.",

@@ -25,20 +25,17 @@ models and threads, no listener, queue or PACS.
 import argparse
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-import yaml
 from pydicom import dcmread
-from sqlalchemy import create_engine, select
+from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
 from appliance.app.pipelines import run_ct, run_ultrasound
-from appliance.dicom.sender import Association, Peer, echo, outgoing
-from appliance.domain.delivery import DestinationUnavailable
+from appliance.dicom.sender import Association, Peer, outgoing
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend, TimedBackend
 from appliance.inference.contract import load_contract
@@ -48,88 +45,75 @@ from appliance.phantoms.ultrasound import generate_cine
 from appliance.results.encode import ct_results, ultrasound_results
 from appliance.results.segmentation import Equipment
 from appliance.store.models import AuditEvent, Delivery, Job, Study
-from tests.support.orthanc import AE_TITLE, running_orthanc
+from tests.support.orthanc import running_orthanc
+from tests.support.processes import REPOSITORY, appliance_config, start_role, wait_for_listener
 from tests.support.services import free_port
+from tests.support.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-
-REPOSITORY = ROOT / "model_repository"
 TARGET_SHARE = 0.05
 _TIMES = re.compile(r"pipeline ([0-9.]+) s, model compute ([0-9.]+) s")
 
 
 def serve(work: Path, port: int, pacs_port: int, quiet: float) -> subprocess.Popen[bytes]:
-    config = work / "appliance.yaml"
-    config.write_text(yaml.safe_dump({
-        "listener": {"host": "127.0.0.1", "port": port,
-                     "peers": [{"ae_title": "BENCH", "hosts": ["127.0.0.1"]}]},
-        "spool": {"path": str(work / "spool")},
-        "database": {"url": f"sqlite:///{work}/appliance.db"},
-        "study": {"quiet_period_seconds": quiet},
-        "inference": {"repository": str(REPOSITORY), "threads": 2},
-        "queue": {"broker_url": f"sqla+sqlite:///{work}/broker.db"},
-        "dashboard": {"port": free_port()},
-        "delivery": {"outbox": str(work / "outbox"), "destinations": [
-            {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": pacs_port}]},
-    }))  # fmt: skip
-    log = open(work / "appliance.log", "wb")  # noqa: SIM115 - the process owns it
-    return subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    """`appliance serve` on its embedded defaults, but for the quiet period; the tests'
+    harness shortens the sweep and delivery intervals, which this puts back."""
+    config = appliance_config(
+        work,
+        port,
+        pacs_port,
+        {
+            "study": {"quiet_period_seconds": quiet, "sweep_interval_seconds": 1.0},
+            "delivery": {"interval_seconds": 2.0},
+        },
+    )
+    process = start_role(config, "serve")
+    wait_for_listener(port)
+    return process
 
 
 def send(peer: Peer, files: list[Path]) -> None:
     items = [outgoing(path.read_bytes()) for path in files]
     syntaxes = sorted({(item.sop_class_uid, item.transfer_syntax_uid) for item in items})
     with Association(peer, syntaxes) as association:
-        assert {association.store(item) for item in items} == {0}
+        assert {association.store(item).code for item in items} == {0}
 
 
 def follow(database: Path, study_uid: str, timeout: float) -> dict[str, float]:
     """Wait until the study's job is done; its stage times from the audit records."""
     engine = create_engine(f"sqlite:///{database}")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with Session(engine) as session:
-            study = session.scalars(
-                select(Study).where(Study.study_instance_uid == study_uid)
-            ).first()
-            job = (
-                session.scalars(select(Job).where(Job.study_id == study.id)).first()
-                if study
-                else None
-            )
-            if (
-                study is not None
-                and job is not None
-                and job.state in ("done", "failed", "dead_letter")
-            ):
-                assert job.state == "done", f"job {job.id} {job.state}: {job.reason}"
-                events = session.execute(
-                    select(AuditEvent.occurred_at, AuditEvent.detail)
-                    .where(AuditEvent.job_id == job.id, AuditEvent.event_type == "job_state")
-                    .order_by(AuditEvent.id)
-                ).all()
-                at = {detail.split(":")[0]: when for when, detail in events}
-                times = _TIMES.search(
-                    next(d for _, d in events if d.startswith("running -> encoded"))
-                )
-                assert times is not None, "the job recorded no pipeline times"
-                delivered = max(session.scalars(
-                    select(Delivery.finished_at).where(Delivery.job_id == job.id)
-                ))  # fmt: skip
-                assert study.completed_at is not None
-                return {
-                    "quiet": seconds(study.last_received_at, study.completed_at),
-                    "dispatch": seconds(study.completed_at, at["queued -> running"]),
-                    "pipeline": seconds(at["queued -> running"], at["running -> encoded"]),
-                    "work": float(times.group(1)),
-                    "compute": float(times.group(2)),
-                    "delivery": seconds(at["running -> encoded"], delivered),
-                }
-        time.sleep(0.2)
-    raise TimeoutError(f"study {study_uid} not done after {timeout:.0f} s")
+    return wait_for(lambda: stage_times(engine, study_uid), timeout, interval=0.2)
+
+
+def stage_times(engine: Engine, study_uid: str) -> dict[str, float] | None:
+    """The study's job's stage times from the audit records once it is done; None before."""
+    with Session(engine) as session:
+        study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
+        job = (
+            session.scalars(select(Job).where(Job.study_id == study.id)).first() if study else None
+        )
+        if study is None or job is None or job.state not in ("done", "failed", "dead_letter"):
+            return None
+        assert job.state == "done", f"job {job.id} {job.state}: {job.reason}"
+        events = session.execute(
+            select(AuditEvent.occurred_at, AuditEvent.detail)
+            .where(AuditEvent.job_id == job.id, AuditEvent.event_type == "job_state")
+            .order_by(AuditEvent.id)
+        ).all()
+        at = {detail.split(":")[0]: when for when, detail in events}
+        times = _TIMES.search(next(d for _, d in events if d.startswith("running -> encoded")))
+        assert times is not None, "the job recorded no pipeline times"
+        delivered = max(
+            session.scalars(select(Delivery.finished_at).where(Delivery.job_id == job.id))
+        )
+        assert study.completed_at is not None
+        return {
+            "quiet": seconds(study.last_received_at, study.completed_at),
+            "dispatch": seconds(study.completed_at, at["queued -> running"]),
+            "pipeline": seconds(at["queued -> running"], at["running -> encoded"]),
+            "work": float(times.group(1)),
+            "compute": float(times.group(2)),
+            "delivery": seconds(at["running -> encoded"], delivered),
+        }
 
 
 def seconds(start: datetime, end: datetime) -> float:
@@ -169,14 +153,8 @@ def main() -> None:
         port = free_port()
         with running_orthanc(work / "pacs") as pacs:
             appliance = serve(work, port, pacs.dicom_port, args.quiet)
-            peer = Peer("APPLIANCE", "127.0.0.1", port, "BENCH")
+            peer = Peer("APPLIANCE", "127.0.0.1", port, "PYSCU")
             try:
-                for _ in range(120):
-                    try:
-                        echo(peer)
-                        break
-                    except DestinationUnavailable:
-                        time.sleep(0.5)
                 rows = []
                 for kind, name, files in studies:
                     send(peer, files)

@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -179,34 +180,39 @@ def dashboard_server(settings: Settings, engine: Engine) -> DashboardServer:
     return DashboardServer(app, settings.dashboard.host, settings.dashboard.port)
 
 
-def run(
-    settings: Settings,
-    listen: bool,
-    sweep: bool,
-    migrate: bool,
-    work: bool = False,
-    dashboard: bool = False,
-) -> None:
+@dataclass(frozen=True)
+class Roles:
+    """What one process runs; with `migrate` it first brings the schema up to date, without
+    it refuses an old schema."""
+
+    listen: bool = False
+    sweep: bool = False
+    work: bool = False
+    dashboard: bool = False
+    migrate: bool = False
+
+
+def run(settings: Settings, roles: Roles) -> None:
     """Run the chosen roles until SIGTERM or SIGINT: listener, sweeper and dashboard in this
     process, a worker (with `work`) in a child process, restarted if it dies."""
     configure_logging(settings.logging)
-    engine = open_database(settings.database.url, migrate=migrate)
+    engine = open_database(settings.database.url, migrate=roles.migrate)
     stop = threading.Event()
     _stop_on_signals(stop)
     web = None
-    if dashboard:
+    if roles.dashboard:
         web = dashboard_server(settings, engine)
         web.start()
         if AccountLedger(engine).count() == 0:
             LOG.warning("no dashboard accounts yet: add one with `appliance users add NAME`")
-    worker = WorkerProcess(settings) if work else None
+    worker = WorkerProcess(settings) if roles.work else None
     if worker is not None:
         worker.start()
-    group = ListenerGroup(settings, engine) if listen else None
+    group = ListenerGroup(settings, engine) if roles.listen else None
     if group is not None:
         group.start()
     sweeper = None
-    if sweep:
+    if roles.sweep:
         sweeper = threading.Thread(
             target=run_sweeper, args=(settings, engine, stop), name="sweeper", daemon=True
         )

@@ -61,6 +61,9 @@ class StoreRequest:
 StoreHandler = Callable[[StoreRequest], Status]
 
 
+RELEASED = "released"
+
+
 class DimseTimeout(TimeoutError):
     """A DIMSE message stopped arriving part way: no fragment within the DIMSE timeout."""
 
@@ -136,7 +139,9 @@ class Timeouts:
 def serve(
     sock: socket.socket, negotiated: Negotiated, on_store: StoreHandler, timeouts: Timeouts
 ) -> str:
-    """Run the data phase until release or abort; returns how the association ended. Raises
+    """Run the data phase until release or abort; returns how the association ended. On an
+    A-RELEASE-RQ it returns RELEASED and leaves the A-RELEASE-RP to the caller, who frees the
+    association's slot first: a sender that reconnects at once finds it free. Raises
     DimseTimeout when a message in progress stalls, TimeoutError when the association idles."""
     message: _Message | None = None
     sock.settimeout(timeouts.network)
@@ -149,8 +154,7 @@ def serve(
                 raise DimseTimeout(stalled) from exc
             raise
         if kind is ul.PduType.RELEASE_RQ:
-            sock.sendall(ul.release_rp())
-            return "released"
+            return RELEASED
         if kind is ul.PduType.ABORT:
             return "aborted by peer"
         if kind is not ul.PduType.DATA_TF:

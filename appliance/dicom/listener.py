@@ -25,6 +25,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from appliance.dicom import upper_layer as ul
 from appliance.dicom.acceptor import (
+    RELEASED,
     DimseTimeout,
     Negotiated,
     StoreRequest,
@@ -329,6 +330,9 @@ class Listener:
         outcome = self._data_phase(connection, negotiated, state)
         with self._lock:  # the association is over: its slot is free for the sender's next
             self._connections.discard(connection)
+        if outcome == RELEASED:
+            with contextlib.suppress(OSError):
+                connection.sendall(ul.release_rp())
         try:
             self._ledger.association_ended(
                 state.id, state.peer, outcome, state.stored, state.failed, self._clock()

@@ -1,13 +1,10 @@
 """The JSON API's response models: what `/api/*` and the health checks answer, validated and
-documented in the OpenAPI schema. Built from the domain's rows, never from ORM objects."""
+documented in the OpenAPI schema. A job, a delivery and an audit event are the domain's own
+rows (`domain.monitoring`), which pydantic validates as they are; never ORM objects."""
 
-from datetime import datetime
+from pydantic import BaseModel
 
-from pydantic import BaseModel, ConfigDict
-
-
-class _FromRow(BaseModel):
-    model_config = ConfigDict(from_attributes=True, frozen=True)
+from appliance.domain.monitoring import DeliveryRow, EventRow, JobRow
 
 
 class Liveness(BaseModel):
@@ -25,42 +22,10 @@ class Readiness(BaseModel):
     checks: dict[str, CheckState]
 
 
-class Job(_FromRow):
-    id: int
-    study_instance_uid: str
-    study_version: int
-    state: str
-    priority: str
-    attempts: int
-    created_at: datetime
-    updated_at: datetime
-    reason: str | None
-    total_seconds: float | None  # last instance received -> last result stored
-
-
-class Delivery(_FromRow):
-    destination: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    state: str
-    attempts: int
-    reason: str | None
-
-
-class Event(_FromRow):
-    occurred_at: datetime
-    event_type: str
-    outcome: int
-    actor: str
-    study_instance_uid: str | None
-    job_id: int | None
-    detail: str | None
-
-
 class JobDetail(BaseModel):
-    job: Job
-    deliveries: list[Delivery]
-    events: list[Event]
+    job: JobRow
+    deliveries: list[DeliveryRow]
+    events: list[EventRow]
 
 
 class Latency(BaseModel):

@@ -11,14 +11,13 @@ import hypothesis
 import pytest
 import requests
 import schemathesis
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.app.dashboard_view import ApplianceView
-from appliance.app.job_runner import make_backend
+from appliance.app.dashboard_view import dashboard_ports
 from appliance.domain.accounts import Role
 from appliance.domain.jobs import JobState
 from appliance.store.account_ledger import AccountLedger
@@ -48,8 +47,9 @@ def dashboard(start, tmp_path: Path) -> Any:  # type: ignore[no-untyped-def]
     accounts = AccountLedger(running.engine)
     for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
         accounts.add(name, PASSWORD, role, datetime.now(UTC), "test")
-    view = ApplianceView(running.settings, running.engine, make_backend(running.settings.inference))
-    running.app = create_app(running.settings.dashboard, view)
+    running.app = create_app(
+        running.settings.dashboard, dashboard_ports(running.settings, running.engine)
+    )
     return running
 
 
@@ -81,9 +81,14 @@ def events(engine: Engine, event_type: str) -> list[AuditEvent]:
         return list(session.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type)))
 
 
+def api_routes(app: Any) -> list[RouteContext]:
+    """Every route of the app, those of its included routers too."""
+    return [r for r in iter_route_contexts(app.routes) if isinstance(r.route, APIRoute)]
+
+
 def test_every_route_but_health_refuses_a_stranger(dashboard: Any) -> None:
     stranger = client_for(dashboard.app)
-    routes = [r for r in dashboard.app.routes if isinstance(r, APIRoute)]
+    routes = api_routes(dashboard.app)
     guarded = [r for r in routes if r.path not in PUBLIC]
     assert len(guarded) >= 15
     for route in guarded:
@@ -195,7 +200,7 @@ def test_a_name_typed_as_a_formula_is_exported_as_text(dashboard: Any) -> None:
 
 def test_a_session_expires_after_its_lifetime(dashboard: Any) -> None:
     brief = dashboard.settings.dashboard.model_copy(update={"session_hours": 1 / 3600})
-    app = create_app(brief, dashboard.app.state.appliance)
+    app = create_app(brief, dashboard.app.state.ports)
     vera = client_for(app, "vera")
     assert vera.get("/").status_code == 200
     time.sleep(1.5)
@@ -298,9 +303,8 @@ def test_every_action_and_every_reveal_of_identifiers_leaves_an_audit_row_by_nam
     ada = client_for(dashboard.app, "ada")
     actions = [
         route.path.replace("{job_id}", str(job_id)).replace("{study_uid}", uid)
-        for route in dashboard.app.routes
-        if isinstance(route, APIRoute) and "POST" in route.methods
-        and route.path not in ("/login", "/logout")
+        for route in api_routes(dashboard.app)
+        if "POST" in route.methods and route.path not in ("/login", "/logout")
     ]  # fmt: skip
     assert len(actions) >= 5
     acted = []

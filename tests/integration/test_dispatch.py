@@ -80,7 +80,7 @@ def dispatched(engine: Engine) -> dict[int, str]:
 def test_a_message_for_a_job_the_database_does_not_hold_is_refused_by_name(
     tmp_path: Path, db_url: str, engine: Engine
 ) -> None:
-    runner = JobRunner(make_settings(tmp_path, db_url), engine)
+    runner = JobRunner(make_settings(tmp_path, {"database": {"url": db_url}}), engine)
     with pytest.raises(UnknownJob, match="job 424242 is not in the database"):
         runner.run(424242)
 

@@ -14,8 +14,7 @@ from types import ModuleType
 import yaml
 from fastapi.testclient import TestClient
 
-from appliance.app.dashboard_view import ApplianceView
-from appliance.app.job_runner import make_backend
+from appliance.app.dashboard_view import dashboard_ports
 from appliance.domain.accounts import Role
 from appliance.store.account_ledger import AccountLedger
 from appliance.store.db import create_db_engine, upgrade
@@ -102,19 +101,14 @@ def test_the_grafana_dashboard_is_generated_and_its_queries_parse(tmp_path: Path
 def exported_metric_names(tmp_path: Path) -> set[str]:
     """Every series name the appliance's /metrics exposes, from a real scrape."""
     settings = make_settings(
-        tmp_path,
-        f"sqlite:///{tmp_path}/appliance.db",
-        inference={"repository": str(ROOT / "model_repository"), "threads": 1},
-        queue={"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
+        tmp_path, {"inference": {"repository": str(ROOT / "model_repository"), "threads": 1}}
     )
     engine = create_db_engine(settings.database.url)
     upgrade(engine)
     accounts = AccountLedger(engine)
     accounts.add("prometheus", "a long enough password", Role.VIEWER, datetime.now(UTC), "test")
     token = accounts.create_token("prometheus", "scrape", datetime.now(UTC), "test")
-    app = create_app(
-        settings.dashboard, ApplianceView(settings, engine, make_backend(settings.inference))
-    )
+    app = create_app(settings.dashboard, dashboard_ports(settings, engine))
     text = TestClient(app, headers={"Authorization": f"Bearer {token}"}).get("/metrics").text
     names = set(re.findall(r"^([a-z_:]+)[{ ]", text, re.MULTILINE))  # samples
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}

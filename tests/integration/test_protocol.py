@@ -11,6 +11,8 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from appliance.dicom.dimse import encode_store_request
+from appliance.dicom.upper_layer import data_tf
 from appliance.store.models import Association, AuditEvent
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import echoscu, storescu
@@ -130,3 +132,29 @@ def test_foreign_application_context_is_rejected(start) -> None:
         reply = raw.recv(10)
     assert reply[0] == 0x03  # A-ASSOCIATE-RJ
     assert tuple(reply[7:10]) == (0x01, 0x01, 0x02)  # permanent, service user, context name
+
+
+def test_a_stalled_dimse_message_aborts_the_association_an_idle_one_does_not(start) -> None:
+    """The DIMSE timeout bounds the wait for the next fragment of a message under way; the
+    network timeout, five times longer here, bounds an association idle between messages."""
+    running = start(listener={"dimse_timeout": 1.0, "network_timeout": 10.0})
+    idle = associate(running.port, [(Verification, None)])
+    stalled = associate(running.port, [(CTImageStorage, ["1.2.840.10008.1.2.1"])])
+    assert idle.is_established
+    assert stalled.is_established
+    context = stalled.accepted_contexts[0].context_id
+    sock = stalled.dul.socket.socket  # type: ignore[union-attr]
+    command = encode_store_request(1, CTImageStorage, "1.2.826.0.1.3680043.8.498.1")
+    for pdu in data_tf(context, True, command, 16384):
+        sock.sendall(pdu)
+    fragment = b"\0" * 64
+    pdv = struct.pack(">LBB", len(fragment) + 2, context, 0x00)  # data set, more to come
+    sock.sendall(struct.pack(">BxL", 0x04, len(pdv) + len(fragment)) + pdv + fragment)
+    wait_for(lambda: stalled.is_aborted, 5)
+    outcomes = wait_for(
+        lambda: [o for o in association_outcomes(running.engine) if "DIMSE timeout" in o], 5
+    )
+    assert outcomes == ["aborted: DIMSE timeout"]
+    assert idle.is_established
+    assert idle.send_c_echo().Status == 0
+    idle.release()

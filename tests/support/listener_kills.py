@@ -114,9 +114,10 @@ def start_listener(config: Path, port: int, timeout: float = 60) -> subprocess.P
         if process.poll() is not None:
             raise AssertionError("the listener exited")
         association = ae.associate("127.0.0.1", port, ae_title="APPLIANCE")
-        if association.is_established:
+        established = bool(association.is_established)
+        if established:
             association.release()
-        return bool(association.is_established)
+        return established
 
     try:
         wait_for(answers, timeout, interval=0.05)

@@ -1,5 +1,7 @@
-"""The README's configuration reference and the example config keep up with the settings."""
+"""The README's configuration reference, the example config and the architecture page keep up
+with the code."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -55,3 +57,22 @@ def test_example_config_is_valid_and_complete() -> None:
         return out
 
     assert leaves(tree) == set(field_paths(Settings))
+
+
+def test_the_architecture_page_names_every_module_and_only_modules_that_are() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`((?:[a-z_]+/)+(?:[a-z_]+\.py)?)", page))
+    package = ROOT / "appliance"
+    missing = sorted(
+        name for name in named if not (package / name).exists() and not (ROOT / name).exists()
+    )
+    modules = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py"
+        and "migrations" not in path.parts
+        and len(path.relative_to(package).parts) > 1
+    }
+    folders = tuple(name for name in named if name.endswith("/"))
+    unnamed = sorted(m for m in modules - named if not m.startswith(folders))
+    assert (missing, unnamed) == ([], [])

@@ -9,7 +9,7 @@ from appliance.domain.jobs import JobState
 from appliance.domain.monitoring import DeliveryRow, EventRow, JobRow
 from appliance.web.dependencies import JobId, Operator, Viewer, Wired, page
 from appliance.web.ports import Ports
-from appliance.web.schemas import Delivery, Event, Job, JobDetail
+from appliance.web.schemas import JobDetail
 
 router = APIRouter()
 
@@ -31,8 +31,8 @@ def jobs_page(
 
 
 @router.get("/api/jobs")
-def api_jobs(user: Viewer, ports: Wired, state: str | None = None) -> list[Job]:
-    return [Job.model_validate(row) for row in ports.jobs.jobs(state or None)]
+def api_jobs(user: Viewer, ports: Wired, state: str | None = None) -> list[JobRow]:
+    return ports.jobs.jobs(state or None)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
@@ -45,11 +45,7 @@ def job_page(request: Request, user: Viewer, ports: Wired, job_id: JobId) -> HTM
 @router.get("/api/jobs/{job_id}")
 def api_job(user: Viewer, ports: Wired, job_id: JobId) -> JobDetail:
     job, deliveries, events = _job_or_404(ports, job_id)
-    return JobDetail(
-        job=Job.model_validate(job),
-        deliveries=[Delivery.model_validate(row) for row in deliveries],
-        events=[Event.model_validate(row) for row in events],
-    )
+    return JobDetail(job=job, deliveries=deliveries, events=events)
 
 
 @router.post("/jobs/{job_id}/retry")
