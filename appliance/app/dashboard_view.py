@@ -14,22 +14,10 @@ from appliance.app.ingest import spool
 from appliance.app.pipelines import make_backend
 from appliance.config import Settings
 from appliance.dicom.spool import Spool
+from appliance.domain import monitoring
 from appliance.domain.accounts import CredentialKind, User
 from appliance.domain.assembly import StudyState, UnknownStudy
 from appliance.domain.jobs import InvalidJobTransition, UnknownJob
-from appliance.domain.monitoring import (
-    Check,
-    DeliveryRow,
-    EventRow,
-    Flow,
-    JobRow,
-    ModelRow,
-    StageHistogram,
-    StageSamples,
-    StudySummary,
-    Totals,
-    recent,
-)
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import ContractError, load_contract
 from appliance.inference.repository import model_directories
@@ -66,19 +54,19 @@ class MonitoringView:
         self._spool: Spool = spool(settings)
         self._monitor = health.DestinationMonitor(Deliverer(settings.delivery, engine), settings)
 
-    def flow(self) -> Flow:
-        return self._queries.flow(recent(_now()))
+    def flow(self) -> monitoring.Flow:
+        return self._queries.flow(monitoring.recent(_now()))
 
-    def stage_samples(self) -> list[StageSamples]:
+    def stage_samples(self) -> list[monitoring.StageSamples]:
         return self._queries.stage_samples()
 
-    def histograms(self, buckets: Sequence[float]) -> list[StageHistogram]:
+    def histograms(self, buckets: Sequence[float]) -> list[monitoring.StageHistogram]:
         return self._queries.histograms(buckets)
 
-    def totals(self) -> Totals:
+    def totals(self) -> monitoring.Totals:
         return self._queries.totals()
 
-    def readiness(self) -> list[Check]:
+    def readiness(self) -> list[monitoring.Check]:
         return [
             health.database(self._engine),
             health.broker(self._queue),
@@ -86,7 +74,7 @@ class MonitoringView:
             health.inference(self._backend, self._settings.inference.repository),
         ]
 
-    def destinations(self) -> list[Check]:
+    def destinations(self) -> list[monitoring.Check]:
         return self._monitor.checks()
 
     def spool(self) -> SpoolDisk:
@@ -98,10 +86,10 @@ class JobsView:
         self._queries = DashboardQueries(engine)
         self._jobs = JobLedger(engine)
 
-    def jobs(self, state: str | None) -> list[JobRow]:
+    def jobs(self, state: str | None) -> list[monitoring.JobRow]:
         return self._queries.jobs(state)
 
-    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None:
+    def job(self, job_id: int) -> monitoring.JobDetail | None:
         return self._queries.job(job_id)
 
     def retry(self, job_id: int, actor: str) -> None:
@@ -119,7 +107,7 @@ class StudiesView:
         self._studies = StudyLedger(engine, settings.study.completion_policy())
         self._queries = DashboardQueries(engine)
 
-    def studies(self, state: str | None) -> list[StudySummary]:
+    def studies(self, state: str | None) -> list[monitoring.StudySummary]:
         try:
             wanted = StudyState(state) if state else None
         except ValueError as exc:
@@ -145,7 +133,7 @@ class AuditView:
     def __init__(self, engine: Engine) -> None:
         self._queries = DashboardQueries(engine)
 
-    def events(self, where: EventFilter, limit: int) -> list[EventRow]:
+    def events(self, where: EventFilter, limit: int) -> list[monitoring.EventRow]:
         return self._queries.events(
             where.event_type, where.actor, where.study_instance_uid, where.since, where.until,
             limit,
@@ -160,13 +148,13 @@ class ModelsView:
         self._repository = settings.inference.repository
         self._backend = backend
 
-    def models(self) -> list[ModelRow]:
+    def models(self) -> list[monitoring.ModelRow]:
         rows = []
         for directory in model_directories(self._repository):
             try:
                 contract = load_contract(directory)
             except ContractError as exc:
-                rows.append(ModelRow(directory.name, error=str(exc)))
+                rows.append(monitoring.ModelRow(directory.name, error=str(exc)))
                 continue
             try:
                 ready = self._backend.ready(contract.name)
@@ -174,7 +162,7 @@ class ModelsView:
                 ready = False
             card = directory / contract.card
             rows.append(
-                ModelRow(
+                monitoring.ModelRow(
                     contract.name, contract.version, contract.family.value, contract.synthetic,
                     [label.name for label in contract.labels], contract.spacing_mm,
                     list(contract.patch), ready,

@@ -145,6 +145,15 @@ class EventRow:
     detail: str | None
 
 
+@dataclass(frozen=True)
+class JobDetail:
+    """One job with its results' deliveries and its whole audit trail."""
+
+    job: JobRow
+    deliveries: list[DeliveryRow]
+    events: list[EventRow]
+
+
 def recent(now: datetime, hours: float = 24) -> datetime:
     return now - timedelta(hours=hours)
 

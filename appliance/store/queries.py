@@ -17,6 +17,7 @@ from appliance.domain.monitoring import (
     DeliveryRow,
     EventRow,
     Flow,
+    JobDetail,
     JobRow,
     StageHistogram,
     StageSamples,
@@ -136,7 +137,7 @@ class DashboardQueries:
                 query = query.where(Job.state == state)
             return [_job_row(*row) for row in session.execute(query).all()]
 
-    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None:
+    def job(self, job_id: int) -> JobDetail | None:
         with self._sessions() as session:
             found = session.execute(
                 select(Job, Study.study_instance_uid, _total_seconds())
@@ -151,7 +152,7 @@ class DashboardQueries:
             events = session.scalars(
                 select(AuditEvent).where(AuditEvent.job_id == job_id).order_by(AuditEvent.id)
             ).all()
-            return (
+            return JobDetail(
                 _job_row(*found),
                 [
                     DeliveryRow(

@@ -13,9 +13,9 @@ from typing import Protocol
 from appliance.domain.accounts import CredentialKind, User
 from appliance.domain.monitoring import (
     Check,
-    DeliveryRow,
     EventRow,
     Flow,
+    JobDetail,
     JobRow,
     ModelRow,
     StageHistogram,
@@ -72,7 +72,7 @@ class Monitoring(Protocol):
 
 class Jobs(Protocol):
     def jobs(self, state: str | None) -> list[JobRow]: ...
-    def job(self, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]] | None: ...
+    def job(self, job_id: int) -> JobDetail | None: ...
     def retry(self, job_id: int, actor: str) -> None: ...
     def cancel(self, job_id: int, actor: str) -> None: ...
     def resend(self, job_id: int, actor: str) -> None: ...

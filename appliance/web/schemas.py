@@ -1,10 +1,9 @@
 """The JSON API's response models: what `/api/*` and the health checks answer, validated and
-documented in the OpenAPI schema. A job, a delivery and an audit event are the domain's own
-rows (`domain.monitoring`), which pydantic validates as they are; never ORM objects."""
+documented in the OpenAPI schema. Jobs, their deliveries and audit events are answered as the
+domain's own rows (`domain.monitoring`), which pydantic validates as they are; nothing is
+ever built from ORM objects."""
 
 from pydantic import BaseModel
-
-from appliance.domain.monitoring import DeliveryRow, EventRow, JobRow
 
 
 class Liveness(BaseModel):
@@ -20,12 +19,6 @@ class Readiness(BaseModel):
 
     ready: bool
     checks: dict[str, CheckState]
-
-
-class JobDetail(BaseModel):
-    job: JobRow
-    deliveries: list[DeliveryRow]
-    events: list[EventRow]
 
 
 class Latency(BaseModel):

@@ -205,3 +205,21 @@ def test_serving_code_never_imports_torch_or_training() -> None:
             assert not name.startswith(("torch", "appliance.training")), (
                 f"{module.name} imports {name}: torch belongs to the train extra only"
             )
+
+
+def test_tests_and_benchmarks_share_helpers_through_tests_support_only() -> None:
+    """No test module imports another test module or conftest, and no path is edited: what
+    tests and benchmarks share lives in tests/support."""
+    root = PACKAGE.parent
+    for path in sorted([*(root / "tests").rglob("*.py"), *(root / "bench").rglob("*.py")]):
+        text = path.read_text(encoding="utf-8")
+        assert "sys.path" not in text or path.name == "test_import_rules.py", path
+        for node in ast.walk(ast.parse(text)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] if node.level == 0 else [f".{node.module}"]
+            for name in names:
+                if name.startswith(("tests", ".")):
+                    assert name.startswith("tests.support"), f"{path}: {name}"

@@ -6,15 +6,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.domain.accounts import Role
 from appliance.domain.jobs import JobState
-from appliance.domain.monitoring import DeliveryRow, EventRow, JobRow
+from appliance.domain.monitoring import JobDetail, JobRow
 from appliance.web.dependencies import JobId, Operator, Viewer, Wired, page
 from appliance.web.ports import Ports
-from appliance.web.schemas import JobDetail
 
 router = APIRouter()
 
 
-def _job_or_404(ports: Ports, job_id: int) -> tuple[JobRow, list[DeliveryRow], list[EventRow]]:
+def _job_or_404(ports: Ports, job_id: int) -> JobDetail:
     found = ports.jobs.job(job_id)
     if found is None:
         raise HTTPException(404, f"no job {job_id}")
@@ -37,15 +36,14 @@ def api_jobs(user: Viewer, ports: Wired, state: str | None = None) -> list[JobRo
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, user: Viewer, ports: Wired, job_id: JobId) -> HTMLResponse:
-    job, deliveries, events = _job_or_404(ports, job_id)
-    return page(request, "job.html", user, job=job, deliveries=deliveries, events=events,
-                may_act=user.may(Role.OPERATOR))  # fmt: skip
+    detail = _job_or_404(ports, job_id)
+    return page(request, "job.html", user, job=detail.job, deliveries=detail.deliveries,
+                events=detail.events, may_act=user.may(Role.OPERATOR))  # fmt: skip
 
 
 @router.get("/api/jobs/{job_id}")
 def api_job(user: Viewer, ports: Wired, job_id: JobId) -> JobDetail:
-    job, deliveries, events = _job_or_404(ports, job_id)
-    return JobDetail(job=job, deliveries=deliveries, events=events)
+    return _job_or_404(ports, job_id)
 
 
 @router.post("/jobs/{job_id}/retry")
