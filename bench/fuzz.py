@@ -1,5 +1,5 @@
-"""Fuzz benchmark: ten thousand and more mutated DICOM instances (tests/fuzzing.py) through a
-real association to `appliance listen` and through the pipelines' entry points; prints the
+"""Fuzz benchmark: ten thousand and more mutated DICOM instances (tests/support/fuzzing.py)
+through a real association to `appliance listen` and through the pipelines' entry points; prints the
 counts: cases, statuses, refusals with their recorded reasons, crashes (which must be 0).
 
 The peer, in the same run, is dcmtk's dcmdump reading the same pipeline cases: how often a

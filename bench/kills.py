@@ -1,5 +1,5 @@
 """Fault benchmark: SIGKILL the listener at random points, a hundred times and more, while
-several senders push studies; then account for every instance (tests/listener_kills.py).
+several senders push studies; then account for every instance (tests/support/listener_kills.py).
 
 The peer, measured in the same run, is the same senders against a listener nobody kills: its
 wall time is what the kills cost.

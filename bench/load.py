@@ -1,6 +1,6 @@
 """Load benchmark: sixteen senders (a process each, a study of 40 instances per association)
 for minutes against production's listen, sweep and dashboard roles on PostgreSQL, with the
-dashboard polled all along (tests/load.py). Prints acknowledged and lost instances, C-STORE
+dashboard polled all along (tests/support/load.py). Prints acknowledged and lost instances, C-STORE
 round-trip percentiles, dashboard answer times, and each role's peak memory and its growth
 over the run.
 

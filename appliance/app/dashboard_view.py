@@ -26,7 +26,9 @@ from appliance.store.account_ledger import AccountLedger
 from appliance.store.job_ledger import JobLedger
 from appliance.store.queries import DashboardQueries
 from appliance.store.study_ledger import StudyLedger
+from appliance.web.app import create_app
 from appliance.web.ports import Conflict, EventFilter, NotFound, Ports, SpoolDisk
+from appliance.web.server import DashboardServer
 
 
 class AccountsView:
@@ -198,3 +200,9 @@ def _acting(action: Callable[[], object]) -> None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def dashboard_server(settings: Settings, engine: Engine) -> DashboardServer:
+    """The dashboard's web server on `dashboard.host:dashboard.port`, not yet started."""
+    app = create_app(settings.dashboard, dashboard_ports(settings, engine))
+    return DashboardServer(app, settings.dashboard.host, settings.dashboard.port)

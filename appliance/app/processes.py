@@ -20,7 +20,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from appliance.app.completion import complete_studies
-from appliance.app.dashboard_view import dashboard_ports
 from appliance.app.delivery import Deliverer, deliver_and_settle
 from appliance.app.dispatch import Dispatcher
 from appliance.app.ingest import spool, start_listener
@@ -34,8 +33,6 @@ from appliance.store.account_ledger import AccountLedger
 from appliance.store.db import open_database
 from appliance.store.job_ledger import JobLedger
 from appliance.store.study_ledger import StudyLedger
-from appliance.web.app import create_app
-from appliance.web.server import DashboardServer
 
 LOG = logging.getLogger(__name__)
 SUPERVISE_INTERVAL_SECONDS = 1.0
@@ -175,11 +172,6 @@ class ListenerGroup:
             process.join(timeout=10)
 
 
-def dashboard_server(settings: Settings, engine: Engine) -> DashboardServer:
-    app = create_app(settings.dashboard, dashboard_ports(settings, engine))
-    return DashboardServer(app, settings.dashboard.host, settings.dashboard.port)
-
-
 @dataclass(frozen=True)
 class Roles:
     """What one process runs; with `migrate` it first brings the schema up to date, without
@@ -201,6 +193,10 @@ def run(settings: Settings, roles: Roles) -> None:
     _stop_on_signals(stop)
     web = None
     if roles.dashboard:
+        # Imported by a process that serves the dashboard only: the web stack would cost
+        # every listener, sweeper and worker process some 13 MiB it never uses.
+        from appliance.app.dashboard_view import dashboard_server
+
         web = dashboard_server(settings, engine)
         web.start()
         if AccountLedger(engine).count() == 0:

@@ -1,5 +1,5 @@
-"""Hostile and broken DICOM (tests/fuzzing.py): a few hundred mutated instances through a real
-association to `appliance listen` and through the pipelines' entry points. bench/fuzz.py runs
+"""Hostile and broken DICOM (tests/support/fuzzing.py): a few hundred mutated instances through a
+real association to `appliance listen` and through the pipelines' entry points. bench/fuzz.py runs
 ten thousand and more.
 
 Hypothesis draws new cases on every run; a failure prints the case that caused it."""

@@ -1,4 +1,4 @@
-"""Load (tests/load.py): sixteen senders hold sixteen associations at once against the
+"""Load (tests/support/load.py): sixteen senders hold sixteen associations at once against the
 listener while the dashboard is polled; nothing acknowledged is lost, no association or
 instance is refused, and no role's memory grows. bench/load.py runs the same for minutes and
 prints the latency percentiles and peak memory."""

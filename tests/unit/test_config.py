@@ -57,6 +57,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ),
         ({"APPLIANCE_LISTENER__TLS__ENABLED": "true"}, "listener.tls"),
         ({"APPLIANCE_SPOOL__TYPO": "1"}, "spool.typo"),
+        ({"APPLIANCE_LISTNER__PORT": "104"}, "APPLIANCE_LISTNER__PORT: no such settings section"),
+        ({"APPLIANCE_LISTENER__PEERS": "[{ae_title: X"}, "peers: not valid YAML"),
     ],
 )
 def test_bad_values_name_the_field(environ: dict[str, str], message: str) -> None:
