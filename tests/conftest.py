@@ -20,6 +20,8 @@ from tests.support.services import missing_service
 from tests.support.settings import make_settings
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Studies complete when a test says (or 1 s after their count hints say they are whole).
+LISTENER_UNDER_TEST = {"study": {"quiet_period_seconds": 30, "hint_settle_seconds": 1}}
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +80,9 @@ def start(tmp_path: Path, engine: Engine, db_url: str) -> Iterator[Any]:
     running: list[Listener] = []
 
     def _start(**sections: dict[str, Any]) -> RunningListener:
-        settings = make_settings(tmp_path, {"database": {"url": db_url}}, sections)
+        settings = make_settings(
+            tmp_path, LISTENER_UNDER_TEST, {"database": {"url": db_url}}, sections
+        )
         listener = start_listener(settings, engine)
         running.append(listener)
         return RunningListener(listener, settings, engine)

@@ -22,13 +22,11 @@ MODEL_FILE = "model.onnx"
 
 
 class BackendError(Exception):
-    retryable = False
+    """The backend could not answer; which subclass says whether to try again."""
 
 
 class RetryableBackendError(BackendError):
     """Try again later: the backend is unreachable, starting or overloaded."""
-
-    retryable = True
 
 
 class PermanentBackendError(BackendError):
@@ -63,10 +61,6 @@ class TimedBackend:
     def __init__(self, backend: InferenceBackend) -> None:
         self._backend = backend
         self.by_model: dict[str, float] = {}
-
-    @property
-    def seconds(self) -> float:
-        return sum(self.by_model.values())
 
     def ready(self, model: str) -> bool:
         return self._backend.ready(model)

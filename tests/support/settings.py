@@ -25,7 +25,6 @@ def _base(directory: Path) -> dict[str, dict[str, Any]]:
         "listener": {"host": "127.0.0.1", "port": 0, "peers": TEST_PEERS},
         "spool": {"path": str(directory / "spool")},
         "database": {"url": f"sqlite:///{directory}/appliance.db"},
-        "study": {"quiet_period_seconds": 30, "hint_settle_seconds": 1},
         "queue": {"broker_url": f"sqla+sqlite:///{directory}/broker.db"},
         "delivery": {"outbox": str(directory / "outbox")},
     }
