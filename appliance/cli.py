@@ -14,8 +14,13 @@ import yaml
 from appliance.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import timedelta
+
+    from appliance.app.catalog import Governor
     from appliance.app.delivery import Deliverer
     from appliance.app.processes import Roles
+    from appliance.domain.pipelines import State
     from appliance.store.account_ledger import AccountLedger
     from appliance.store.study_ledger import StudyLedger
 
@@ -354,24 +359,68 @@ def models() -> None:
     """The model repository."""
 
 
+def _governor(ctx: click.Context) -> "Governor":
+    from appliance.app.catalog import Governor
+    from appliance.store.db import open_database
+
+    settings = _settings(ctx)
+    return Governor(settings.inference.repository, open_database(settings.database.url, False))
+
+
 @models.command("list")
 @click.pass_context
 def models_list(ctx: click.Context) -> None:
-    """Models in the repository, with their labels."""
-    from appliance.inference.contract import ContractError
-    from appliance.inference.repository import model_directories, summarise
-
-    repository = _settings(ctx).inference.repository
-    for directory in model_directories(repository):
-        try:
-            model = summarise(directory)
-        except ContractError as exc:
-            click.echo(f"{directory.name}: invalid contract: {exc}")
+    """Every model version: modality, where it came from, its state and its labels."""
+    for model in _governor(ctx).models():
+        if model.error:
+            click.echo(f"invalid: {model.error}")
             continue
         flag = "  (synthetic training data; not for clinical use)" if model.synthetic else ""
         click.echo(
-            f"{model.name} v{model.version} [{model.family}]: {', '.join(model.labels)}{flag}"
+            f"{model.name} v{model.version} [{model.modality}, {model.source}] {model.state}: "
+            f"{', '.join(model.labels)}{flag}"
         )
+
+
+def _set_state(ctx: click.Context, change: "Callable[[Governor], object]", what: str) -> None:
+    from appliance.app.catalog import NotInCatalog
+
+    try:
+        was = change(_governor(ctx))
+    except NotInCatalog as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+    click.echo(f"{what} (was {was})")
+
+
+def _model_state_command(state: "State") -> click.Command:
+    @click.argument("name")
+    @click.option("--version", type=click.IntRange(1), required=True, help="The version.")
+    @click.pass_context
+    def command(ctx: click.Context, name: str, version: int) -> None:
+        from appliance.domain.pipelines import ModelRef
+
+        model = ModelRef(name, version)
+        _set_state(
+            ctx, lambda governor: governor.set_model(model, state, _console()).value,
+            f"model {model} {state.value}",
+        )  # fmt: skip
+
+    command.__doc__ = f"Make a model version {state.value} (audited)."
+    return click.command(state.verb)(command)
+
+
+def _pipeline_state_command(state: "State") -> click.Command:
+    @click.argument("name")
+    @click.pass_context
+    def command(ctx: click.Context, name: str) -> None:
+        _set_state(
+            ctx, lambda governor: governor.set_pipeline(name, state, _console()).value,
+            f"pipeline {name} {state.value}",
+        )  # fmt: skip
+
+    command.__doc__ = f"Make a pipeline {state.value} (audited)."
+    return click.command(state.verb)(command)
 
 
 @models.command("check")
@@ -422,6 +471,82 @@ def models_build_trt(ctx: click.Context, output: Path, max_batch: int, fp32: boo
         click.echo(f"appliance: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
     click.echo(f"built {', '.join(built)} into {output}")
+
+
+@main.group()
+def pipelines() -> None:
+    """Pipelines declared in the model repository (`<name>.pipeline.yaml`)."""
+
+
+@pipelines.command("list")
+@click.pass_context
+def pipelines_list(ctx: click.Context) -> None:
+    """Every pipeline: its state, the state it runs in, its stages."""
+    for pipeline in _governor(ctx).pipelines():
+        runs = "" if pipeline.effective == pipeline.state else f", runs {pipeline.effective}"
+        click.echo(f"{pipeline.name} {pipeline.state}{runs}: {pipeline.description}")
+        for stage in pipeline.stages:
+            click.echo(f"  {stage}")
+
+
+def _add_state_commands() -> None:
+    from appliance.domain.pipelines import State
+
+    for state in State:
+        models.add_command(_model_state_command(state))
+        pipelines.add_command(_pipeline_state_command(state))
+
+
+@main.group()
+def rules() -> None:
+    """Routing rules."""
+
+
+@rules.command("dry-run")
+@click.option("--since", default="7d", show_default=True, help="A period: 36h, 7d, 2w.")
+@click.option(
+    "--rules",
+    "rules_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Candidate rules (YAML); without it the current rules are replayed against themselves.",
+)
+@click.pass_context
+def rules_dry_run(ctx: click.Context, since: str, rules_file: Path | None) -> None:
+    """Replay routing of the studies received in a period with the current and the candidate
+    rules, under the pipelines' present states; print what would change. Changes nothing."""
+    from appliance.app.rules import dry_run, load_rules
+    from appliance.store.db import open_database
+
+    settings = _settings(ctx)
+    try:
+        period = _period(since)
+        candidate = load_rules(rules_file) if rules_file else settings.routing.route_rules()
+    except (ValueError, SettingsError) as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+    engine = open_database(settings.database.url, migrate=False)
+    start = datetime.now(UTC) - period
+    result = dry_run(engine, _governor(ctx), settings.routing.route_rules(), candidate, start)
+    click.echo(
+        f"{result.studies} studies ({result.series} series) received since "
+        f"{start:%Y-%m-%d %H:%M} UTC; {len(result.changes)} series would change"
+    )
+    for change in result.changes:
+        click.echo(
+            f"  {change.study_instance_uid} {change.series_instance_uid} {change.modality}: "
+            f"{change.now} -> {change.candidate}"
+        )
+
+
+def _period(text: str) -> "timedelta":
+    """`36h`, `7d`, `2w` as a timedelta; ValueError otherwise."""
+    from datetime import timedelta
+
+    units = {"h": "hours", "d": "days", "w": "weeks"}
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise ValueError(f"--since {text!r}: a number of hours, days or weeks, like 7d")
+    return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
 TRAINING_STEPS = {"us_frame": 450, "organ_ct": 4000, "lesion_ct": 9000}
@@ -593,3 +718,6 @@ def config_check(ctx: click.Context) -> None:
     """Validate the settings and print them as resolved."""
     click.echo(yaml.safe_dump(_settings(ctx).model_dump(mode="json"), sort_keys=False), nl=False)
     click.echo("# settings are valid", err=True)
+
+
+_add_state_commands()

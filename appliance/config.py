@@ -234,8 +234,9 @@ class RouteRuleSettings(_Section):
     """One routing rule; an empty condition matches anything, the first matching rule wins."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="Name in job records.")
-    pipeline: Literal["ct", "us"] = Field(
-        description="ct: organs then liver lesions; us: per-frame structure segmentation."
+    pipeline: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="A pipeline of the model repository's catalog (`<name>.pipeline.yaml`).",
     )
     priority: Priority = Field(default=Priority.NORMAL, description="urgent or normal.")
     modalities: list[str] = Field(default_factory=list, description="e.g. [CT].")

@@ -16,7 +16,7 @@ Two shares are printed. Orchestration is what the appliance adds around the pipe
 dispatch, claiming and leasing the job, state changes, the outbox and delivery (target <= 5%).
 "All but model compute" is the stricter reading, which also counts the pipeline's own decoding,
 resampling and SEG/SR encoding. The named peer is the bare pipeline: the same files through
-`run_ct`/`run_ultrasound` and the encoders, called directly in this process with the same
+`run_volume`/`run_frames` and the encoders, called directly in this process with the same
 models and threads, no listener, queue or PACS.
 
     .venv/bin/python -m bench.e2e [--quiet 2]
@@ -34,11 +34,11 @@ from pydicom import dcmread
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
-from appliance.app.pipelines import run_ct, run_ultrasound
+from appliance.app.pipelines import run_frames, run_volume
 from appliance.dicom.sender import Association, Peer, outgoing
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend, TimedBackend
-from appliance.inference.contract import load_contract
+from appliance.inference.catalog import load_catalog
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
@@ -125,12 +125,12 @@ def bare(kind: str, files: list[Path]) -> float:
     backend = TimedBackend(OnnxRuntimeBackend(REPOSITORY, threads=2))
     equipment = Equipment("bench", "bench", "bench", "bench")
     started = time.perf_counter()
+    catalog = load_catalog(REPOSITORY)
     if kind == "ct":
-        organs, lesions = (load_contract(REPOSITORY / n) for n in ("organ_ct", "lesion_ct"))
-        run = run_ct(files, backend, organs, lesions)
+        run = run_volume(catalog.pipelines["ct"], catalog, files, backend)
         ct_results(run.volume.headers, run.findings, SegmentationType.BINARY, equipment)
     else:
-        us = run_ultrasound(files[0], backend, load_contract(REPOSITORY / "us_frame"))
+        us = run_frames(catalog.pipelines["us"], catalog, files[0], backend)
         ultrasound_results(us.source, us.findings, equipment)
     return time.perf_counter() - started
 

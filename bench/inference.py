@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from appliance.app.pipelines import run_ct
+from appliance.app.pipelines import run_volume
 from appliance.inference.backend import InferenceBackend, OnnxRuntimeBackend
+from appliance.inference.catalog import load_catalog
 from appliance.inference.contract import load_contract
 from appliance.inference.triton import TritonBackend
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
@@ -76,7 +77,7 @@ def table(rows: dict[str, float], unit: str, count: int) -> None:
 def bench_ultrasound(
     found: dict[str, InferenceBackend], scratch: Path, frames: int, repeats: int
 ) -> None:
-    contract = load_contract(REPOSITORY / "us_frame")
+    contract = load_contract(REPOSITORY / "us_frame" / "1")
     path = write_us_cine(generate_cine(424242, frames=frames), scratch / "cine.dcm")
     decode = timed(lambda: decode_cine(path), repeats)
     cine = decode_cine(path)
@@ -95,12 +96,13 @@ def bench_ultrasound(
 def bench_ct(found: dict[str, InferenceBackend], scratch: Path, repeats: int) -> None:
     """A 512x512x300 abdominal CT at 0.78 x 0.78 x 1.5 mm, loaded from its 300 files: organs
     at 3 mm over the body, then lesions at 1.5 mm in the liver's box, then measurements."""
-    organs, lesions = (load_contract(REPOSITORY / name) for name in ("organ_ct", "lesion_ct"))
+    catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines["ct"]
     phantom = generate_ct(77, Grid((300, 512, 512), (1.5, 0.78, 0.78)), lesion_count=3)
     paths = write_ct_series(phantom, scratch / "series")
     del phantom
     rows = {
-        name: timed(lambda b=backend: run_ct(paths, b, organs, lesions), repeats)
+        name: timed(lambda b=backend: run_volume(pipeline, catalog, paths, b), repeats)
         for name, backend in found.items()
     }
     print(

@@ -28,7 +28,6 @@ from pydicom import dcmread
 
 from appliance.dicom.sender import Association, Peer, outgoing
 from appliance.domain.findings import SegmentationType
-from appliance.inference.contract import load_contract
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series
 from appliance.results.encode import ct_results
@@ -45,14 +44,13 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def bench_encode(scratch: Path) -> None:
-    organs, lesions = (load_contract(REPOSITORY / name) for name in ("organ_ct", "lesion_ct"))
     phantom = generate_ct(77, Grid((300, 512, 512), (1.5, 0.78, 0.78)), lesion_count=5)
     paths = write_ct_series(phantom, scratch / "series")
     sources = sorted(
         (dcmread(path, stop_before_pixels=True) for path in paths),
         key=lambda ds: float(ds.ImagePositionPatient[2]),
     )
-    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources], organs, lesions)
+    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources])
     del phantom
     print(
         f"encode: CT 512x512x300, {len(findings.segments)} segments "

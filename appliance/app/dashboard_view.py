@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 
 from appliance.app import health
+from appliance.app.catalog import Governor, NotInCatalog
 from appliance.app.delivery import Deliverer
 from appliance.app.ingest import spool
 from appliance.app.pipelines import make_backend
@@ -18,9 +19,8 @@ from appliance.domain import monitoring
 from appliance.domain.accounts import CredentialKind, User
 from appliance.domain.assembly import StudyState, UnknownStudy
 from appliance.domain.jobs import InvalidJobTransition, UnknownJob
+from appliance.domain.pipelines import ModelRef, State
 from appliance.inference.backend import InferenceBackend
-from appliance.inference.contract import ContractError, load_contract
-from appliance.inference.repository import model_directories
 from appliance.queue.celery_app import make_app
 from appliance.store.account_ledger import AccountLedger
 from appliance.store.job_ledger import JobLedger
@@ -52,6 +52,7 @@ class MonitoringView:
         self._engine = engine
         self._backend = backend
         self._queries = DashboardQueries(engine)
+        self._governor = Governor(settings.inference.repository, engine)
         self._queue = make_app(settings.queue)  # one app for every readiness probe
         self._spool: Spool = spool(settings)
         self._monitor = health.DestinationMonitor(Deliverer(settings.delivery, engine), settings)
@@ -73,7 +74,7 @@ class MonitoringView:
             health.database(self._engine),
             health.broker(self._queue),
             health.spool_disk(self._spool),
-            health.inference(self._backend, self._settings.inference.repository),
+            health.inference(self._backend, self._governor.catalog(), self._governor.governance()),
         ]
 
     def destinations(self) -> list[monitoring.Check]:
@@ -146,32 +147,29 @@ class AuditView:
 
 
 class ModelsView:
-    def __init__(self, settings: Settings, backend: InferenceBackend) -> None:
-        self._repository = settings.inference.repository
+    """The catalog and its governance; a change of state is an operator's, audited."""
+
+    def __init__(self, settings: Settings, engine: Engine, backend: InferenceBackend) -> None:
+        self._governor = Governor(settings.inference.repository, engine)
         self._backend = backend
 
     def models(self) -> list[monitoring.ModelRow]:
-        rows = []
-        for directory in model_directories(self._repository):
-            try:
-                contract = load_contract(directory)
-            except ContractError as exc:
-                rows.append(monitoring.ModelRow(directory.name, error=str(exc)))
-                continue
-            try:
-                ready = self._backend.ready(contract.name)
-            except Exception:  # noqa: BLE001 - any backend failure means not ready
-                ready = False
-            card = directory / contract.card
-            rows.append(
-                monitoring.ModelRow(
-                    contract.name, contract.version, contract.family.value, contract.synthetic,
-                    [label.name for label in contract.labels], contract.spacing_mm,
-                    list(contract.patch), ready,
-                    card.read_text() if card.exists() else "(no model card)",
-                )
-            )  # fmt: skip
-        return rows
+        return self._governor.models(self._backend)
+
+    def pipelines(self) -> list[monitoring.PipelineRow]:
+        return self._governor.pipelines()
+
+    def set_pipeline_state(self, name: str, state: State, actor: str) -> None:
+        try:
+            self._governor.set_pipeline(name, state, actor)
+        except NotInCatalog as exc:
+            raise NotFound(str(exc)) from exc
+
+    def set_model_state(self, model: ModelRef, state: State, actor: str) -> None:
+        try:
+            self._governor.set_model(model, state, actor)
+        except NotInCatalog as exc:
+            raise NotFound(str(exc)) from exc
 
 
 def dashboard_ports(
@@ -185,7 +183,7 @@ def dashboard_ports(
         jobs=JobsView(engine),
         studies=StudiesView(settings, engine),
         audit=AuditView(engine),
-        models=ModelsView(settings, backend),
+        models=ModelsView(settings, engine, backend),
     )
 
 

@@ -32,7 +32,13 @@ from appliance.dicom.sender import (
 from appliance.dicom.spool import write_durably
 from appliance.dicom.stow import StowSession
 from appliance.dicom.tls import client_context
-from appliance.domain.delivery import DestinationUnavailable, Outcome, RetryPolicy, classify
+from appliance.domain.delivery import (
+    SHADOW_DESTINATION,
+    DestinationUnavailable,
+    Outcome,
+    RetryPolicy,
+    classify,
+)
 from appliance.domain.status import DimseStatus
 from appliance.results.validate import CheckedResult
 from appliance.store.job_ledger import JobLedger
@@ -75,20 +81,23 @@ class Deliverer:
         study_instance_uid: str,
         now: datetime,
         job_id: int | None = None,
+        shadow: bool = False,
     ) -> None:
-        """Write each result durably to the outbox, then queue it for every destination."""
+        """Write each result durably to the outbox, then queue it for every destination; a
+        shadow pipeline's results are kept there for review and sent nowhere."""
+        names = [SHADOW_DESTINATION] if shadow else [d.name for d in self._settings.destinations]
         queued = []
         for result in results:
             path = Path(study_instance_uid) / f"{result.sop_instance_uid}.dcm"
             write_durably(self._root / path, self._staging, self._root, (result.encoded,))
             queued += [
                 QueuedResult(
-                    destination.name, result.sop_instance_uid, result.sop_class_uid,
-                    study_instance_uid, str(path), job_id,
+                    name, result.sop_instance_uid, result.sop_class_uid, study_instance_uid,
+                    str(path), job_id,
                 )
-                for destination in self._settings.destinations
+                for name in names
             ]  # fmt: skip
-        self._ledger.enqueue(queued, now)
+        self._ledger.enqueue(queued, now, shadow)
 
     def deliver_due(self, now: datetime) -> DeliveryReport:
         report = DeliveryReport()

@@ -5,11 +5,15 @@ every broker: the broker only ever holds the few jobs the workers are about to t
 """
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
+from appliance.app.catalog import Governor
+from appliance.app.pipelines import UnknownPipeline, pipeline_states
 from appliance.config import Settings
+from appliance.domain.pipelines import State
 from appliance.domain.routing import Priority, Waiting, dispatch_order, priority_of, route
 from appliance.queue.celery_app import PROCESS_STUDY, make_app
 from appliance.store.job_ledger import JobLedger
@@ -27,6 +31,7 @@ class Dispatcher:
         self._jobs = JobLedger(engine)
         self._rules = settings.routing.route_rules()
         self._app = make_app(settings.queue)
+        self._governor = Governor(settings.inference.repository, engine)
         self._priorities: dict[int, Priority] = {}
 
     def dispatch(self, now: datetime) -> int:
@@ -37,7 +42,10 @@ class Dispatcher:
         slots = self._queue.dispatch_window - self._jobs.in_flight(now, again)
         if not waiting or slots <= 0:
             return 0
-        self._priorities = {job_id: self._priority(job_id) for job_id, _ in waiting}
+        states = None
+        if any(job_id not in self._priorities for job_id, _ in waiting):
+            states = pipeline_states(self._governor.catalog(), self._governor.governance())
+        self._priorities = {job_id: self._priority(job_id, states) for job_id, _ in waiting}
         chosen = dispatch_order(
             [Waiting(job_id, self._priorities[job_id], at) for job_id, at in waiting],
             slots,
@@ -51,8 +59,13 @@ class Dispatcher:
                 sent += 1
         return sent
 
-    def _priority(self, job_id: int) -> Priority:
+    def _priority(self, job_id: int, states: Callable[[str], State] | None) -> Priority:
+        """A job's priority from the rules that take its series (remembered: it does not
+        change while the job waits)."""
         known = self._priorities.get(job_id)
-        if known is None:
-            known = priority_of(route(self._jobs.series_facts(job_id), self._rules))
-        return known
+        if known is None and states is not None:
+            try:
+                known = priority_of(route(self._jobs.series_facts(job_id), self._rules, states))
+            except UnknownPipeline:  # the worker fails the job with the reason
+                known = Priority.NORMAL
+        return known or Priority.NORMAL

@@ -3,7 +3,6 @@ inference backend's models, and (cached, since a C-ECHO can take seconds) each d
 
 import threading
 import time
-from pathlib import Path
 
 from celery import Celery
 from kombu.exceptions import KombuError
@@ -15,8 +14,9 @@ from appliance.config import DestinationSettings, Settings
 from appliance.dicom.spool import Spool
 from appliance.domain.delivery import DestinationUnavailable
 from appliance.domain.monitoring import Check
+from appliance.domain.pipelines import Governance, State
 from appliance.inference.backend import BackendError, InferenceBackend
-from appliance.inference.repository import model_directories
+from appliance.inference.catalog import Catalog
 
 DESTINATION_CHECK_SECONDS = 30.0
 
@@ -51,15 +51,26 @@ def spool_disk(spool: Spool) -> Check:
     )
 
 
-def inference(backend: InferenceBackend, repository: Path) -> Check:
-    names = [directory.name for directory in model_directories(repository)]
+def inference(backend: InferenceBackend, catalog: Catalog, governance: Governance) -> Check:
+    """Every model version that an enabled or shadow pipeline runs answers ready, and the
+    catalog loaded whole."""
+    if catalog.problems:
+        return Check("inference", False, f"catalog: {'; '.join(catalog.problems)}")
+    wanted = sorted(
+        {
+            model
+            for pipeline in catalog.pipelines.values()
+            if governance.pipeline_state(pipeline) is not State.DISABLED
+            for model in pipeline.models
+        }
+    )
     try:
-        missing = [name for name in names if not backend.ready(name)]
+        missing = [str(model) for model in wanted if not backend.ready(model)]
     except BackendError as exc:
         return Check("inference", False, str(exc))
-    if missing or not names:
-        return Check("inference", False, f"not ready: {', '.join(missing) or 'no models'}")
-    return Check("inference", True, f"{len(names)} models ready")
+    if missing or not wanted:
+        return Check("inference", False, f"not ready: {', '.join(missing) or 'no pipelines'}")
+    return Check("inference", True, f"{len(wanted)} models ready")
 
 
 class DestinationMonitor:

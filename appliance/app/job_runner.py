@@ -1,17 +1,19 @@
 """A job, start to finish: claim it, route its series, run the pipelines, encode and check the
 results, and hand them to delivery.
 
-Wiring between `audit` (the job ledger), `domain` (routing), `inference` (backends and
-pipelines), `results` (encoders and the gate) and delivery. Bad input fails the job with its
-reason and nothing else; an unavailable inference server sends the job back to the queue until
-its attempts run out.
+Wiring between `store` (the job and governance ledgers), `domain` (routing), `inference`
+(the catalog, backends and pipelines), `results` (encoders and the gate) and delivery. Each
+routed series runs through the pipeline its rule names, as the catalog declares it; a shadow
+pipeline's results are kept, never delivered. Bad input fails the job with its reason and
+nothing else; an unavailable inference server sends the job back to the queue until its
+attempts run out.
 """
 
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
@@ -19,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from appliance import __version__
 from appliance.app.delivery import Deliverer
-from appliance.app.pipelines import make_backend, run_ct, run_ultrasound
+from appliance.app.pipelines import make_backend, pipeline_states, run_frames, run_volume
 from appliance.config import Settings
 from appliance.domain.jobs import DatabaseUnavailable, JobState, JobTimings
 from appliance.domain.routing import route
@@ -29,13 +31,14 @@ from appliance.inference.backend import (
     RetryableBackendError,
     TimedBackend,
 )
-from appliance.inference.contract import ContractError, Family, ModelContract, load_contract
+from appliance.inference.catalog import load_catalog
+from appliance.inference.contract import ContractError
 from appliance.inference.ct import UnsupportedSeries
-from appliance.inference.repository import model_directories
 from appliance.inference.ultrasound import UnsupportedFrames
 from appliance.results.encode import ct_results, ultrasound_results
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import CheckedResult, InvalidResult
+from appliance.store.governance_ledger import GovernanceLedger
 from appliance.store.job_ledger import JobLedger, JobWork, LostJob
 
 LOG = logging.getLogger(__name__)
@@ -57,13 +60,14 @@ class NoRoute(ValueError):
     """No routing rule takes any series of the study."""
 
 
-def models_by_family(repository: Path) -> dict[Family, ModelContract]:
-    """The first model of each family in the repository (directory order)."""
-    found: dict[Family, ModelContract] = {}
-    for directory in model_directories(repository):
-        contract = load_contract(directory)
-        found.setdefault(contract.family, contract)
-    return found
+@dataclass
+class Results:
+    """What an attempt made: results to deliver, results a shadow pipeline keeps, and the
+    seconds spent encoding them."""
+
+    delivered: list[CheckedResult] = field(default_factory=list)
+    kept: list[CheckedResult] = field(default_factory=list)
+    encoding: float = 0.0
 
 
 class JobRunner:
@@ -72,6 +76,7 @@ class JobRunner:
     ) -> None:
         self._settings = settings
         self._jobs = JobLedger(engine)
+        self._governance = GovernanceLedger(engine)
         self._deliverer = Deliverer(settings.delivery, engine)
         self._backend = backend or make_backend(settings.inference)
         self._rules = settings.routing.route_rules()
@@ -120,7 +125,7 @@ class JobRunner:
         backend = TimedBackend(self._backend)
         started = time.perf_counter()
         try:
-            results, encoding = self._results(work, backend)
+            results = self._results(work, backend)
         except RetryableBackendError as exc:
             retry = attempt < self._settings.queue.max_attempts
             target = JobState.QUEUED if retry else JobState.FAILED
@@ -138,52 +143,51 @@ class JobRunner:
             self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.exception("job %d failed on an internal error", job_id)
             return JobState.FAILED
-        timings = JobTimings(time.perf_counter() - started, encoding, dict(backend.by_model))
+        timings = JobTimings(
+            time.perf_counter() - started, results.encoding, dict(backend.by_model)
+        )
+        kept = f", {len(results.kept)} kept in shadow" if results.kept else ""
         summary = (
-            f"{len(results)} results; pipeline {timings.pipeline:.2f} s, "
+            f"{len(results.delivered)} results{kept}; pipeline {timings.pipeline:.2f} s, "
             f"model compute {timings.model_compute:.2f} s"
         )
         self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings)
-        self._deliverer.queue(results, work.study_instance_uid, _now(), job_id)
+        study = work.study_instance_uid
+        self._deliverer.queue(results.delivered, study, _now(), job_id)
+        self._deliverer.queue(results.kept, study, _now(), job_id, shadow=True)
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
-        LOG.info("job %d: %d results queued for delivery", job_id, len(results))
+        LOG.info("job %d: %d results queued for delivery%s", job_id, len(results.delivered), kept)
         return JobState.DELIVERING
 
-    def _results(
-        self, work: JobWork, backend: InferenceBackend
-    ) -> tuple[list[CheckedResult], float]:
-        """The checked results of every routed series, and the seconds spent encoding them."""
-        routes = route([series.facts for series in work.series], self._rules)
-        if not routes:
+    def _results(self, work: JobWork, backend: InferenceBackend) -> Results:
+        """The checked results of every routed series, each through its rule's pipeline."""
+        catalog = load_catalog(self._settings.inference.repository)
+        states = pipeline_states(catalog, self._governance.current())
+        routes = route([series.facts for series in work.series], self._rules, states)
+        if not any(not matched.shadow for matched in routes):
             modalities = sorted({series.facts.modality for series in work.series})
             raise NoRoute(f"no routing rule takes any series (modalities {modalities})")
-        models = models_by_family(self._settings.inference.repository)
         spool = self._settings.spool.path
         paths_of = {series.facts.series_instance_uid: series.paths for series in work.series}
         kind = self._settings.results.segmentation_type
-        results: list[CheckedResult] = []
-        encoding = 0.0
+        results = Results()
         for matched in routes:
+            pipeline = catalog.pipelines[matched.rule.pipeline]
+            made = results.kept if matched.shadow else results.delivered
             for series in matched.series:
                 paths = [spool / path for path in paths_of[series.series_instance_uid]]
-                if matched.rule.pipeline == "ct":
-                    if Family.ORGAN_CT not in models:
-                        raise ContractError("no organ_ct model in the repository")
-                    ct = run_ct(
-                        paths, backend, models[Family.ORGAN_CT], models.get(Family.LESION_CT)
-                    )
-                    encoding_started = time.perf_counter()
-                    results += ct_results(ct.volume.headers, ct.findings, kind, self._equipment)
-                    encoding += time.perf_counter() - encoding_started
-                else:
-                    if Family.US_FRAME not in models:
-                        raise ContractError("no us_frame model in the repository")
+                if pipeline.frames:
                     for path in paths:
-                        us = run_ultrasound(path, backend, models[Family.US_FRAME])
-                        encoding_started = time.perf_counter()
-                        results += ultrasound_results(us.source, us.findings, self._equipment)
-                        encoding += time.perf_counter() - encoding_started
-        return results, encoding
+                        frames = run_frames(pipeline, catalog, path, backend)
+                        started = time.perf_counter()
+                        made += ultrasound_results(frames.source, frames.findings, self._equipment)
+                        results.encoding += time.perf_counter() - started
+                    continue
+                volume = run_volume(pipeline, catalog, paths, backend)
+                started = time.perf_counter()
+                made += ct_results(volume.volume.headers, volume.findings, kind, self._equipment)
+                results.encoding += time.perf_counter() - started
+        return results
 
 
 def _now() -> datetime:

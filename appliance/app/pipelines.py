@@ -1,11 +1,13 @@
-"""Pipelines: a series in, findings out, on the configured inference backend.
+"""Pipelines: a series in, findings out, as the pipeline's declaration says.
 
-This is wiring between two edges: `inference` turns pixels into label maps with the models'
+Wiring between two edges: `inference` turns pixels into label maps with the models'
 contracts, and `results` encodes findings (numbered, coded segments and their measurements)
-as SEG and SR. Neither knows the other; this module translates.
+as SEG and SR. Neither knows the other, and nothing here knows a particular model: the stages,
+their models, which labels become segments, what is measured and where each finding lies all
+come from the pipeline (`domain.pipelines`) and the models' contracts.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +22,33 @@ from appliance.domain.findings import (
     Algorithm,
     FrameArea,
     RunIdentity,
+    Search,
     Segment,
     VolumeMeasurement,
 )
+from appliance.domain.pipelines import (
+    Findings,
+    Governance,
+    Measurement,
+    Pipeline,
+    Stage,
+    State,
+)
 from appliance.inference.backend import InferenceBackend, OnnxRuntimeBackend
-from appliance.inference.contract import ModelContract
-from appliance.inference.ct import CTVolume, load_series, segment_ct, segment_in_region
+from appliance.inference.catalog import Catalog
+from appliance.inference.contract import Label, ModelContract
+from appliance.inference.ct import (
+    CTVolume,
+    confine_to_region,
+    load_series,
+    segment_ct,
+    segment_in_region,
+)
 from appliance.inference.measurements import number_lesions
 from appliance.inference.ultrasound import decode_cine, segment_cine
 from appliance.results.findings import CTFindings, UltrasoundFindings
 
-LIVER = CodedConcept("SCT", "10200004", "Liver")
+SiteOf = Callable[[NDArray[np.bool_]], CodedConcept | None]
 
 
 def make_backend(settings: InferenceSettings) -> InferenceBackend:
@@ -42,118 +60,207 @@ def make_backend(settings: InferenceSettings) -> InferenceBackend:
     return OnnxRuntimeBackend(settings.repository, threads=settings.threads)
 
 
+class UnknownPipeline(ValueError):
+    """A routing rule names a pipeline the catalog does not hold."""
+
+
+def pipeline_states(catalog: Catalog, governance: Governance) -> Callable[[str], State]:
+    """A pipeline's state by name, for routing: its own held back by its models'."""
+
+    def state(name: str) -> State:
+        pipeline = catalog.pipelines.get(name)
+        if pipeline is None:
+            problems = "; ".join(catalog.problems) or "no such file"
+            raise UnknownPipeline(f"no pipeline {name} in the model repository ({problems})")
+        return governance.pipeline_state(pipeline)
+
+    return state
+
+
 @dataclass(frozen=True)
-class CTRun:
+class VolumeRun:
     volume: CTVolume
     findings: CTFindings
+    stages: dict[str, NDArray[np.uint8]]  # each stage's label map (contract values), for review
 
 
 @dataclass(frozen=True)
-class UltrasoundRun:
+class FramesRun:
     source: Dataset  # the cine's data set without pixel data
     findings: UltrasoundFindings
 
 
 def algorithm(contract: ModelContract) -> Algorithm:
-    return Algorithm(contract.name, contract.version, contract.family.value, contract.synthetic)
+    return Algorithm(contract.name, contract.version, contract.synthetic)
 
 
-def run_ct(
-    paths: Sequence[Path],
-    backend: InferenceBackend,
-    organs: ModelContract,
-    lesions: ModelContract | None = None,
-) -> CTRun:
-    """Organs over the whole series, then (when a lesion model is given) the cascade's lesion
-    stage in the box around the liver the organ model found."""
+def identity(pipeline: Pipeline, catalog: Catalog, source_uids: Sequence[str]) -> RunIdentity:
+    """What every result UID of a run derives from: the pipeline, its models in stage order,
+    the source instances."""
+    models = tuple(algorithm(catalog.contract(stage.model)) for stage in pipeline.stages)
+    return RunIdentity(pipeline.name, models, tuple(source_uids))
+
+
+def run_volume(
+    pipeline: Pipeline, catalog: Catalog, paths: Sequence[Path], backend: InferenceBackend
+) -> VolumeRun:
+    """Every stage over one CT series, in order; a region stage looks only inside the voxels
+    of its upstream stage's labels, and keeps only what lies there."""
     volume = load_series(paths)
-    organ_labels = segment_ct(volume, backend, organs)
-    lesion_labels = None
-    if lesions is not None:
-        liver = [label.value for label in organs.labels if label.type == LIVER]
-        if not liver:
-            raise ValueError(f"{organs.name} has no liver label for the lesion cascade")
-        region = organ_labels == liver[0]
-        lesion_labels = segment_in_region(volume, region, backend, lesions)
-    contracts = (organs,) if lesions is None else (organs, lesions)
-    identity = RunIdentity(
-        "ct", tuple(algorithm(c) for c in contracts), volume.geometry.sop_instance_uids
-    )
-    findings = ct_findings(
-        identity, organ_labels, organs, volume.geometry.spacing, lesion_labels, lesions
-    )
-    return CTRun(volume, findings)
-
-
-def ct_findings(
-    identity: RunIdentity,
-    organs: NDArray[np.uint8],
-    organ_contract: ModelContract,
-    spacing: tuple[float, float, float],
-    lesions: NDArray[np.uint8] | None = None,
-    lesion_contract: ModelContract | None = None,
-) -> CTFindings:
-    """Segments for every organ found and for every connected lesion, lesions last and painted
-    over their organ (segments do not overlap, so one map serves LABELMAP and BINARY alike)."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    labels = np.zeros(organs.shape, dtype=np.uint8)
-    segments: list[Segment] = []
-    for label in organ_contract.labels:
-        where = organs == label.value
-        if not where.any():
+    maps: dict[str, NDArray[np.uint8]] = {}
+    for stage in pipeline.stages:
+        contract = catalog.contract(stage.model)
+        if stage.region is None:
+            maps[stage.name] = segment_ct(volume, backend, contract)
             continue
-        number = len(segments) + 1
-        labels[where] = number
-        segments.append(
-            Segment(
-                number, label.name.replace("_", " "), label.category, label.type,
-                label.name, identity.uid("segment", label.name), algorithm(organ_contract),
-            )
-        )  # fmt: skip
-    organ_segments = len(segments)
-    measurements: list[VolumeMeasurement] = []
-    if lesions is not None and lesion_contract is not None:
-        numbered, found = number_lesions(lesions > 0, spacing)
-        kinds = {label.value: label for label in lesion_contract.labels}
+        region = region_mask(pipeline, catalog, stage, maps)
+        labels = segment_in_region(volume, region, backend, contract, stage.region.margin_mm)
+        maps[stage.name] = confine_to_region(labels, region)
+    run = identity(pipeline, catalog, volume.geometry.sop_instance_uids)
+    findings = volume_findings(run, pipeline, catalog, maps, volume.geometry.spacing)
+    return VolumeRun(volume, findings, maps)
+
+
+def region_mask(
+    pipeline: Pipeline, catalog: Catalog, stage: Stage, maps: dict[str, NDArray[np.uint8]]
+) -> NDArray[np.bool_]:
+    """The voxels of a region stage's region: its upstream stage's region labels."""
+    assert stage.region is not None
+    upstream = catalog.contract(pipeline.stage(stage.region.stage).model)
+    values = [label.value for label in upstream.labels if label.name in stage.region.labels]
+    return np.isin(maps[stage.region.stage], values)
+
+
+def volume_findings(
+    run: RunIdentity,
+    pipeline: Pipeline,
+    catalog: Catalog,
+    maps: dict[str, NDArray[np.uint8]],
+    spacing: tuple[float, float, float],
+) -> CTFindings:
+    """Segments for each stage's findings, later stages painted over earlier ones (segments
+    do not overlap, so one map serves LABELMAP and BINARY alike), and their measurements;
+    volumes are counted once everything is painted, since a voxel has one segment."""
+    labels = np.zeros(next(iter(maps.values())).shape, dtype=np.uint8)
+    segments: list[Segment] = []
+    diameters: dict[int, float] = {}
+    measured: list[tuple[int, Stage]] = []
+    for stage in pipeline.stages:
+        contract = catalog.contract(stage.model)
+        wanted = [
+            label for label in contract.labels if label.name in (stage.labels or [label.name])
+        ]
+        site = _site(pipeline, catalog, stage, maps)
+        if stage.findings is Findings.PER_LABEL:
+            for label in wanted:
+                where = maps[stage.name] == label.value
+                if not where.any():
+                    continue
+                number = len(segments) + 1
+                labels[where] = number
+                segments.append(
+                    Segment(
+                        number, label.name.replace("_", " "), label.category, label.type,
+                        label.name, run.uid("segment", label.name), algorithm(contract),
+                        site(where), stage.name,
+                    )
+                )  # fmt: skip
+                measured.append((number, stage))
+            continue
+        classes = maps[stage.name]
+        kinds = {label.value: label for label in wanted}
+        numbered, found = number_lesions(np.isin(classes, list(kinds)), spacing)
         for lesion in found:
             where = numbered == lesion.tracking_number
-            values, counts = np.unique(lesions[where], return_counts=True)
-            kind = kinds[int(values[counts.argmax()])]  # the lesion's majority class
             number = len(segments) + 1
             labels[where] = number
-            name = f"lesion {lesion.tracking_number}"
+            name = f"{stage.name} {lesion.tracking_number}"
             segments.append(
                 Segment(
-                    number, name, kind.category, kind.type, name,
-                    identity.uid("lesion", str(lesion.tracking_number)),
-                    algorithm(lesion_contract), LIVER,
+                    number, name, _majority(classes, where, kinds).category,
+                    _majority(classes, where, kinds).type, name,
+                    run.uid(stage.name, str(lesion.tracking_number)), algorithm(contract),
+                    site(where), stage.name,
                 )
             )  # fmt: skip
-            measurements.append(
-                VolumeMeasurement(number, lesion.volume_ml, lesion.longest_axial_diameter_mm)
-            )
-    # Organ volumes are counted after the lesions are painted: a voxel has one segment.
-    counts = np.bincount(labels.ravel(), minlength=organ_segments + 1)
-    organ_volumes = [
-        VolumeMeasurement(number, float(counts[number]) * voxel_ml)
-        for number in range(1, organ_segments + 1)
-    ]
-    return CTFindings(identity, labels, tuple(segments), (*organ_volumes, *measurements))
+            diameters[number] = lesion.longest_axial_diameter_mm
+            measured.append((number, stage))
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=len(segments) + 1)
+    measurements = tuple(
+        VolumeMeasurement(
+            number,
+            float(counts[number]) * voxel_ml,
+            diameters[number] if Measurement.LONGEST_AXIAL_DIAMETER in stage.measurements else None,
+        )
+        for number, stage in measured
+        if Measurement.VOLUME in stage.measurements
+    )
+    searches = tuple(
+        Search(stage.name, _search_site(pipeline, catalog, stage))
+        for stage in pipeline.stages
+        if stage.findings is Findings.PER_COMPONENT
+    )
+    return CTFindings(run, labels, tuple(segments), measurements, searches)
 
 
-def run_ultrasound(path: Path, backend: InferenceBackend, contract: ModelContract) -> UltrasoundRun:
+def _search_site(pipeline: Pipeline, catalog: Catalog, stage: Stage) -> CodedConcept | None:
+    """Where a search for separate findings looked: its declared site, else its region when
+    that is one label."""
+    if stage.finding_site is not None or stage.region is None:
+        return stage.finding_site
+    upstream = catalog.contract(pipeline.stage(stage.region.stage).model)
+    sites = [label.type for label in upstream.labels if label.name in stage.region.labels]
+    return sites[0] if len(sites) == 1 else None
+
+
+def _majority(
+    classes: NDArray[np.uint8], where: NDArray[np.bool_], kinds: dict[int, Label]
+) -> Label:
+    """The label most of a finding's voxels have."""
+    values, counts = np.unique(classes[where], return_counts=True)
+    return kinds[int(values[counts.argmax()])]
+
+
+def _site(
+    pipeline: Pipeline, catalog: Catalog, stage: Stage, maps: dict[str, NDArray[np.uint8]]
+) -> SiteOf:
+    """Where a stage's findings lie: its declared site, or for a region stage the region
+    label holding most of each finding (the region's labels cover every finding there)."""
+    if stage.region is None:
+        return lambda where: stage.finding_site
+    upstream = catalog.contract(pipeline.stage(stage.region.stage).model)
+    regions = {label.value: label for label in upstream.labels if label.name in stage.region.labels}
+    around = maps[stage.region.stage]
+
+    def inside(where: NDArray[np.bool_]) -> CodedConcept | None:
+        if stage.finding_site is not None:
+            return stage.finding_site
+        values, counts = np.unique(around[where], return_counts=True)
+        ranked = [int(v) for _, v in sorted(zip(-counts, values, strict=True)) if v in regions]
+        return regions[ranked[0]].type if ranked else next(iter(regions.values())).type
+
+    return inside
+
+
+def run_frames(
+    pipeline: Pipeline, catalog: Catalog, path: Path, backend: InferenceBackend
+) -> FramesRun:
+    """The frames stage over one cine or single-frame image."""
+    (stage,) = pipeline.stages
+    contract = catalog.contract(stage.model)
     source = dcmread(path, stop_before_pixels=True)
     cine = decode_cine(path)
     frames, masks = segment_cine(cine, backend, contract)
-    (label,) = contract.labels
-    identity = RunIdentity("us", (algorithm(contract),), (str(source.SOPInstanceUID),))
+    (label,) = contract.labels  # the catalog lets a frames stage run one structure
+    run = identity(pipeline, catalog, (str(source.SOPInstanceUID),))
     segment = Segment(
         1, label.name.replace("_", " "), label.category, label.type, label.name,
-        identity.uid("segment", label.name), algorithm(contract),
+        run.uid("segment", label.name), algorithm(contract), stage.finding_site,
     )  # fmt: skip
     present = tuple(
         FrameArea(frame.index + 1, frame.area_mm2, frame.area_px)
         for frame in frames
         if frame.present
     )
-    return UltrasoundRun(source, UltrasoundFindings(identity, masks, segment, present))
+    return FramesRun(source, UltrasoundFindings(run, masks, segment, present))

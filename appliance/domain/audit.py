@@ -52,6 +52,8 @@ class AuditEventType(StrEnum):
     ACCOUNT_CHANGED = "account_changed"
     PATIENT_DATA_SHOWN = "patient_data_shown"
     AUDIT_EXPORTED = "audit_exported"
+    GOVERNANCE_CHANGED = "governance_changed"
+    RESULT_KEPT = "result_kept"
 
 
 _BEGIN_TRANSFER = CodedConcept("DCM", "110102", "Begin Transferring DICOM Instances")
@@ -82,4 +84,6 @@ EVENT_IDS: dict[AuditEventType, CodedConcept] = {
     AuditEventType.ACCOUNT_CHANGED: CodedConcept("DCM", "110136", "Security Roles Changed"),
     AuditEventType.PATIENT_DATA_SHOWN: CodedConcept("DCM", "110110", "Patient Record"),
     AuditEventType.AUDIT_EXPORTED: CodedConcept("DCM", "110106", "Export"),
+    AuditEventType.GOVERNANCE_CHANGED: CodedConcept(_APPLIANCE, "GOVERNANCE", "Pipeline state"),
+    AuditEventType.RESULT_KEPT: CodedConcept(_APPLIANCE, "RESULT-SHADOW", "Result kept, shadow"),
 }

@@ -30,6 +30,10 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     DEAD_LETTER = "dead_letter"
+    SHADOW = "shadow"  # a shadow pipeline's result, kept in the outbox for review, never sent
+
+
+SHADOW_DESTINATION = "shadow"  # where a shadow result is recorded as going: nowhere
 
 
 # Failures a destination may recover from: try again later. Every other failure is final.

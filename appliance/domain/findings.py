@@ -24,7 +24,6 @@ class Algorithm:
 
     name: str
     version: int
-    family: str
     synthetic: bool  # trained on phantoms: never for clinical use
 
 
@@ -55,6 +54,16 @@ class Segment:
     tracking_uid: Uid
     algorithm: Algorithm
     finding_site: CodedConcept | None = None  # where a lesion lies
+    stage: str = ""  # the pipeline stage that found it
+
+
+@dataclass(frozen=True)
+class Search:
+    """A stage that looked for separate findings (lesions) and where: the report says what
+    it found, and that it found none, only for what was searched."""
+
+    stage: str
+    site: CodedConcept | None
 
 
 @dataclass(frozen=True)

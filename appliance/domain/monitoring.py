@@ -169,16 +169,30 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 @dataclass(frozen=True)
 class ModelRow:
-    """One model of the repository as the dashboard lists it; `error` when its contract is
-    invalid (then only its directory's name is known)."""
+    """One model version of the repository as operators see it; `error` when a contract is
+    invalid (then the name says so)."""
 
     name: str
     version: int | None = None
-    family: str = ""
+    modality: str = ""
+    source: str = ""
     synthetic: bool = False
     labels: list[str] = field(default_factory=list)
     spacing: list[float] | None = None
     patch: list[int] = field(default_factory=list)
-    ready: bool = False
+    state: str = ""
+    ready: bool | None = None  # None: not asked
     card: str = ""
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineRow:
+    """One pipeline: its own state (declared or set) and the state it runs in (held back
+    by its models'), and its stages in words."""
+
+    name: str
+    description: str
+    state: str
+    effective: str
+    stages: list[str]

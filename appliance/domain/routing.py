@@ -2,16 +2,20 @@
 
 Rules are data, never code: each names a pipeline and the facts a series must have (modality,
 SOP class, body part, a series description pattern, the calling and called AE titles). Every
-condition a rule leaves empty matches anything. The first matching rule takes a series; a
-series no rule takes is left alone (and said so in the job's record). Urgent jobs go to the
-workers first; normal ones are promoted after a bounded wait.
+condition a rule leaves empty matches anything. The first matching rule whose pipeline is
+enabled takes a series; a rule whose pipeline is disabled is passed over, so the next may take
+it; every matching rule whose pipeline is in shadow runs beside, its results kept and never
+delivered. A series no rule takes is left alone (and said so in the job's record). Urgent jobs
+go to the workers first; normal ones are promoted after a bounded wait.
 """
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+
+from appliance.domain.pipelines import State
 
 
 class Priority(StrEnum):
@@ -62,26 +66,48 @@ class RouteRule:
 class Route:
     rule: RouteRule
     series: tuple[SeriesFacts, ...]
+    shadow: bool = False  # results kept for review, never delivered
 
 
 def _any_or(allowed: frozenset[str], value: str) -> bool:
     return not allowed or value in {item.upper() for item in allowed}
 
 
-def route(series: Sequence[SeriesFacts], rules: Sequence[RouteRule]) -> list[Route]:
-    """Group the series by the first rule each matches, in rule order."""
-    taken: dict[str, list[SeriesFacts]] = {}
+def _enabled(_pipeline: str) -> State:
+    return State.ENABLED
+
+
+def route(
+    series: Sequence[SeriesFacts],
+    rules: Sequence[RouteRule],
+    state_of: Callable[[str], State] = _enabled,
+) -> list[Route]:
+    """Group the series by the rules that take them, in rule order: per series the first
+    matching rule whose pipeline is enabled, and every matching rule whose pipeline is in
+    shadow. `state_of` gives a pipeline's state; it is asked only of matching rules."""
+    taken: dict[tuple[str, bool], list[SeriesFacts]] = {}
     for facts in series:
+        enabled_taken = False
         for rule in rules:
-            if rule.matches(facts):
-                taken.setdefault(rule.name, []).append(facts)
-                break
-    return [Route(rule, tuple(taken[rule.name])) for rule in rules if rule.name in taken]
+            if not rule.matches(facts):
+                continue
+            state = state_of(rule.pipeline)
+            if state is State.SHADOW:
+                taken.setdefault((rule.name, True), []).append(facts)
+            elif state is State.ENABLED and not enabled_taken:
+                taken.setdefault((rule.name, False), []).append(facts)
+                enabled_taken = True
+    return [
+        Route(rule, tuple(taken[(rule.name, shadow)]), shadow)
+        for rule in rules
+        for shadow in (False, True)
+        if (rule.name, shadow) in taken
+    ]
 
 
 def priority_of(routes: Sequence[Route]) -> Priority:
-    """A job is urgent when any of its routes is."""
-    urgent = any(r.rule.priority is Priority.URGENT for r in routes)
+    """A job is urgent when any route whose results it delivers is."""
+    urgent = any(r.rule.priority is Priority.URGENT for r in routes if not r.shadow)
     return Priority.URGENT if urgent else Priority.NORMAL
 
 

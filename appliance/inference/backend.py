@@ -16,6 +16,7 @@ import onnxruntime
 from numpy.typing import NDArray
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
+from appliance.domain.pipelines import ModelRef
 from appliance.inference.contract import ContractError, ModelContract, load_contract
 
 MODEL_FILE = "model.onnx"
@@ -49,9 +50,11 @@ class ModelMetadata:
 
 
 class InferenceBackend(Protocol):
-    def ready(self, model: str) -> bool: ...
-    def metadata(self, model: str) -> ModelMetadata: ...
-    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
+    """Runs model versions by reference; every method names the version it means."""
+
+    def ready(self, model: ModelRef) -> bool: ...
+    def metadata(self, model: ModelRef) -> ModelMetadata: ...
+    def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]: ...
 
 
 class TimedBackend:
@@ -62,19 +65,20 @@ class TimedBackend:
         self._backend = backend
         self.by_model: dict[str, float] = {}
 
-    def ready(self, model: str) -> bool:
+    def ready(self, model: ModelRef) -> bool:
         return self._backend.ready(model)
 
-    def metadata(self, model: str) -> ModelMetadata:
+    def metadata(self, model: ModelRef) -> ModelMetadata:
         return self._backend.metadata(model)
 
-    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         started = time.perf_counter()
         try:
             return self._backend.infer(model, batch)
         finally:
             elapsed = time.perf_counter() - started
-            self.by_model[model] = self.by_model.get(model, 0.0) + elapsed
+            key = str(model)
+            self.by_model[key] = self.by_model.get(key, 0.0) + elapsed
 
 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
@@ -94,16 +98,16 @@ class OnnxRuntimeBackend:
     def __init__(self, repository: Path, threads: int = 0) -> None:
         self._repository = repository
         self._threads = threads
-        self._sessions: dict[str, tuple[ModelContract, onnxruntime.InferenceSession]] = {}
+        self._sessions: dict[ModelRef, tuple[ModelContract, onnxruntime.InferenceSession]] = {}
 
-    def _session(self, model: str) -> tuple[ModelContract, onnxruntime.InferenceSession]:
+    def _session(self, model: ModelRef) -> tuple[ModelContract, onnxruntime.InferenceSession]:
         if model not in self._sessions:
-            directory = self._repository / model
+            directory = self._repository / model.name / str(model.version)
             try:
                 contract = load_contract(directory)
             except ContractError as exc:
-                raise PermanentBackendError(f"model {model!r}: {exc}") from exc
-            path = directory / str(contract.version) / MODEL_FILE
+                raise PermanentBackendError(f"model {model}: {exc}") from exc
+            path = directory / MODEL_FILE
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self._threads
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -112,18 +116,18 @@ class OnnxRuntimeBackend:
                     str(path), options, providers=["CPUExecutionProvider"]
                 )
             except _ORT_ERRORS as exc:
-                raise PermanentBackendError(f"model {model!r} does not load: {exc}") from exc
+                raise PermanentBackendError(f"model {model} does not load: {exc}") from exc
             self._sessions[model] = (contract, session)
         return self._sessions[model]
 
-    def ready(self, model: str) -> bool:
+    def ready(self, model: ModelRef) -> bool:
         try:
             self._session(model)
         except PermanentBackendError:
             return False
         return True
 
-    def metadata(self, model: str) -> ModelMetadata:
+    def metadata(self, model: ModelRef) -> ModelMetadata:
         contract, session = self._session(model)
 
         def describe(nodes: list[onnxruntime.NodeArg]) -> tuple[TensorMetadata, ...]:
@@ -143,16 +147,16 @@ class OnnxRuntimeBackend:
             describe(session.get_outputs()),
         )
 
-    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         contract, session = self._session(model)
         expected = contract.input.shape[1:]
         if list(batch.shape[1:]) != expected or batch.dtype != np.float32:
             raise PermanentBackendError(
-                f"model {model!r} takes float32 [batch, {', '.join(map(str, expected))}], "
+                f"model {model} takes float32 [batch, {', '.join(map(str, expected))}], "
                 f"got {batch.dtype} {list(batch.shape)}"
             )
         try:
             (output,) = session.run([contract.output.name], {contract.input.name: batch})
         except _ORT_ERRORS as exc:
-            raise PermanentBackendError(f"model {model!r} failed: {exc}") from exc
+            raise PermanentBackendError(f"model {model} failed: {exc}") from exc
         return np.asarray(output, dtype=np.float32)

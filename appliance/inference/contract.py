@@ -1,9 +1,10 @@
 """Model contracts: what the appliance must know to run a model and encode its results.
 
-Each model in the Triton repository (`model_repository/<name>/`) carries `contract.yaml` beside
-Triton's `config.pbtxt`: tensor names, dtypes and shapes; the spacing and patch the model was
-trained at; how intensities are prepared; and each label with the coded concepts a DICOM
-Segmentation needs (PS3.3 C.8.20.2, segment property category and type, CID 7150/7151).
+Each version of a model in the Triton repository (`model_repository/<name>/<version>/`)
+carries `contract.yaml` beside its model file: the modality it reads and where it came from;
+tensor names, dtypes and shapes; the spacing and patch it was trained at; how intensities are
+prepared; and each label with the coded concepts a DICOM Segmentation needs (PS3.3 C.8.20.2,
+segment property category and type, CID 7150/7151).
 """
 
 from enum import StrEnum
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from appliance.domain.concepts import CodedConcept
+from appliance.domain.pipelines import ModelRef
 
 CONTRACT_FILE = "contract.yaml"
 
@@ -22,10 +24,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Family(StrEnum):
-    ORGAN_CT = "organ_ct"
-    LESION_CT = "lesion_ct"
-    US_FRAME = "us_frame"
+class Source(StrEnum):
+    """Where a model came from."""
+
+    REFERENCE = "reference"  # trained here on phantoms (`appliance train`)
+    NNUNET = "nnunet"  # imported from an nnU-Net v2 result folder
+    TORCHSCRIPT = "torchscript"
+    ONNX = "onnx"
 
 
 class Label(_Strict):
@@ -60,7 +65,8 @@ class Intensity(_Strict):
 class ModelContract(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     version: int = Field(ge=1)
-    family: Family
+    modality: str = Field(pattern=r"^[A-Z]{2,4}$", description="What it reads: CT, US, ...")
+    source: Source = Source.REFERENCE
     synthetic: bool = Field(description="Trained on phantoms: never for clinical use.")
     input: TensorSpec
     output: TensorSpec
@@ -81,13 +87,18 @@ class ModelContract(_Strict):
             raise ValueError("input and output spatial shapes must equal the patch")
         return self
 
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, self.version)
+
 
 class ContractError(ValueError):
     pass
 
 
-def load_contract(model_directory: Path) -> ModelContract:
-    path = model_directory / CONTRACT_FILE
+def load_contract(version_directory: Path) -> ModelContract:
+    """The contract of one model version, `model_repository/<name>/<version>/`."""
+    path = version_directory / CONTRACT_FILE
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
         return ModelContract.model_validate(tree)

@@ -175,7 +175,7 @@ def sliding_window(
         batch = np.stack(
             [padded[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in group]
         )[:, None]
-        logits = backend.infer(contract.name, batch)
+        logits = backend.infer(contract.ref, batch)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -214,6 +214,29 @@ def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     largest = np.zeros_like(mask)
     largest[box] = components == int(sizes.argmax())
     return largest
+
+
+# Face-connected components, as lesions are counted (`measurements`).
+_FACES = ndimage.generate_binary_structure(3, 1)
+
+
+def confine_to_region(labels: NDArray[np.uint8], region: NDArray[np.bool_]) -> NDArray[np.uint8]:
+    """A cascade's hard constraint. `region` with its enclosed holes filled (a lesion the
+    first stage did not call liver still lies in the liver) is where findings may be: a
+    connected finding of `labels` lying mostly outside it is dropped, the rest of each finding
+    is cut to it."""
+    inside = ndimage.binary_fill_holes(region)
+    confined = np.where(inside, labels, 0).astype(np.uint8)
+    box = bounding_box(labels > 0, (0,) * labels.ndim)
+    if box is None:
+        return confined
+    components, _ = ndimage.label(labels[box] > 0, structure=_FACES)
+    total = np.bincount(components.ravel())
+    kept = np.bincount(components.ravel(), weights=inside[box].ravel(), minlength=len(total))
+    outside = 2 * kept <= total  # not mostly inside
+    outside[0] = False
+    confined[box][outside[components]] = 0
+    return confined
 
 
 def segment_in_region(

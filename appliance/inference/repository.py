@@ -1,18 +1,25 @@
-"""The model repository: Triton's layout plus the appliance's contract, and its checks.
+"""The model repository: Triton's layout plus the appliance's contracts, and its checks.
 
-`model_repository/<name>/config.pbtxt` is rendered from the contract, so the two cannot drift;
-`check_model` proves a model is servable: the ONNX checker passes, every operator is one that
-TensorRT's ONNX parser supports, and the graph's tensors match the contract.
+`model_repository/<name>/<version>/` holds a version's `model.onnx`, `contract.yaml` and
+`card.md`; `model_repository/<name>/config.pbtxt` is rendered from the versions' contracts, so
+the two cannot drift. `check_model` proves a model is servable: every version's ONNX checker
+passes, every operator is one that TensorRT's ONNX parser supports, the graph's tensors match
+its contract, and the versions agree on the tensors Triton's one configuration describes.
 """
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
 
 from appliance.inference.backend import MODEL_FILE
-from appliance.inference.contract import ContractError, ModelContract, load_contract
+from appliance.inference.contract import (
+    CONTRACT_FILE,
+    ContractError,
+    ModelContract,
+    load_contract,
+)
 
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MAX_BATCH = 16
@@ -119,12 +126,14 @@ _PLATFORM = re.compile(r'^(?:platform|backend):\s*"([^"]+)"', re.MULTILINE)
 
 
 def render_config(
-    contract: ModelContract,
+    versions: Sequence[ModelContract],
     platform: str = "onnxruntime_onnx",
     max_batch_size: int = DEFAULT_MAX_BATCH,
     gpu: bool = False,
 ) -> str:
-    """Triton's config.pbtxt for the model; the batch dimension is Triton's, not in dims."""
+    """Triton's config.pbtxt for a model and its `versions` (which share their tensors); the
+    batch dimension is Triton's, not in dims."""
+    contract = versions[-1]
 
     def tensor(kind: str, name: str, dtype: str, dims: list[int]) -> str:
         return (
@@ -132,38 +141,43 @@ def render_config(
             f"    dims: [ {', '.join(map(str, dims))} ]\n  }}\n]\n"
         )
 
+    numbers = ", ".join(str(version.version) for version in versions)
     return (
         f'name: "{contract.name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
         + tensor("input", contract.input.name, contract.input.dtype, contract.input.shape[1:])
         + tensor("output", contract.output.name, contract.output.dtype, contract.output.shape[1:])
-        + f"version_policy: {{ specific {{ versions: [ {contract.version} ] }} }}\n"
+        + f"version_policy: {{ specific {{ versions: [ {numbers} ] }} }}\n"
         + "dynamic_batching { }\n"
         + f"instance_group [ {{ count: 1 kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]\n"
     )
 
 
-@dataclass(frozen=True, slots=True)
-class ModelSummary:
-    name: str
-    version: int
-    family: str
-    labels: tuple[str, ...]
-    synthetic: bool
-
-
 def model_directories(repository: Path) -> list[Path]:
-    return sorted(p for p in repository.iterdir() if p.is_dir() and (p / "contract.yaml").exists())
+    """`repository/<name>/` of every model that has at least one version."""
+    return sorted({path.parent for path in version_directories(repository)})
 
 
-def summarise(directory: Path) -> ModelSummary:
-    contract = load_contract(directory)
-    return ModelSummary(
-        contract.name,
-        contract.version,
-        contract.family.value,
-        tuple(label.name for label in contract.labels),
-        contract.synthetic,
-    )
+def _numbered(model_directory: Path) -> list[Path]:
+    """A model's version folders (numbered, holding a contract), oldest first."""
+    found = [
+        path.parent
+        for path in model_directory.glob(f"*/{CONTRACT_FILE}")
+        if path.parent.name.isdigit() and not path.parent.name.startswith("0")
+    ]
+    return sorted(found, key=lambda directory: int(directory.name))
+
+
+def version_directories(repository: Path) -> list[Path]:
+    """`repository/<name>/<version>/` of every model version, by name, then version."""
+    if not repository.is_dir():
+        return []
+    models = sorted(path for path in repository.iterdir() if path.is_dir())
+    return [version for model in models for version in _numbered(model)]
+
+
+def versions_of(model_directory: Path) -> list[ModelContract]:
+    """The contracts of a model's versions, oldest first. Raises ContractError."""
+    return [load_contract(directory) for directory in _numbered(model_directory)]
 
 
 def _shape(value: onnx.ValueInfoProto) -> list[int]:
@@ -172,16 +186,14 @@ def _shape(value: onnx.ValueInfoProto) -> list[int]:
     ]
 
 
-def check_model(directory: Path) -> list[str]:
-    """Everything wrong with one model directory; empty when it is servable."""
-    try:
-        contract = load_contract(directory)
-    except ContractError as exc:
-        return [str(exc)]
+def _check_version(directory: Path, contract: ModelContract) -> list[str]:
+    """What is wrong with one version's files and contract."""
     problems = []
-    if contract.name != directory.name:
+    if contract.name != directory.parent.name:
         problems.append(f"contract name {contract.name!r} differs from the directory")
-    path = directory / str(contract.version) / MODEL_FILE
+    if str(contract.version) != directory.name:
+        problems.append(f"contract version {contract.version} differs from its folder")
+    path = directory / MODEL_FILE
     try:
         onnx.checker.check_model(str(path), full_check=True)
         graph = onnx.load(str(path)).graph
@@ -206,18 +218,36 @@ def check_model(directory: Path) -> list[str]:
             problems.append(
                 f"{kind} {spec.name!r} has shape {_shape(value)}, the contract says {spec.shape}"
             )
-    config = directory / "config.pbtxt"
+    if not (directory / contract.card).exists():
+        problems.append(f"model card {contract.card} is missing")
+    return [f"version {directory.name}: {problem}" for problem in problems]
+
+
+def check_model(directory: Path) -> list[str]:
+    """Everything wrong with one model directory and its versions; empty when it is
+    servable."""
+    folders = _numbered(directory)
+    try:
+        versions = [load_contract(folder) for folder in folders]
+    except ContractError as exc:
+        return [str(exc)]
+    if not versions:
+        return [f"{directory}: no version folder with a {CONTRACT_FILE}"]
+    problems = []
+    for folder, contract in zip(folders, versions, strict=True):
+        problems += _check_version(folder, contract)
+    if any((v.input, v.output) != (versions[0].input, versions[0].output) for v in versions):
+        problems.append("versions differ in their tensors; Triton serves them from one config")
+    config = directory / CONFIG_FILE
     if not config.exists():
         problems.append("config.pbtxt is missing")
     else:
         text = config.read_text(encoding="utf-8")
         platform = _PLATFORM.search(text)
         if platform is None or text != render_config(
-            contract, platform.group(1), _max_batch(text), "KIND_GPU" in text
+            versions, platform.group(1), _max_batch(text), "KIND_GPU" in text
         ):
-            problems.append("config.pbtxt does not match the contract (re-render it)")
-    if not (directory / contract.card).exists():
-        problems.append(f"model card {contract.card} is missing")
+            problems.append("config.pbtxt does not match the contracts (re-render it)")
     return problems
 
 

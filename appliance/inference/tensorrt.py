@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance.inference.backend import MODEL_FILE
-from appliance.inference.contract import CONTRACT_FILE, ModelContract, load_contract
-from appliance.inference.repository import CONFIG_FILE, model_directories, render_config
+from appliance.inference.contract import CONTRACT_FILE, ModelContract
+from appliance.inference.repository import (
+    CONFIG_FILE,
+    model_directories,
+    render_config,
+    versions_of,
+)
 
 PLAN_FILE = "model.plan"
 TENSORRT_PLATFORM = "tensorrt_plan"
@@ -25,8 +30,8 @@ class EngineBuildFailed(RuntimeError):
     pass
 
 
-def tensorrt_config(contract: ModelContract, max_batch_size: int) -> str:
-    return render_config(contract, TENSORRT_PLATFORM, max_batch_size=max_batch_size, gpu=True)
+def tensorrt_config(versions: list[ModelContract], max_batch_size: int) -> str:
+    return render_config(versions, TENSORRT_PLATFORM, max_batch_size=max_batch_size, gpu=True)
 
 
 def _tensorrt() -> Any:
@@ -79,24 +84,26 @@ def build_engine(
 def build_tensorrt_repository(
     source: Path, target: Path, max_batch_size: int = 8, fp16: bool = True
 ) -> list[str]:
-    """A Triton repository of TensorRT plans, with contracts and cards, from `source`."""
+    """A Triton repository of TensorRT plans, every version with its contract and card, from
+    `source`; returns the models' names."""
     _tensorrt()  # fail before writing anything
     built = []
     for directory in model_directories(source):
-        contract = load_contract(directory)
-        destination = target / contract.name
-        version = str(contract.version)
-        build_engine(
-            directory / version / MODEL_FILE,
-            destination / version / PLAN_FILE,
-            contract,
-            max_batch_size,
-            fp16,
-        )
+        destination = target / directory.name
+        versions = versions_of(directory)
+        for contract in versions:
+            version = str(contract.version)
+            build_engine(
+                directory / version / MODEL_FILE,
+                destination / version / PLAN_FILE,
+                contract,
+                max_batch_size,
+                fp16,
+            )
+            for name in (CONTRACT_FILE, contract.card):
+                shutil.copy2(directory / version / name, destination / version / name)
         (destination / CONFIG_FILE).write_text(
-            tensorrt_config(contract, max_batch_size), encoding="utf-8"
+            tensorrt_config(versions, max_batch_size), encoding="utf-8"
         )
-        for name in (CONTRACT_FILE, contract.card):
-            shutil.copy2(directory / name, destination / name)
-        built.append(contract.name)
+        built.append(directory.name)
     return built

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from appliance.domain.pipelines import ModelRef
 from appliance.inference.backend import (
     BackendError,
     ModelMetadata,
@@ -40,29 +41,32 @@ class TritonBackend:
 
             self._client = client_module.InferenceServerClient(url)
         self._module: Any = client_module
-        self._metadata: dict[str, ModelMetadata] = {}
+        self._metadata: dict[ModelRef, ModelMetadata] = {}
         self._max_batch: dict[str, int] = {}
 
-    def _classify(self, model: str, exc: Exception) -> BackendError:
+    def _classify(self, model: ModelRef, exc: Exception) -> BackendError:
         status = str(getattr(exc, "status", lambda: "")() or "")
-        message = f"Triton, model {model!r}: {exc}"
+        message = f"Triton, model {model}: {exc}"
         if isinstance(exc, ConnectionError | TimeoutError | OSError) or any(
             code in status for code in _RETRYABLE_STATUS
         ):
             return RetryableBackendError(message)
         return PermanentBackendError(message)
 
-    def ready(self, model: str) -> bool:
+    def ready(self, model: ModelRef) -> bool:
         try:
-            return bool(self._client.is_server_ready() and self._client.is_model_ready(model))
+            return bool(
+                self._client.is_server_ready()
+                and self._client.is_model_ready(model.name, str(model.version))
+            )
         except Exception as exc:  # noqa: BLE001 - tritonclient raises many kinds; any means "no"
             del exc
             return False
 
-    def metadata(self, model: str) -> ModelMetadata:
+    def metadata(self, model: ModelRef) -> ModelMetadata:
         if model not in self._metadata:
             try:
-                raw = self._client.get_model_metadata(model)
+                raw = self._client.get_model_metadata(model.name, str(model.version))
             except (self._module.InferenceServerException, ConnectionError, OSError) as exc:
                 raise self._classify(model, exc) from exc
             if not isinstance(raw, dict):  # gRPC returns a protobuf message
@@ -80,33 +84,30 @@ class TritonBackend:
                     for item in items
                 )
 
-            versions = raw.get("versions") or ["1"]
             self._metadata[model] = ModelMetadata(
-                raw["name"],
-                int(max(versions, key=int)),
-                tensors(raw["inputs"]),
-                tensors(raw["outputs"]),
+                raw["name"], model.version, tensors(raw["inputs"]), tensors(raw["outputs"])
             )
         return self._metadata[model]
 
-    def max_batch_size(self, model: str) -> int:
-        """The server's batch limit for `model`; larger batches are sent in parts."""
-        if model not in self._max_batch:
+    def max_batch_size(self, model: ModelRef) -> int:
+        """The server's batch limit for `model` (one configuration serves every version);
+        larger batches are sent in parts."""
+        if model.name not in self._max_batch:
             try:
-                config = self._client.get_model_config(model)
+                config = self._client.get_model_config(model.name)
             except (self._module.InferenceServerException, ConnectionError, OSError) as exc:
                 raise self._classify(model, exc) from exc
             if not isinstance(config, dict):  # gRPC: a response message holding the config
                 config = {"max_batch_size": config.config.max_batch_size}
-            self._max_batch[model] = max(1, int(config.get("max_batch_size", 1)))
-        return self._max_batch[model]
+            self._max_batch[model.name] = max(1, int(config.get("max_batch_size", 1)))
+        return self._max_batch[model.name]
 
-    def infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         limit = self.max_batch_size(model)
         parts = [self._infer(model, batch[i : i + limit]) for i in range(0, len(batch), limit)]
         return np.concatenate(parts)
 
-    def _infer(self, model: str, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         metadata = self.metadata(model)
         (input_meta,), (output_meta,) = metadata.inputs, metadata.outputs
         tensor = self._module.InferInput(input_meta.name, list(batch.shape), "FP32")
@@ -119,12 +120,14 @@ class TritonBackend:
         try:
             if self._protocol == "http":
                 result = self._client.infer(
-                    model, [tensor], outputs=[requested], timeout=int(self._timeout * 1_000_000)
-                )
+                    model.name, [tensor], model_version=str(model.version), outputs=[requested],
+                    timeout=int(self._timeout * 1_000_000),
+                )  # fmt: skip
             else:
                 result = self._client.infer(
-                    model, [tensor], outputs=[requested], client_timeout=self._timeout
-                )
+                    model.name, [tensor], model_version=str(model.version), outputs=[requested],
+                    client_timeout=self._timeout,
+                )  # fmt: skip
         except (self._module.InferenceServerException, ConnectionError, OSError) as exc:
             raise self._classify(model, exc) from exc
         return np.asarray(result.as_numpy(output_meta.name), dtype=np.float32)

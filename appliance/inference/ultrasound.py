@@ -129,7 +129,7 @@ def segment_cine(
         batch = np.stack(
             [ndimage.zoom(frame.astype(np.float32), zoom_in, order=1) for frame in chunk]
         )
-        logits = backend.infer(contract.name, (batch * scale)[:, None].astype(np.float32))
+        logits = backend.infer(contract.ref, (batch * scale)[:, None].astype(np.float32))
         for offset, predicted in enumerate(logits.argmax(1) > 0):
             index = start + offset
             present = int(predicted.sum()) >= MIN_AREA_PX

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from appliance.domain.findings import FrameArea, RunIdentity, Segment, VolumeMeasurement
+from appliance.domain.findings import FrameArea, RunIdentity, Search, Segment, VolumeMeasurement
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,7 @@ class CTFindings:
     labels: NDArray[np.uint8]  # segment numbers on the source grid (slice, row, column)
     segments: tuple[Segment, ...]
     measurements: tuple[VolumeMeasurement, ...]
+    searches: tuple[Search, ...] = ()  # the stages that looked for separate findings
 
 
 @dataclass(frozen=True)

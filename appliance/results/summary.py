@@ -25,8 +25,11 @@ def _provenance(findings: CTFindings | UltrasoundFindings) -> str:
 
 
 def ct_summary(findings: CTFindings) -> str:
+    """Volumes of what was segmented whole, then per search for separate findings how many
+    it found and the largest; a search that found nothing says so, and nothing is said of
+    what no stage looked for."""
     segments = {segment.number: segment for segment in findings.segments}
-    organs, lesions = [], []
+    volumes, separate = [], []
     for measured in findings.measurements:
         segment = segments[measured.segment]
         if measured.longest_axial_diameter_mm is None:
@@ -40,21 +43,25 @@ def ct_summary(findings: CTFindings) -> str:
                     else "above"
                 )  # fmt: skip
                 text += f" ({verdict} the typical adult range {low:.0f} to {high:.0f} mL)"
-            organs.append(text)
+            volumes.append(text)
         else:
-            lesions.append((measured.longest_axial_diameter_mm, measured.volume_ml, segment))
+            separate.append((measured.longest_axial_diameter_mm, measured.volume_ml, segment))
     lines = [_provenance(findings)]
-    lines.append("Organs: " + ("; ".join(organs) if organs else "none found") + ".")
-    if lesions:
-        diameter, volume, largest = max(lesions, key=lambda item: item[0])
-        count = len(lesions)
+    if volumes or not findings.searches:
+        lines.append("Volumes: " + ("; ".join(volumes) if volumes else "none found") + ".")
+    for search in findings.searches:
+        where = f" in the {search.site.meaning.lower()}" if search.site else ""
+        found = [item for item in separate if item[2].stage == search.stage]
+        line = f"{search.stage.capitalize()} findings{where}: "
+        if not found:
+            lines.append(line + "none.")
+            continue
+        diameter, volume, largest = max(found, key=lambda item: item[0])
         lines.append(
-            f"Liver lesions: {count} found; the largest is {largest.label} "
+            f"{line}{len(found)}; the largest is {largest.label} "
             f"({largest.type.meaning.lower()}), {diameter:.0f} mm longest axial diameter, "
             f"{volume:.1f} mL."
         )
-    else:
-        lines.append("Liver lesions: none found.")
     return " ".join(lines)
 
 

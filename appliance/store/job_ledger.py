@@ -139,7 +139,7 @@ class JobLedger:
                        f"results re-sent by {actor}", actor)  # fmt: skip
             changed = session.execute(
                 update(Delivery)
-                .where(Delivery.job_id == job_id)
+                .where(Delivery.job_id == job_id, Delivery.state != DeliveryState.SHADOW.value)
                 .values(state=DeliveryState.PENDING.value, attempts=0, first_attempt_at=None,
                         next_attempt_at=now, finished_at=None, reason=None)
             )  # fmt: skip
@@ -182,6 +182,18 @@ class JobLedger:
             job = session.get_one(Job, job_id)
             study = session.get_one(Study, job.study_id)
             return [work.facts for work in self._series(session, study)]
+
+    def studies_since(self, since: datetime) -> list[tuple[str, list[SeriesFacts]]]:
+        """Each study last received at or after `since`, oldest first, with what routing
+        needs to know of its series."""
+        with self._sessions() as session:
+            studies = session.scalars(
+                select(Study).where(Study.last_received_at >= since).order_by(Study.id)
+            ).all()
+            return [
+                (study.study_instance_uid, [work.facts for work in self._series(session, study)])
+                for study in studies
+            ]
 
     def history(self, job_id: int) -> list[tuple[datetime, str]]:
         """The job's audited state changes, oldest first: (when, "from -> to[: reason]")."""

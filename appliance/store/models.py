@@ -186,6 +186,24 @@ class Delivery(Base):
     __table_args__ = (UniqueConstraint("destination", "sop_instance_uid"),)
 
 
+class Governance(Base):
+    """The state an operator gave a pipeline (`version` 0) or a model version
+    (`domain.pipelines.State`); without a row, a pipeline has its declared state and a model
+    version is enabled."""
+
+    __tablename__ = "governance"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(8))
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    changed_by: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("kind", "name", "version"),)
+
+
 class StageTiming(Base):
     """How long one stage of a job took (`domain.jobs.Stage`); inference rows name the model.
     The dashboard's percentiles and the Prometheus histograms are read from these rows."""

@@ -65,9 +65,10 @@ class OutboxLedger:
     def __init__(self, engine: Engine) -> None:
         self._sessions = session_factory(engine)
 
-    def enqueue(self, results: Sequence[QueuedResult], now: datetime) -> None:
+    def enqueue(self, results: Sequence[QueuedResult], now: datetime, shadow: bool = False) -> None:
         """Queue each result for its destination. A result already known (the same SOP
-        Instance UID, from a re-run) is queued again: the PACS replaces it, never doubles it."""
+        Instance UID, from a re-run) is queued again: the PACS replaces it, never doubles it.
+        A shadow pipeline's results are recorded as kept instead, and never become due."""
         with self._sessions.begin() as session:
             for result in results:
                 row = session.scalars(
@@ -87,7 +88,7 @@ class OutboxLedger:
                 row.study_instance_uid = result.study_instance_uid
                 row.job_id = result.job_id
                 row.path = result.path
-                row.state = DeliveryState.PENDING.value
+                row.state = (DeliveryState.SHADOW if shadow else DeliveryState.PENDING).value
                 row.attempts = 0
                 row.first_attempt_at = None
                 row.next_attempt_at = now
@@ -96,13 +97,13 @@ class OutboxLedger:
                 row.reason = None
                 record_event(
                     session,
-                    AuditEventType.RESULT_QUEUED,
+                    AuditEventType.RESULT_KEPT if shadow else AuditEventType.RESULT_QUEUED,
                     occurred_at=now,
                     actor=ACTOR,
                     study_instance_uid=result.study_instance_uid,
                     sop_instance_uid=result.sop_instance_uid,
                     job_id=result.job_id,
-                    detail=f"to {result.destination}",
+                    detail="kept for review, never sent" if shadow else f"to {result.destination}",
                 )
 
     def due(self, destination: str, now: datetime, limit: int = 500) -> list[DueDelivery]:

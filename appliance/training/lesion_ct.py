@@ -53,7 +53,7 @@ CLASSES = 3
 DETECTABLE_MM = 10.0
 
 CONTRACT = ModelContract.model_validate({
-    "name": "lesion_ct", "version": 1, "family": "lesion_ct", "synthetic": True,
+    "name": "lesion_ct", "version": 1, "modality": "CT", "synthetic": True,
     "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, PATCH, PATCH, PATCH]},
     "output": {"name": "logits", "dtype": "float32", "shape": [-1, CLASSES, PATCH, PATCH, PATCH]},
     "spacing_mm": [SPACING] * 3, "patch": [PATCH] * 3,

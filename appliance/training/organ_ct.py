@@ -41,7 +41,7 @@ _CODES = {
 }
 
 CONTRACT = ModelContract.model_validate({
-    "name": "organ_ct", "version": 1, "family": "organ_ct", "synthetic": True,
+    "name": "organ_ct", "version": 1, "modality": "CT", "synthetic": True,
     "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, PATCH, PATCH, PATCH]},
     "output": {"name": "logits", "dtype": "float32", "shape": [-1, CLASSES, PATCH, PATCH, PATCH]},
     "spacing_mm": [SPACING] * 3, "patch": [PATCH] * 3,

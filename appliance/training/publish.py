@@ -8,7 +8,7 @@ import yaml
 from torch import nn
 
 from appliance.inference.contract import CONTRACT_FILE, ModelContract
-from appliance.inference.repository import CONFIG_FILE, render_config
+from appliance.inference.repository import CONFIG_FILE, render_config, versions_of
 
 SYNTHETIC_WARNING = (
     "**Synthetic training data; not for clinical use.** This reference model was trained only "
@@ -42,10 +42,14 @@ def publish(
     metrics: dict[str, float],
     targets: dict[str, float],
 ) -> None:
-    (directory / CONTRACT_FILE).write_text(
+    """Write `contract` and its card into the version folder `directory/<version>/` (beside
+    the exported model) and render the model's Triton config over all its versions."""
+    version = directory / str(contract.version)
+    version.mkdir(parents=True, exist_ok=True)
+    (version / CONTRACT_FILE).write_text(
         yaml.safe_dump(contract.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
-    (directory / CONFIG_FILE).write_text(render_config(contract), encoding="utf-8")
+    (directory / CONFIG_FILE).write_text(render_config(versions_of(directory)), encoding="utf-8")
 
     def row(name: str, value: float) -> str:
         if name not in targets:
@@ -59,7 +63,7 @@ def publish(
         f"{label.type.meaning} |"
         for label in contract.labels
     )
-    (directory / contract.card).write_text(
+    (version / contract.card).write_text(
         f"# {contract.name} (version {contract.version})\n\n{SYNTHETIC_WARNING}\n\n"
         f"## Intended use\n{intended_use}\n\n## Labels\n| value | name | code |\n|---|---|---|\n"
         f"{labels}\n\n## Training\n{training}\n\n"

@@ -114,7 +114,7 @@ def train(output: Path, seed: int = 20261124, steps: int = 600, batch: int = 8) 
 
 
 CONTRACT = ModelContract.model_validate({
-    "name": "us_frame", "version": 1, "family": "us_frame", "synthetic": True,
+    "name": "us_frame", "version": 1, "modality": "US", "synthetic": True,
     "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, PATCH, PATCH]},
     "output": {"name": "logits", "dtype": "float32", "shape": [-1, 2, PATCH, PATCH]},
     "patch": [PATCH, PATCH],

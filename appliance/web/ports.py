@@ -18,11 +18,13 @@ from appliance.domain.monitoring import (
     JobDetail,
     JobRow,
     ModelRow,
+    PipelineRow,
     StageHistogram,
     StageSamples,
     StudySummary,
     Totals,
 )
+from appliance.domain.pipelines import ModelRef, State
 
 
 class NotFound(LookupError):
@@ -90,7 +92,12 @@ class AuditTrail(Protocol):
 
 
 class Models(Protocol):
+    """The catalog: model versions and pipelines, and their states (operators change them)."""
+
     def models(self) -> list[ModelRow]: ...
+    def pipelines(self) -> list[PipelineRow]: ...
+    def set_pipeline_state(self, name: str, state: State, actor: str) -> None: ...
+    def set_model_state(self, model: ModelRef, state: State, actor: str) -> None: ...
 
 
 @dataclass(frozen=True)

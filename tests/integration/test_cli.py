@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
+from appliance.store.models import AuditEvent
 from tests.support.cli import run_cli
 from tests.support.datasets import PATIENT_ID, PATIENT_NAME, new_series, write_series
 from tests.support.dcmtk import storescu
@@ -77,25 +80,62 @@ def test_listen_refuses_an_old_schema(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_models_commands_on_the_committed_repository() -> None:
-    listed = run_cli(None, "models", "list")
+def test_models_commands_on_the_committed_repository(tmp_path: Path) -> None:
+    config = tmp_path / "appliance.yaml"
+    config.write_text(yaml.safe_dump({"database": {"url": f"sqlite:///{tmp_path}/a.db"}}))
+    assert run_cli(config, "db", "upgrade").returncode == 0
+    listed = run_cli(config, "models", "list")
     assert listed.returncode == 0
-    assert "us_frame v1 [us_frame]: cyst  (synthetic training data; not for clinical use)" in (
-        listed.stdout
+    assert (
+        "us_frame v1 [US, reference] enabled: cyst  (synthetic training data; not for clinical "
+        "use)" in listed.stdout
     )
     checked = run_cli(None, "models", "check")
     assert checked.returncode == 0, checked.stdout
     assert "us_frame: ok" in checked.stdout
 
 
+def test_states_are_set_from_the_console_and_audited(tmp_path: Path) -> None:
+    config = tmp_path / "appliance.yaml"
+    config.write_text(yaml.safe_dump({"database": {"url": f"sqlite:///{tmp_path}/a.db"}}))
+    assert run_cli(config, "db", "upgrade").returncode == 0
+    shadowed = run_cli(config, "models", "shadow", "us_frame", "--version", "1")
+    assert shadowed.stdout.strip() == "model us_frame v1 shadow (was enabled)"
+    assert "us_frame v1 [US, reference] shadow" in run_cli(config, "models", "list").stdout
+    pipelines = run_cli(config, "pipelines", "list").stdout
+    assert "us enabled, runs shadow: " in pipelines
+    assert "  lesion: lesion_ct v1, region of organs (liver)" in pipelines
+    assert run_cli(config, "pipelines", "disable", "ct").returncode == 0
+    unknown = run_cli(config, "pipelines", "disable", "nope")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        3, "appliance: no pipeline nope in the model repository"
+    )  # fmt: skip
+    assert run_cli(config, "rules", "dry-run", "--since", "3x").returncode == 2
+    replay = run_cli(config, "rules", "dry-run", "--since", "2d")
+    assert replay.returncode == 0
+    assert "0 studies (0 series) received since" in replay.stdout
+    engine = create_engine(f"sqlite:///{tmp_path}/a.db")
+    with Session(engine) as session:
+        changes = session.execute(
+            select(AuditEvent.actor, AuditEvent.detail)
+            .where(AuditEvent.event_type == "governance_changed")
+            .order_by(AuditEvent.id)
+        ).all()
+    assert [detail for _, detail in changes] == [
+        "model us_frame v1: enabled -> shadow",
+        "pipeline ct: enabled -> disabled",
+    ]
+    assert all(actor.startswith("console:") for actor, _ in changes)
+
+
 def test_models_check_fails_on_a_broken_model(tmp_path: Path) -> None:
     from tests.support.models import write_tiny_model
 
     directory = write_tiny_model(tmp_path / "repository")
-    (directory / "card.md").unlink()
+    (directory / "1" / "card.md").unlink()
     config = tmp_path / "appliance.yaml"
     config.write_text(yaml.safe_dump({"inference": {"repository": str(tmp_path / "repository")}}))
     result = run_cli(config, "models", "check")
     assert result.returncode == 4
     assert "tiny: FAILED" in result.stdout
-    assert "model card card.md is missing" in result.stdout
+    assert "version 1: model card card.md is missing" in result.stdout

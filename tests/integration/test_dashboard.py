@@ -122,12 +122,15 @@ def test_a_viewer_sees_but_may_not_act_or_reveal(dashboard: Any, tmp_path: Path)
     assert page.status_code == 200
     assert "test failure" in page.text
     assert f"/jobs/{job_id}/retry" not in page.text  # no buttons for a viewer
-    for action in (f"/jobs/{job_id}/retry", f"/jobs/{job_id}/cancel", f"/studies/{uid}/reveal"):
-        refused = vera.post(action)
+    for action in (f"/jobs/{job_id}/retry", f"/jobs/{job_id}/cancel", f"/studies/{uid}/reveal",
+                   "/pipelines/ct/state", "/models/organ_ct/1/state"):  # fmt: skip
+        refused = vera.post(action, data={"state": "disabled"})
         assert refused.status_code == 403, action
         assert "may not do this" in refused.text
     assert JobLedger(dashboard.engine).state(job_id) is JobState.FAILED
     assert events(dashboard.engine, "patient_data_shown") == []
+    assert events(dashboard.engine, "governance_changed") == []
+    assert "/state" not in vera.get("/models").text  # no controls for a viewer
 
 
 def test_an_operator_retries_a_failed_job_under_their_name(dashboard: Any, tmp_path: Path) -> None:
@@ -303,6 +306,7 @@ def test_every_action_and_every_reveal_of_identifiers_leaves_an_audit_row_by_nam
     ada = client_for(dashboard.app, "ada")
     actions = [
         route.path.replace("{job_id}", str(job_id)).replace("{study_uid}", uid)
+        .replace("/models/{name}/{version}", "/models/organ_ct/1").replace("{name}", "ct")
         for route in api_routes(dashboard.app)
         if "POST" in route.methods and route.path not in ("/login", "/logout")
     ]  # fmt: skip
@@ -310,13 +314,14 @@ def test_every_action_and_every_reveal_of_identifiers_leaves_an_audit_row_by_nam
     acted = []
     for path in actions:
         before = len(audited_by(dashboard.engine, "ada"))
-        answer = ada.post(path)
+        answer = ada.post(path, data={"state": "shadow"})  # what a change of state asks
         if answer.status_code in (200, 303):
             acted.append(path)
             assert len(audited_by(dashboard.engine, "ada")) > before, path
         else:
             assert answer.status_code == 409, (path, answer.status_code)  # nothing to do
-    assert {f"/jobs/{job_id}/retry", f"/studies/{uid}/reveal"} <= set(acted)
+    assert {f"/jobs/{job_id}/retry", f"/studies/{uid}/reveal", "/pipelines/ct/state",
+            "/models/organ_ct/1/state"} <= set(acted)  # fmt: skip
     exported = len(audited_by(dashboard.engine, "ada"))
     assert ada.get("/audit.csv").status_code == 200
     assert len(audited_by(dashboard.engine, "ada")) == exported + 1

@@ -18,12 +18,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from appliance.app.delivery import Deliverer
-from appliance.app.pipelines import run_ultrasound
+from appliance.app.pipelines import run_frames
 from appliance.config import DeliverySettings
 from appliance.domain.delivery import DeliveryState
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
-from appliance.inference.contract import load_contract
+from appliance.inference.catalog import load_catalog
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
@@ -48,9 +48,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Checked
     path = write_us_cine(
         generate_cine(300_003, frames=8), tmp_path_factory.mktemp("us") / "cine.dcm"
     )
-    run = run_ultrasound(
-        path, OnnxRuntimeBackend(REPOSITORY, threads=2), load_contract(REPOSITORY / "us_frame")
-    )
+    catalog = load_catalog(REPOSITORY)
+    run = run_frames(catalog.pipelines["us"], catalog, path, OnnxRuntimeBackend(REPOSITORY, 2))
     found = ultrasound_results(run.source, run.findings, EQUIPMENT)
     assert [r.modality for r in found] == ["SEG", "SR"]
     return str(run.source.StudyInstanceUID), found
@@ -277,9 +276,7 @@ def test_orthanc_stores_a_label_map_seg(engine: Engine, tmp_path: Path) -> None:
         (dcmread(path, stop_before_pixels=True) for path in paths),
         key=lambda ds: float(ds.ImagePositionPatient[2]),
     )
-    findings = truth_findings(
-        phantom, [str(s.SOPInstanceUID) for s in sources], load_contract(REPOSITORY / "organ_ct")
-    )
+    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources], "ct_organs")
     objects = ct_results(sources, findings, SegmentationType.LABELMAP, EQUIPMENT)
     with running_orthanc(tmp_path / "pacs") as pacs:
         deliverer = Deliverer(settings(tmp_path, [dimse("pacs", pacs.dicom_port)]), engine)

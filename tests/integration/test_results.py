@@ -13,10 +13,10 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from appliance.app.pipelines import run_ultrasound
+from appliance.app.pipelines import run_frames
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
-from appliance.inference.contract import load_contract
+from appliance.inference.catalog import load_catalog
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
@@ -63,11 +63,7 @@ def ct_case(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
         (dcmread(path, stop_before_pixels=True) for path in paths),
         key=lambda ds: float(ds.ImagePositionPatient[2]),
     )
-    organs, lesions = (
-        load_contract(REPOSITORY / "organ_ct"),
-        load_contract(REPOSITORY / "lesion_ct"),
-    )
-    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources], organs, lesions)
+    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources])
     return sources, findings
 
 
@@ -108,7 +104,8 @@ def test_ct_seg_and_sr_are_valid_and_reference_their_segments(
         if item.name.meaning == "Qualitative Evaluations"
     ]
     text = summary[0].ContentSequence[0].TextValue
-    assert f"Liver lesions: {len(lesions)} found" in text
+    assert f"Lesion findings in the liver: {len(lesions)}; the largest is lesion 1" in text
+    assert "Volumes: liver " in text
     assert "not for clinical use" in text
 
 
@@ -141,8 +138,8 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
         path = write_us_cine(generate_cine(300_002, frames=12), tmp_path / "cine.dcm")
     else:
         path = Path(get_testdata_file(cine, download=False) or "")
-    contract = load_contract(REPOSITORY / "us_frame")
-    run = run_ultrasound(path, OnnxRuntimeBackend(REPOSITORY, threads=2), contract)
+    catalog = load_catalog(REPOSITORY)
+    run = run_frames(catalog.pipelines["us"], catalog, path, OnnxRuntimeBackend(REPOSITORY, 2))
     results = ultrasound_results(run.source, run.findings, EQUIPMENT)
     assert [r.modality for r in results] == (["SEG", "SR"] if run.findings.present else ["SR"])
     inherited = dciodvfy_findings(path)  # a real file's own dubious values are copied as is

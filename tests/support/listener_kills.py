@@ -101,18 +101,21 @@ def listener_layer(port: int, db_url: str) -> Layer:
 
 
 def start_listener(config: Path, port: int, timeout: float = 60) -> subprocess.Popen[bytes]:
-    """`appliance listen` as a process of its own, returned once it answers C-ECHO."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "--config", str(config), "listen"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """`appliance listen` as a process of its own, returned once it answers C-ECHO; its
+    output goes to `listener.log` beside the configuration, quoted when it does not start."""
+    log = config.parent / "listener.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(config), "listen"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     ae = AE(ae_title=CALLING_AE)
     ae.add_requested_context(Verification)
 
     def answers() -> bool:
         if process.poll() is not None:
-            raise AssertionError("the listener exited")
+            raise AssertionError(f"the listener exited: {log.read_text()[-2000:]}")
         association = ae.associate("127.0.0.1", port, ae_title="APPLIANCE")
         established = bool(association.is_established)
         if established:

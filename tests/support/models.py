@@ -34,7 +34,7 @@ def threshold_model(extra_op: str | None = None) -> onnx.ModelProto:
 
 
 CONTRACT = {
-    "name": "tiny", "version": 1, "family": "us_frame", "synthetic": True,
+    "name": "tiny", "version": 1, "modality": "US", "synthetic": True,
     "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, SIZE, SIZE]},
     "output": {"name": "logits", "dtype": "float32", "shape": [-1, 2, SIZE, SIZE]},
     "patch": [SIZE, SIZE],
@@ -49,10 +49,13 @@ CONTRACT = {
 
 
 def write_tiny_model(repository: Path, model: onnx.ModelProto | None = None) -> Path:
+    """`repository/tiny/` with its version 1 (model, contract, card) and its config; the
+    model directory."""
     directory = repository / "tiny"
-    (directory / "1").mkdir(parents=True, exist_ok=True)
-    onnx.save(model or threshold_model(), str(directory / "1" / "model.onnx"))
-    (directory / "contract.yaml").write_text(yaml.safe_dump(CONTRACT))
-    (directory / "config.pbtxt").write_text(render_config(ModelContract.model_validate(CONTRACT)))
-    (directory / "card.md").write_text("# tiny\nA threshold, for tests.\n")
+    version = directory / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    onnx.save(model or threshold_model(), str(version / "model.onnx"))
+    (version / "contract.yaml").write_text(yaml.safe_dump(CONTRACT))
+    (version / "card.md").write_text("# tiny\nA threshold, for tests.\n")
+    (directory / "config.pbtxt").write_text(render_config([ModelContract.model_validate(CONTRACT)]))
     return directory

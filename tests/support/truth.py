@@ -1,33 +1,34 @@
-"""A phantom's own labels as pipeline findings: what the result encoders, their tests and the
-results benchmark take when the models are not what is being measured."""
+"""A phantom's own labels as a pipeline's findings: what the result encoders, their tests and
+the results benchmark take when the models are not what is being measured."""
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from appliance.app.pipelines import algorithm, ct_findings
-from appliance.inference.contract import ModelContract
+from appliance.app.pipelines import identity, volume_findings
+from appliance.inference.catalog import load_catalog
 from appliance.phantoms.ct import CTPhantom, LesionKind
-from appliance.results.findings import CTFindings, RunIdentity
+from appliance.results.findings import CTFindings
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 
 def truth_findings(
-    phantom: CTPhantom,
-    source_uids: Sequence[str],
-    organs: ModelContract,
-    lesions: ModelContract | None = None,
+    phantom: CTPhantom, source_uids: Sequence[str], pipeline_name: str = "ct"
 ) -> CTFindings:
-    """Findings from the phantom's organ and lesion maps, coded by the given contracts (the
-    lesion contract's labels named `metastasis` and `cyst`)."""
-    lesion_classes = None
-    if lesions is not None:
+    """Findings from the phantom's organ and lesion maps, as the reference pipeline
+    `pipeline_name` (`ct`: organs and liver lesions; `ct_organs`: organs) would code them."""
+    catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines[pipeline_name]
+    maps = {pipeline.stages[0].name: phantom.organs}
+    if len(pipeline.stages) > 1:
+        lesions = catalog.contract(pipeline.stages[1].model)
         values = {label.name: label.value for label in lesions.labels}
-        lesion_classes = np.zeros(phantom.lesions.shape, dtype=np.uint8)
+        classes = np.zeros(phantom.lesions.shape, dtype=np.uint8)
         for lesion in phantom.lesion_list:
             name = "cyst" if lesion.kind is LesionKind.CYST else "metastasis"
-            lesion_classes[phantom.lesions == lesion.label] = values[name]
-    contracts = (organs,) if lesions is None else (organs, lesions)
-    identity = RunIdentity("ct", tuple(algorithm(c) for c in contracts), tuple(source_uids))
-    return ct_findings(
-        identity, phantom.organs, organs, phantom.grid.spacing, lesion_classes, lesions
-    )
+            classes[phantom.lesions == lesion.label] = values[name]
+        maps[pipeline.stages[1].name] = classes
+    run = identity(pipeline, catalog, source_uids)
+    return volume_findings(run, pipeline, catalog, maps, phantom.grid.spacing)

@@ -41,7 +41,7 @@ def bone_model(repository: Path, spacing: list[float]) -> ModelContract:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     contract = {
-        "name": "bone", "version": 1, "family": "organ_ct", "synthetic": True,
+        "name": "bone", "version": 1, "modality": "CT", "synthetic": True,
         "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, *PATCH]},
         "output": {"name": "logits", "dtype": "float32", "shape": [-1, 2, *PATCH]},
         "spacing_mm": spacing, "patch": PATCH,
@@ -55,10 +55,10 @@ def bone_model(repository: Path, spacing: list[float]) -> ModelContract:
     directory = repository / "bone"
     (directory / "1").mkdir(parents=True)
     onnx.save(model, str(directory / "1" / "model.onnx"))
-    (directory / "contract.yaml").write_text(yaml.safe_dump(contract))
-    (directory / "config.pbtxt").write_text(render_config(ModelContract.model_validate(contract)))
-    (directory / "card.md").write_text("# bone\n")
-    return load_contract(directory)
+    (directory / "1" / "contract.yaml").write_text(yaml.safe_dump(contract))
+    (directory / "config.pbtxt").write_text(render_config([ModelContract.model_validate(contract)]))
+    (directory / "1" / "card.md").write_text("# bone\n")
+    return load_contract(directory / "1")
 
 
 @pytest.fixture(scope="module")

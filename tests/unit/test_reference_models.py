@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from scipy import ndimage
 
-from appliance.app.pipelines import run_ct
+from appliance.app.pipelines import run_volume
 from appliance.inference.backend import OnnxRuntimeBackend
+from appliance.inference.catalog import load_catalog
 from appliance.inference.contract import load_contract
 from appliance.inference.ct import segment_grid
 from appliance.inference.measurements import number_lesions
@@ -38,7 +40,7 @@ def test_every_committed_model_passes_its_checks(directory: Path) -> None:
 
 
 def test_us_frame_meets_its_targets() -> None:
-    contract = load_contract(REPOSITORY / "us_frame")
+    contract = load_contract(REPOSITORY / "us_frame" / "1")
     backend = OnnxRuntimeBackend(REPOSITORY, threads=2)
     overlap = total = 0.0
     negatives = called_negative = 0
@@ -61,7 +63,7 @@ def test_us_frame_meets_its_targets() -> None:
 def test_organ_ct_meets_its_targets() -> None:
     """Two phantoms on a 2 mm grid, so the resampling to and from the model's 3 mm is part of
     what is scored: Dice is taken on the source grid against the phantom's own labels."""
-    contract = load_contract(REPOSITORY / "organ_ct")
+    contract = load_contract(REPOSITORY / "organ_ct" / "1")
     backend = OnnxRuntimeBackend(REPOSITORY, threads=2)
     grid = Grid(shape=(165, 200, 200), spacing=(2.0, 2.0, 2.0))
     predicted, truth = [], []
@@ -78,20 +80,30 @@ def test_organ_ct_meets_its_targets() -> None:
     assert all(scores[organ] >= target for organ, target in ORGAN_TARGETS.items()), scores
 
 
-def test_lesion_ct_cascade_meets_its_targets(tmp_path: Path) -> None:
-    """The whole cascade from DICOM files: organ_ct finds the liver, lesion_ct segments inside
-    its box. Lesions over 10 mm (longest axial diameter of the truth) count for detection."""
-    organs = load_contract(REPOSITORY / "organ_ct")
-    lesions = load_contract(REPOSITORY / "lesion_ct")
+def test_lesion_ct_cascade_meets_its_targets_and_keeps_every_lesion_in_the_liver(
+    tmp_path: Path,
+) -> None:
+    """The whole `ct` pipeline from DICOM files: organ_ct finds the liver, lesion_ct segments
+    inside it. Lesions over 10 mm (longest axial diameter of the truth) count for detection.
+    Every voxel of every lesion it reports lies in the liver the first stage found (its
+    enclosed holes filled), and the SR names the liver as their site."""
+    catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines["ct"]
+    organs = catalog.contract(pipeline.stages[0].model)
+    liver = next(label.value for label in organs.labels if label.name == "liver")
     backend = OnnxRuntimeBackend(REPOSITORY, threads=2)
     grid = Grid(shape=(200, 267, 267), spacing=(1.5, 1.5, 1.5))
     detected = detectable = 0
     overlap = total = 0.0
     for seed in CI_SEEDS:
         phantom = generate_ct(seed, grid, lesion_count=3)
-        run = run_ct(write_ct_series(phantom, tmp_path / str(seed)), backend, organs, lesions)
-        lesion_segments = [s.number for s in run.findings.segments if s.finding_site is not None]
-        predicted = np.isin(run.findings.labels, lesion_segments)
+        run = run_volume(pipeline, catalog, write_ct_series(phantom, tmp_path / str(seed)), backend)
+        lesion_segments = [s for s in run.findings.segments if s.finding_site is not None]
+        sites = {s.finding_site.meaning for s in lesion_segments if s.finding_site is not None}
+        assert sites <= {"Liver"}
+        predicted = np.isin(run.findings.labels, [s.number for s in lesion_segments])
+        region = ndimage.binary_fill_holes(run.stages["organs"] == liver)
+        assert not (predicted & ~region).any(), seed
         truth = phantom.lesions > 0
         overlap += 2 * float((predicted & truth).sum())
         total += float(predicted.sum() + truth.sum())

@@ -17,8 +17,8 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def test_tensorrt_config_serves_a_plan_on_the_gpu(tmp_path: Path) -> None:
-    contract = load_contract(write_tiny_model(tmp_path))
-    config = tensorrt_config(contract, max_batch_size=4)
+    contract = load_contract(write_tiny_model(tmp_path) / "1")
+    config = tensorrt_config([contract], max_batch_size=4)
     assert 'platform: "tensorrt_plan"' in config
     assert "max_batch_size: 4" in config
     assert "kind: KIND_GPU" in config
@@ -39,4 +39,4 @@ def test_engine_builds_with_a_batch_profile(tmp_path: Path) -> None:
     write_tiny_model(tmp_path / "source")
     assert build_tensorrt_repository(tmp_path / "source", tmp_path / "plans", 4) == ["tiny"]
     assert (tmp_path / "plans" / "tiny" / "1" / "model.plan").stat().st_size > 0
-    assert (tmp_path / "plans" / "tiny" / "contract.yaml").exists()
+    assert (tmp_path / "plans" / "tiny" / "1" / "contract.yaml").exists()

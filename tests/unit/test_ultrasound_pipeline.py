@@ -34,7 +34,9 @@ def test_real_ultrasound_files_decode_to_luminance(
 def test_real_cine_goes_through_the_pipeline(tmp_path: Path) -> None:
     directory = write_tiny_model(tmp_path)
     cine = decode_cine(Path(get_testdata_file("examples_ybr_color.dcm", download=False) or ""))
-    findings, masks = segment_cine(cine, OnnxRuntimeBackend(tmp_path), load_contract(directory))
+    findings, masks = segment_cine(
+        cine, OnnxRuntimeBackend(tmp_path), load_contract(directory / "1")
+    )
     assert [f.index for f in findings] == list(range(30))
     assert masks.shape == cine.frames.shape
     for finding, mask in zip(findings, masks, strict=True):
@@ -48,7 +50,9 @@ def test_masks_land_on_the_source_grid(tmp_path: Path) -> None:
     frames = np.zeros((2, 120, 160), dtype=np.uint8)
     frames[0, 30:90, 40:100] = 255
     cine = Cine(frames, pixel_size_mm=(0.5, 0.25))
-    findings, masks = segment_cine(cine, OnnxRuntimeBackend(tmp_path), load_contract(directory))
+    findings, masks = segment_cine(
+        cine, OnnxRuntimeBackend(tmp_path), load_contract(directory / "1")
+    )
     expected = frames[0] > 127
     overlap = (masks[0] & expected).sum() / expected.sum()
     assert overlap > 0.95

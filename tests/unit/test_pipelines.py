@@ -1,0 +1,186 @@
+"""Pipelines as data: declarations checked with named errors, the catalog checked against the
+models' contracts, states that hold a pipeline back, routing that passes disabled pipelines
+over and runs shadow ones beside, and a cascade's region as a hard constraint."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from appliance.domain.pipelines import (
+    Findings,
+    Governance,
+    InvalidPipeline,
+    Measurement,
+    ModelRef,
+    Pipeline,
+    Region,
+    Stage,
+    StageKind,
+    State,
+    least,
+)
+from appliance.domain.routing import Priority, RouteRule, SeriesFacts, priority_of, route
+from appliance.inference.catalog import load_catalog
+from appliance.inference.ct import confine_to_region
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+ORGANS = ModelRef("organ_ct", 1)
+LESIONS = ModelRef("lesion_ct", 1)
+
+
+def organs(**changes: object) -> Stage:
+    return Stage(**{"name": "organs", "kind": StageKind.VOLUME, "model": ORGANS, **changes})  # type: ignore[arg-type]
+
+
+def lesions(**changes: object) -> Stage:
+    fields = {
+        "name": "lesion", "kind": StageKind.REGION, "model": LESIONS,
+        "findings": Findings.PER_COMPONENT, "region": Region("organs", ("liver",)),
+    }  # fmt: skip
+    return Stage(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_the_reference_pipelines_load_and_name_their_models() -> None:
+    catalog = load_catalog(REPOSITORY)
+    assert catalog.problems == []
+    assert sorted(catalog.pipelines) == ["ct", "ct_organs", "us"]
+    assert catalog.pipelines["ct"].models == (LESIONS, ORGANS)
+    assert catalog.pipelines["us"].frames
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ((), "no stages"),
+        ((organs(), organs()), "a second stage of that name"),
+        ((lesions(),), "its region comes from stage organs, which does not run before it"),
+        ((organs(), lesions(region=None)), "a region stage names its region"),
+        ((organs(region=Region("organs", ("liver",))),), "only a region stage has a region"),
+        ((organs(), lesions(region=Region("organs", ()))), "its region names no labels"),
+        ((organs(measurements=(Measurement.AREA,)),), "cannot measure area"),
+        (
+            (organs(measurements=(Measurement.LONGEST_AXIAL_DIAMETER,)),),
+            "a longest diameter is measured per component",
+        ),
+        ((organs(name="Organs"),), "'Organs' is not a name"),
+        (
+            (organs(), Stage("frames", StageKind.FRAMES, ModelRef("us_frame", 1))),
+            "a frames stage runs alone",
+        ),
+    ],
+)
+def test_a_declaration_that_cannot_run_is_refused_by_name(
+    stages: tuple[Stage, ...], message: str
+) -> None:
+    with pytest.raises(InvalidPipeline, match=message):
+        Pipeline("broken", "", stages)
+
+
+def write(repository: Path, pipeline: dict[str, object]) -> None:
+    path = repository / f"{pipeline['name']}.pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        (
+            {"model": {"name": "organ_ct", "version": 2}},
+            "model organ_ct v2 is not in the repository",
+        ),
+        ({"labels": ["pancreas"]}, "organ_ct v1 has no label pancreas"),
+        (
+            {"model": {"name": "us_frame", "version": 1}},
+            "a volume stage runs a 3D model; us_frame v1 is 2D",
+        ),
+        ({"kind": "frames"}, "a frames stage runs a 2D model; organ_ct v1 is 3D"),
+        ({"kind": "sideways"}, r"stages\.0\.kind"),
+    ],
+)
+def test_the_catalog_checks_each_pipeline_against_its_models(
+    tmp_path: Path, stage: dict[str, object], message: str
+) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(REPOSITORY, repository)
+    first = {"name": "organs", "kind": "volume", "model": {"name": "organ_ct", "version": 1}}
+    write(repository, {"name": "trial", "description": "", "stages": [{**first, **stage}]})
+    catalog = load_catalog(repository)
+    assert "trial" not in catalog.pipelines
+    assert sorted(catalog.pipelines) == ["ct", "ct_organs", "us"]  # the rest still serves
+    (problem,) = catalog.problems
+    assert re.search(message, problem), problem
+
+
+def test_a_region_from_labels_its_stage_lacks_and_mixed_modalities_are_refused(
+    tmp_path: Path,
+) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(REPOSITORY, repository)
+    first = {"name": "organs", "kind": "volume", "model": {"name": "organ_ct", "version": 1}}
+    second = {
+        "name": "lesion", "kind": "region", "model": {"name": "lesion_ct", "version": 1},
+        "region": {"stage": "organs", "labels": ["brain"]}, "findings": "per_component",
+    }  # fmt: skip
+    write(repository, {"name": "a", "description": "", "stages": [first, second]})
+    problems = load_catalog(repository).problems
+    assert problems == ["pipeline a, stage lesion: its region's stage organs has no label brain"]
+
+
+def test_a_pipeline_runs_as_its_least_enabled_part() -> None:
+    pipeline = Pipeline("ct", "", (organs(), lesions()))
+    assert least(State.ENABLED, State.SHADOW, State.DISABLED) is State.DISABLED
+    assert Governance().pipeline_state(pipeline) is State.ENABLED
+    assert Governance(models={LESIONS: State.SHADOW}).pipeline_state(pipeline) is State.SHADOW
+    held = Governance(pipelines={"ct": State.SHADOW}, models={ORGANS: State.DISABLED})
+    assert held.pipeline_state(pipeline) is State.DISABLED
+    assert Pipeline("p", "", (organs(),), State.SHADOW).state is State.SHADOW
+
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def facts(uid: str) -> SeriesFacts:
+    return SeriesFacts(uid, "CT", frozenset({CT}), "ABDOMEN", "", "PACS", "APPLIANCE")
+
+
+def test_routing_passes_a_disabled_pipeline_over_and_runs_a_shadow_one_beside() -> None:
+    rules = [
+        RouteRule("stroke", "ct_stroke", Priority.URGENT, modalities=frozenset({"CT"})),
+        RouteRule("trial", "ct_trial", Priority.URGENT, modalities=frozenset({"CT"})),
+        RouteRule("abdomen", "ct", modalities=frozenset({"CT"})),
+        RouteRule("spare", "ct_organs", modalities=frozenset({"CT"})),
+    ]
+    states = {"ct_stroke": State.DISABLED, "ct_trial": State.SHADOW, "ct": State.ENABLED,
+              "ct_organs": State.ENABLED}  # fmt: skip
+    routes = route([facts("1"), facts("2")], rules, states.__getitem__)
+    assert [(r.rule.name, r.shadow, len(r.series)) for r in routes] == [
+        ("trial", True, 2),
+        ("abdomen", False, 2),
+    ]
+    assert priority_of(routes) is Priority.NORMAL  # an urgent shadow route does not count
+    states["ct_stroke"] = State.ENABLED
+    assert priority_of(route([facts("1")], rules, states.__getitem__)) is Priority.URGENT
+
+
+def test_a_cascade_keeps_only_what_lies_mostly_in_its_region() -> None:
+    region = np.zeros((12, 12, 12), dtype=bool)
+    region[2:9, 2:9, 2:9] = True
+    region[5, 5, 5] = False  # a hole the first stage left: still inside
+    labels = np.zeros(region.shape, dtype=np.uint8)
+    labels[4:7, 4:7, 4:7] = 1  # inside, around the hole
+    labels[7:11, 3:5, 3:5] = 2  # half inside (z 7 and 8), half out: cut to the region
+    labels[0:2, 10:12, 10:12] = 1  # outside: dropped
+    labels[8:12, 9:11, 2:3] = 2  # one voxel of eight inside: dropped whole
+    confined = confine_to_region(labels, region)
+    assert confined[5, 5, 5] == 1
+    assert (confined[4:7, 4:7, 4:7] == 1).all()
+    assert (confined[7:9, 3:5, 3:5] == 2).all()
+    assert not confined[9:11].any()
+    assert not confined[0:2].any()
+    filled = region.copy()
+    filled[5, 5, 5] = True
+    assert not ((confined > 0) & ~filled).any()
