@@ -2,6 +2,7 @@
 
 import getpass
 import json
+import subprocess
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -361,10 +362,15 @@ def models() -> None:
 
 def _governor(ctx: click.Context) -> "Governor":
     from appliance.app.catalog import Governor
-    from appliance.store.db import open_database
+    from appliance.store.db import SchemaNotCurrent, open_database
 
     settings = _settings(ctx)
-    return Governor(settings.inference.repository, open_database(settings.database.url, False))
+    try:
+        engine = open_database(settings.database.url, False)
+    except SchemaNotCurrent as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        sys.exit(EXIT_BAD_SETTINGS)
+    return Governor(settings.inference.repository, engine)
 
 
 @models.command("list")
@@ -421,6 +427,106 @@ def _pipeline_state_command(state: "State") -> click.Command:
 
     command.__doc__ = f"Make a pipeline {state.value} (audited)."
     return click.command(state.verb)(command)
+
+
+@models.group("import")
+def models_import() -> None:
+    """Import a published model as a new model version (needs the `importers` extra)."""
+
+
+def _folds(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a list of fold numbers like 0,1") from None
+
+
+def _importer_venv() -> Path | None:
+    """The venv beside this one that holds PyTorch and nnunetv2 (scripts/test makes it)."""
+    candidate = Path(sys.prefix).parent / ".venv-nnunet" / "bin" / "appliance"
+    return candidate if candidate.exists() and Path(sys.prefix) != candidate.parents[1] else None
+
+
+@models_import.command("nnunet")
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--name", required=True, help="The model's name in the repository.")
+@click.option("--version", type=click.IntRange(1), help="Default: the next free version.")
+@click.option("--folds", help="Comma-separated folds to average (default: every fold found).")
+@click.option(
+    "--codes",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="CSV of name,category,type[,modifier]; codes as SCHEME:VALUE:Meaning.",
+)
+@click.option("--modality", help="The modality it reads (default CT for a CT channel).")
+@click.option("--step", type=click.FloatRange(0.1, 1.0), default=0.5, show_default=True)
+@click.option("--no-mirroring", is_flag=True, help="No test-time mirroring (faster).")
+@click.option(
+    "--postprocessing",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="nnU-Net's postprocessing.json to apply (largest components).",
+)
+@click.option("--synthetic", is_flag=True, help="Trained on synthetic data: flag its findings.")
+@click.option(
+    "--state",
+    type=click.Choice(["shadow", "enabled", "disabled"]),
+    default="shadow",
+    show_default=True,
+    help="Its state once imported: shadow runs it without delivering.",
+)
+@click.pass_context
+def models_import_nnunet(
+    ctx: click.Context,
+    folder: Path,
+    name: str,
+    version: int | None,
+    folds: str | None,
+    codes: Path,
+    modality: str | None,
+    step: float,
+    no_mirroring: bool,
+    postprocessing: Path | None,
+    synthetic: bool,
+    state: str,
+) -> None:
+    """Import an nnU-Net v2 result folder (TRAINER__PLANS__CONFIGURATION). Its checkpoints
+    are pickles: import only folders whose origin you trust."""
+    from appliance.domain.pipelines import State
+    from appliance.inference.contract import ContractError
+    from appliance.inference.nnunet_import import ImportRefused, import_nnunet
+
+    try:
+        from appliance.inference.nnunet_export import export_network
+    except ImportError:
+        elsewhere = _importer_venv()
+        if elsewhere is None:
+            click.echo(
+                "appliance: importing needs PyTorch and nnunetv2: install the importers extra "
+                "(pip install -e '.[importers]') into a venv of its own and run it from there",
+                err=True,
+            )
+            sys.exit(EXIT_REFUSED)
+        sys.exit(subprocess.run([str(elsewhere), *sys.argv[1:]], check=False).returncode)
+    settings = _settings(ctx)
+    governor = _governor(ctx)  # the import is audited: no import without the database
+    try:
+        contract = import_nnunet(
+            folder, settings.inference.repository, name, codes, export_network,
+            version=version, folds=_folds(folds), modality=modality, synthetic=synthetic,
+            step=step, mirroring=not no_mirroring, postprocessing=postprocessing,
+        )  # fmt: skip
+    except (ImportRefused, ContractError) as exc:
+        click.echo(f"appliance: import refused: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    governor.record_import(
+        contract.ref, State(state), f"nnU-Net v2 folder {folder.name}", _console()
+    )
+    click.echo(
+        f"imported {contract.ref} ({state}): {', '.join(label.name for label in contract.labels)}"
+        f"; pipeline {contract.name} in {settings.inference.repository}"
+    )
 
 
 @models.command("check")

@@ -52,6 +52,10 @@ class Governor:
         self._ledger.set_model(model, state, was, _now(), actor)
         return was
 
+    def record_import(self, model: ModelRef, state: State, detail: str, actor: str) -> None:
+        """Audit a model version just imported, and give it its first state."""
+        self._ledger.record_import(model, state, detail, _now(), actor)
+
     def models(self, backend: InferenceBackend | None = None) -> list[ModelRow]:
         """Every model version, with its state (and readiness, given a backend); a version
         whose contract does not load is listed with the reason."""
@@ -63,7 +67,7 @@ class Governor:
                 ModelRow(
                     ref.name, ref.version, contract.modality, contract.source.value,
                     contract.synthetic, [label.name for label in contract.labels],
-                    contract.spacing_mm, list(contract.patch),
+                    contract.grid_spacing_mm, list(contract.patch),
                     governance.model_state(ref).value, _ready(backend, ref),
                     card.read_text(encoding="utf-8") if card.exists() else "(no model card)",
                 )

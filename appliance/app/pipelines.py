@@ -162,7 +162,7 @@ def volume_findings(
                     Segment(
                         number, label.name.replace("_", " "), label.category, label.type,
                         label.name, run.uid("segment", label.name), algorithm(contract),
-                        site(where), stage.name,
+                        site(where), stage.name, label.type_modifier,
                     )
                 )  # fmt: skip
                 measured.append((number, stage))
@@ -175,12 +175,12 @@ def volume_findings(
             number = len(segments) + 1
             labels[where] = number
             name = f"{stage.name} {lesion.tracking_number}"
+            kind = _majority(classes, where, kinds)
             segments.append(
                 Segment(
-                    number, name, _majority(classes, where, kinds).category,
-                    _majority(classes, where, kinds).type, name,
+                    number, name, kind.category, kind.type, name,
                     run.uid(stage.name, str(lesion.tracking_number)), algorithm(contract),
-                    site(where), stage.name,
+                    site(where), stage.name, kind.type_modifier,
                 )
             )  # fmt: skip
             diameters[number] = lesion.longest_axial_diameter_mm
@@ -257,6 +257,7 @@ def run_frames(
     segment = Segment(
         1, label.name.replace("_", " "), label.category, label.type, label.name,
         run.uid("segment", label.name), algorithm(contract), stage.finding_site,
+        type_modifier=label.type_modifier,
     )  # fmt: skip
     present = tuple(
         FrameArea(frame.index + 1, frame.area_mm2, frame.area_px)

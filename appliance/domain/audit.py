@@ -54,6 +54,7 @@ class AuditEventType(StrEnum):
     AUDIT_EXPORTED = "audit_exported"
     GOVERNANCE_CHANGED = "governance_changed"
     RESULT_KEPT = "result_kept"
+    MODEL_IMPORTED = "model_imported"
 
 
 _BEGIN_TRANSFER = CodedConcept("DCM", "110102", "Begin Transferring DICOM Instances")
@@ -86,4 +87,5 @@ EVENT_IDS: dict[AuditEventType, CodedConcept] = {
     AuditEventType.AUDIT_EXPORTED: CodedConcept("DCM", "110106", "Export"),
     AuditEventType.GOVERNANCE_CHANGED: CodedConcept(_APPLIANCE, "GOVERNANCE", "Pipeline state"),
     AuditEventType.RESULT_KEPT: CodedConcept(_APPLIANCE, "RESULT-SHADOW", "Result kept, shadow"),
+    AuditEventType.MODEL_IMPORTED: CodedConcept(_APPLIANCE, "MODEL-IMPORT", "Model imported"),
 }

@@ -55,6 +55,7 @@ class Segment:
     algorithm: Algorithm
     finding_site: CodedConcept | None = None  # where a lesion lies
     stage: str = ""  # the pipeline stage that found it
+    type_modifier: CodedConcept | None = None  # laterality, for example
 
 
 @dataclass(frozen=True)

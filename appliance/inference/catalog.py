@@ -100,7 +100,7 @@ def check_against(pipeline: Pipeline, models: dict[ModelRef, ModelContract]) -> 
                 f"{at}: a {stage.kind} stage runs a {dimensions}D model; {stage.model} is "
                 f"{len(contract.patch)}D"
             )
-        if dimensions == 3 and contract.spacing_mm is None:
+        if dimensions == 3 and contract.grid_spacing_mm is None:
             raise InvalidPipeline(f"{at}: {stage.model} names no spacing to resample to")
         if stage.kind is StageKind.FRAMES and len(contract.labels) != 1:
             raise InvalidPipeline(f"{at}: a frames stage runs a model of one structure")

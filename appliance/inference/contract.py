@@ -38,6 +38,7 @@ class Label(_Strict):
     name: str
     category: CodedConcept
     type: CodedConcept
+    type_modifier: CodedConcept | None = None  # laterality, for example
 
 
 class TensorSpec(_Strict):
@@ -62,6 +63,83 @@ class Intensity(_Strict):
         return self
 
 
+class Resampling(_Strict):
+    """nnU-Net's resampler (`resample_data_or_seg_to_shape`): spline `order` in-plane, and
+    along the low-resolution axis `order_z` when the spacing is more anisotropic than
+    `anisotropy_threshold` (`force_separate_z` None decides by spacing; True or False
+    forces it)."""
+
+    order: int = Field(ge=0, le=5)
+    order_z: int = Field(ge=0, le=5)
+    force_separate_z: bool | None = None
+
+
+class Normalisation(_Strict):
+    """nnU-Net's intensity scheme of the single input channel: `ct` clips to the training
+    foreground's 0.5 and 99.5 percentiles, then z-scores with its mean and standard deviation;
+    `zscore` z-scores with the image's own (inside the non-zero mask with `use_mask`);
+    `rescale_to_01` maps the image's range to [0, 1]; `none` leaves it."""
+
+    scheme: Literal["ct", "zscore", "rescale_to_01", "none"]
+    use_mask: bool = False
+    clip: tuple[float, float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+    @model_validator(mode="after")
+    def _parameters(self) -> "Normalisation":
+        if self.scheme == "ct" and (self.clip is None or self.mean is None or self.std is None):
+            raise ValueError("ct normalisation needs clip, mean and std")
+        if self.clip is not None and self.clip[0] > self.clip[1]:
+            raise ValueError("clip must be [low, high] with low <= high")
+        return self
+
+
+class Region(_Strict):
+    """One output channel of a region-based model: the labels it covers, and the label it
+    paints where its sigmoid exceeds one half (`regions_class_order`)."""
+
+    labels: list[int] = Field(min_length=1)
+    paints: int = Field(ge=1, le=255)
+
+
+class NnunetRecipe(_Strict):
+    """Everything nnU-Net v2's predictor does to a volume at inference (nnUNetPredictor,
+    3d configurations), as a trained model's plans, dataset and checkpoint say: the axis
+    transpose, cropping to the non-zero box, normalisation before resampling to the target
+    spacing, a sliding window of the patch at `step` with Gaussian weights, test-time
+    mirroring, the folds averaged in logit space (inside the exported graph), the logits
+    resampled back before the argmax or the regions' thresholds, and a largest-component
+    postprocessing of the labels that ask for it."""
+
+    transpose_forward: list[int] = Field(min_length=3, max_length=3)
+    transpose_backward: list[int] = Field(min_length=3, max_length=3)
+    spacing_mm: list[float] = Field(min_length=3, max_length=3)  # in the transposed order
+    anisotropy_threshold: float = Field(default=3.0, gt=1)
+    resample_data: Resampling
+    resample_logits: Resampling
+    normalisation: Normalisation
+    step: float = Field(default=0.5, gt=0, le=1)
+    gaussian: bool = True
+    mirror_axes: list[int] = Field(default_factory=list)  # axes of the patch, 0-based
+    folds: list[int] = Field(min_length=1)
+    regions: list[Region] | None = None  # one per output channel (region-based models)
+    # Postprocessing steps, in order: of each group of labels only the largest part stays.
+    largest_component: list[list[int]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NnunetRecipe":
+        for name in ("transpose_forward", "transpose_backward"):
+            if sorted(getattr(self, name)) != [0, 1, 2]:
+                raise ValueError(f"{name} must be a permutation of 0, 1, 2")
+        back = [self.transpose_forward.index(axis) for axis in range(3)]
+        if back != self.transpose_backward:
+            raise ValueError("transpose_backward must undo transpose_forward")
+        if any(axis not in (0, 1, 2) for axis in self.mirror_axes):
+            raise ValueError("mirror_axes are axes 0, 1 and 2 of the patch")
+        return self
+
+
 class ModelContract(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     version: int = Field(ge=1)
@@ -72,7 +150,10 @@ class ModelContract(_Strict):
     output: TensorSpec
     spacing_mm: list[float] | None = None
     patch: list[int]
-    intensity: Intensity
+    intensity: Intensity | None = None
+    nnunet: NnunetRecipe | None = Field(
+        default=None, description="An imported nnU-Net model's inference recipe."
+    )
     labels: list[Label] = Field(min_length=1)
     card: str = "card.md"
 
@@ -81,8 +162,17 @@ class ModelContract(_Strict):
         values = [label.value for label in self.labels]
         if len(set(values)) != len(values):
             raise ValueError("label values must be unique")
-        if self.output.shape[1] != len(self.labels) + 1:
-            raise ValueError("output channels must be one per label plus background")
+        if (self.intensity is None) == (self.nnunet is None):
+            raise ValueError("a model has either an intensity or an nnunet recipe")
+        regions = self.nnunet.regions if self.nnunet else None
+        if regions and {region.paints for region in regions} != set(values):
+            raise ValueError("a region-based model's labels are the values its regions paint")
+        channels = len(regions) if regions else len(self.labels) + 1
+        if self.output.shape[1] != channels:
+            raise ValueError(
+                "output channels must be one per region" if regions
+                else "output channels must be one per label plus background"
+            )  # fmt: skip
         if self.input.shape[2:] != self.patch or self.output.shape[2:] != self.patch:
             raise ValueError("input and output spatial shapes must equal the patch")
         return self
@@ -90,6 +180,13 @@ class ModelContract(_Strict):
     @property
     def ref(self) -> ModelRef:
         return ModelRef(self.name, self.version)
+
+    @property
+    def grid_spacing_mm(self) -> list[float] | None:
+        """The spacing the model works at, in the volume's axis order (slice, row, column)."""
+        if self.nnunet is None:
+            return self.spacing_mm
+        return [self.nnunet.spacing_mm[axis] for axis in self.nnunet.transpose_backward]
 
 
 class ContractError(ValueError):

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeometry, build_volume
+from appliance.inference import nnunet
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import Intensity, ModelContract
 
@@ -125,9 +126,9 @@ def _slice_hu(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32]:
     return pixels.astype(np.float32) * slope + intercept
 
 
-def normalise(hu: NDArray[np.float32], intensity: Intensity) -> NDArray[np.float32]:
+def normalise(hu: NDArray[np.float32], intensity: Intensity | None) -> NDArray[np.float32]:
     """Clip to the model's HU window and map it to [0, 1]."""
-    if intensity.window is None:
+    if intensity is None or intensity.window is None:
         raise UnsupportedSeries("the model has no CT window")
     low, high = intensity.window
     return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
@@ -265,7 +266,10 @@ def segment_ct(
     """Label map (contract label values, 0 background) on the source grid of `volume`.
 
     Only the box around the body is segmented: the air around a patient holds no anatomy and
-    is often half of the field of view, and so half of the patches."""
+    is often half of the field of view, and so half of the patches. An imported nnU-Net model
+    gets the whole volume, as its own predictor would (it crops to the non-zero box itself)."""
+    if contract.nnunet is not None:
+        return segment_grid(volume.hu, volume.geometry.spacing, backend, contract)
     return segment_in_region(volume, volume.hu > BODY_HU, backend, contract)
 
 
@@ -276,6 +280,8 @@ def segment_grid(
     contract: ModelContract,
 ) -> NDArray[np.uint8]:
     """Label map on the grid of `hu` (slice, row, column) with `spacing` in mm."""
+    if contract.nnunet is not None:
+        return nnunet.segment(hu, spacing, backend, contract)
     if contract.spacing_mm is None:
         raise UnsupportedSeries("the model has no target spacing")
     factors = [s / t for s, t in zip(spacing, contract.spacing_mm, strict=True)]

@@ -7,11 +7,15 @@ passes, every operator is one that TensorRT's ONNX parser supports, the graph's 
 its contract, and the versions agree on the tensors Triton's one configuration describes.
 """
 
+import os
 import re
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
+import yaml
 
 from appliance.inference.backend import MODEL_FILE
 from appliance.inference.contract import (
@@ -254,3 +258,62 @@ def check_model(directory: Path) -> list[str]:
 def _max_batch(text: str) -> int:
     found = re.search(r"^max_batch_size:\s*(\d+)", text, re.MULTILINE)
     return int(found.group(1)) if found else DEFAULT_MAX_BATCH
+
+
+def write_config(model_directory: Path) -> None:
+    """Render `config.pbtxt` over the model's versions, replacing the old one in one step."""
+    text = render_config(versions_of(model_directory))
+    staged = model_directory / f".{CONFIG_FILE}.new"
+    staged.write_text(text, encoding="utf-8")
+    os.replace(staged, model_directory / CONFIG_FILE)
+
+
+def add_version(
+    repository: Path, name: str, version: int, stage: Callable[[Path], ModelContract]
+) -> ModelContract:
+    """Add `name` version `version` to the repository in one step, or not at all.
+
+    `stage(folder)` fills a staging folder with the model file and card and returns the
+    contract; the contract is written beside them and the version is checked as `check_model`
+    would (ONNX checker, TensorRT operators, tensors against the contract and against the
+    model's other versions). Only a servable version is renamed into place; whatever fails,
+    the repository is as it was."""
+    repository.mkdir(parents=True, exist_ok=True)
+    model_directory = repository / name
+    target = model_directory / str(version)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=repository))
+    try:
+        folder = staging / name / str(version)
+        folder.mkdir(parents=True)
+        contract = stage(folder)
+        write_contract(folder, contract)
+        problems = _check_version(folder, contract)
+        existing = versions_of(model_directory) if model_directory.is_dir() else []
+        if any((other.input, other.output) != (contract.input, contract.output)
+               for other in existing):  # fmt: skip
+            problems.append(
+                f"its tensors differ from model {name}'s other versions; Triton serves a "
+                "model's versions from one config (import it under another name)"
+            )
+        if problems:
+            raise ContractError("; ".join(problems))
+        if target.exists():
+            raise ContractError(f"model {name} already has version {version}")
+        created = not model_directory.exists()
+        model_directory.mkdir(exist_ok=True)
+        os.rename(folder, target)
+        try:
+            write_config(model_directory)
+        except Exception:
+            shutil.rmtree(model_directory if created else target)
+            raise
+        return contract
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_contract(version_directory: Path, contract: ModelContract) -> None:
+    (version_directory / CONTRACT_FILE).write_text(
+        yaml.safe_dump(contract.model_dump(mode="json", exclude_none=True), sort_keys=False),
+        encoding="utf-8",
+    )

@@ -120,6 +120,8 @@ def segment_cine(
     """Per-frame findings and masks on the source frames' grid."""
     patch = contract.patch
     count, rows, columns = cine.frames.shape
+    if contract.intensity is None:
+        raise UnsupportedFrames("the model has no intensity scale for frames")
     scale = contract.intensity.scale or 1.0
     zoom_in = (patch[0] / rows, patch[1] / columns)
     masks = np.zeros(cine.frames.shape, dtype=bool)

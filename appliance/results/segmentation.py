@@ -53,7 +53,7 @@ def coded(code: CodedConcept) -> hd.sr.CodedConcept:
 
 
 def _description(segment: Segment) -> hd.seg.SegmentDescription:
-    return hd.seg.SegmentDescription(
+    description = hd.seg.SegmentDescription(
         segment_number=segment.number,
         segment_label=segment.label,
         segmented_property_category=coded(segment.category),
@@ -68,6 +68,10 @@ def _description(segment: Segment) -> hd.seg.SegmentDescription:
         tracking_id=segment.tracking_id,
         anatomic_regions=[coded(segment.finding_site)] if segment.finding_site else None,
     )
+    if segment.type_modifier is not None:  # highdicom has no argument for it (PS3.3 C.8.20.2)
+        (item,) = description.SegmentedPropertyTypeCodeSequence
+        item.SegmentedPropertyTypeModifierCodeSequence = [coded(segment.type_modifier)]
+    return description
 
 
 def _common(equipment: Equipment, description: str) -> dict[str, object]:

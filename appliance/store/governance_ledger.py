@@ -53,6 +53,22 @@ class GovernanceLedger:
             self._set(session, MODEL, model.name, model.version, state, now, actor)
             self._audit(session, f"model {model}: {was.value} -> {state.value}", now, actor)
 
+    def record_import(
+        self, model: ModelRef, state: State, detail: str, now: datetime, actor: str
+    ) -> None:
+        """Model version `model` was added to the repository (`detail` says from where); it
+        starts in `state`."""
+        with self._sessions.begin() as session:
+            self._set(session, MODEL, model.name, model.version, state, now, actor)
+            record_event(
+                session,
+                AuditEventType.MODEL_IMPORTED,
+                occurred_at=now,
+                actor=actor,
+                action=EventAction.CREATE,
+                detail=f"model {model} ({state.value}): {detail}",
+            )
+
     @staticmethod
     def _set(
         session: Session,

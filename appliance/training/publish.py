@@ -3,12 +3,11 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
-import torch
-import yaml
 from torch import nn
 
-from appliance.inference.contract import CONTRACT_FILE, ModelContract
-from appliance.inference.repository import CONFIG_FILE, render_config, versions_of
+from appliance.inference.contract import ModelContract
+from appliance.inference.onnx_export import export_onnx as export
+from appliance.inference.repository import write_config, write_contract
 
 SYNTHETIC_WARNING = (
     "**Synthetic training data; not for clinical use.** This reference model was trained only "
@@ -18,20 +17,8 @@ SYNTHETIC_WARNING = (
 
 
 def export_onnx(model: nn.Module, path: Path, contract: ModelContract) -> None:
-    """ONNX opset 17 with a dynamic batch dimension, tensor names from the contract."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    example = torch.zeros(1, *contract.input.shape[1:])
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=[contract.input.name],
-        output_names=[contract.output.name],
-        dynamic_axes={contract.input.name: {0: "batch"}, contract.output.name: {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    """The model as its contract's ONNX file."""
+    export(model, path, contract.input.shape[1:], contract.input.name, contract.output.name)
 
 
 def publish(
@@ -46,10 +33,8 @@ def publish(
     the exported model) and render the model's Triton config over all its versions."""
     version = directory / str(contract.version)
     version.mkdir(parents=True, exist_ok=True)
-    (version / CONTRACT_FILE).write_text(
-        yaml.safe_dump(contract.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
-    )
-    (directory / CONFIG_FILE).write_text(render_config(versions_of(directory)), encoding="utf-8")
+    write_contract(version, contract)
+    write_config(directory)
 
     def row(name: str, value: float) -> str:
         if name not in targets:

@@ -4,6 +4,7 @@ running: `appliance serve` on the embedded defaults (kombu's SQLite transport); 
 listen, sweep and worker roles as processes of their own on PostgreSQL with Redis, and with
 RabbitMQ; inference through the real Triton server."""
 
+import shutil
 import subprocess
 import sys
 import time
@@ -15,14 +16,18 @@ import pytest
 from pydicom import dcmread
 
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
-from appliance.phantoms.dicom import write_us_cine
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
+from tests.support.cli import run_cli
 from tests.support.datasets import PATIENT_ID, PATIENT_NAME
 from tests.support.dcmtk import storescu
+from tests.support.nnunet import CODES, RESULT, require_importer_venv
 from tests.support.orthanc import AE_TITLE, running_orthanc
 from tests.support.processes import (
     REPOSITORY,
     Mode,
+    appliance_config,
     production_mode,
     running_roles,
     serve,
@@ -112,3 +117,51 @@ def test_demo_follows_its_studies_to_the_pacs(tmp_path: Path) -> None:
         assert demo.stdout.count("-> pacs: delivered") == 4  # SEG and SR for each study
         assert "delivering -> done" in demo.stdout
         assert pacs.instance_count() == 4
+
+
+def test_orthanc_routes_a_ct_to_an_imported_nnunet_model_and_gets_seg_and_sr_back(
+    tmp_path: Path,
+) -> None:
+    """An operator imports the nnU-Net fixture (it arrives in shadow), enables it, and routes
+    CT to its pipeline: the PACS gets its SEG and SR."""
+    require_importer_venv()
+    repository = tmp_path / "repository"
+    shutil.copytree(REPOSITORY, repository)
+    rule = {"name": "phantom-organs", "pipeline": "phantom_organs", "modalities": ["CT"]}
+    mode = Mode({"inference": {"repository": str(repository)}, "routing": {"rules": [rule]}})
+    series = write_ct_series(
+        generate_ct(902_010, Grid((24, 96, 96), (5.0, 3.5, 3.5))), tmp_path / "ct"
+    )
+    port = free_port()
+    with running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs:
+        config = appliance_config(tmp_path, port, pacs.dicom_port, mode.settings)
+        for command in (
+            ("db", "upgrade"),
+            ("models", "import", "nnunet", str(RESULT), "--name", "phantom_organs",
+             "--codes", str(CODES), "--synthetic"),
+            ("models", "enable", "phantom_organs", "--version", "1"),
+        ):  # fmt: skip
+            done = run_cli(config, *command, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+        with running_roles(tmp_path, port, pacs.dicom_port, mode):
+            sent = storescu(pacs.dicom_port, series, called=AE_TITLE)
+            assert sent.returncode == 0, sent.stderr
+            expected = ["CT"] * len(series) + ["SEG", "SR"]
+            found = wait_for_modalities(pacs, expected, 180)
+            logs = [log.read_text(errors="replace")[-3000:] for log in tmp_path.glob("*.log")]
+            assert found == sorted(expected), "\n".join(logs)
+        results = {}
+        for identifier in pacs.get("/instances"):
+            stored = dcmread(BytesIO(pacs.get(f"/instances/{identifier}/file")))
+            results[stored.Modality] = stored
+    seg, sr = results["SEG"], results["SR"]
+    labels = {str(item.SegmentLabel) for item in seg.SegmentSequence}
+    assert "liver" in labels, labels
+    algorithms = {
+        str(item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName)
+        for item in seg.SegmentSequence
+    }
+    assert algorithms == {"phantom_organs"}
+    texts = " ".join(str(e.value) for e in sr.iterall() if e.keyword == "TextValue")
+    assert "Volumes: liver " in texts
+    assert "not for clinical use" in texts, "a model trained on synthetic data is flagged"

@@ -1,6 +1,7 @@
 """SEG and SR results: valid by dicom3tools and dcmtk, referencing what they measure, the same
 UIDs on a re-run, and refused at the gate when broken."""
 
+import dataclasses
 import shutil
 import subprocess
 from io import BytesIO
@@ -14,6 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from appliance.app.pipelines import run_frames
+from appliance.domain.concepts import CodedConcept
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.catalog import load_catalog
@@ -107,6 +109,26 @@ def test_ct_seg_and_sr_are_valid_and_reference_their_segments(
     assert f"Lesion findings in the liver: {len(lesions)}; the largest is lesion 1" in text
     assert "Volumes: liver " in text
     assert "not for clinical use" in text
+
+
+def test_a_type_modifier_is_encoded_in_the_segment_s_property_type(
+    validators: None,
+    ct_case,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    sources, findings = ct_case
+    left = CodedConcept("SCT", "7771000", "Left")
+    first = dataclasses.replace(findings.segments[0], type_modifier=left)
+    modified = dataclasses.replace(findings, segments=(first, *findings.segments[1:]))
+
+    seg_result, _ = ct_results(sources, modified, SegmentationType.BINARY, EQUIPMENT)
+
+    path = written(tmp_path, seg_result.encoded, "seg.dcm")
+    assert dciodvfy_findings(path) == []
+    items = [dcmread(path).SegmentSequence[n].SegmentedPropertyTypeCodeSequence[0] for n in (0, 1)]
+    (modifier,) = items[0].SegmentedPropertyTypeModifierCodeSequence
+    assert (modifier.CodingSchemeDesignator, modifier.CodeValue) == ("SCT", "7771000")
+    assert "SegmentedPropertyTypeModifierCodeSequence" not in items[1]
 
 
 def test_labelmap_seg_holds_the_label_map(ct_case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -196,15 +196,21 @@ def test_nothing_reads_settings_at_import_time() -> None:
                     assert forbidden not in called, f"{module.name} calls {called} at import"
 
 
+# PyTorch's own modules outside training: the importers' half that loads checkpoints and
+# exports ONNX (the importers extra).
+TORCH_MODULES = ("appliance.inference.onnx_export", "appliance.inference.nnunet_export")
+
+
 def test_serving_code_never_imports_torch_or_training() -> None:
-    """Only `training/` itself, and the `train` command inside the CLI, may import it."""
+    """Only `training/`, the importers' PyTorch modules, and the `train` and `models import`
+    commands inside the CLI may import torch, nnunetv2 or those modules."""
     for module in FOUND.values():
-        if module.unit in ("training", "cli"):
+        if module.unit in ("training", "cli") or module.name in TORCH_MODULES:
             continue
         for name in imported_names(module):
-            assert not name.startswith(("torch", "appliance.training")), (
-                f"{module.name} imports {name}: torch belongs to the train extra only"
-            )
+            assert not name.startswith(
+                ("torch", "nnunetv2", "appliance.training", *TORCH_MODULES)
+            ), f"{module.name} imports {name}: torch belongs to the train and importers extras"
 
 
 def test_tests_and_benchmarks_share_helpers_through_tests_support_only() -> None:

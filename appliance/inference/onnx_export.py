@@ -1,0 +1,37 @@
+"""Export a PyTorch network as the repository's ONNX: opset 17, a dynamic batch dimension,
+static spatial shapes, the contract's tensor names; operators TensorRT's parser takes. Used
+by reference-model training and by importers, which alone have PyTorch installed."""
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+def export_onnx(
+    model: nn.Module, path: Path, input_shape: Sequence[int], input_name: str, output_name: str
+) -> None:
+    """Write `model` to `path`; `input_shape` is one item's, without the batch."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    example = torch.zeros(1, *input_shape)
+    with torch.no_grad(), warnings.catch_warnings():
+        # Benign, and alarming on an operator's console: the TorchScript exporter's own
+        # deprecation, and instance normalisation exported with its input statistics, which
+        # is what it always uses.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+        warnings.filterwarnings("ignore", message=".*instance_norm.*", category=UserWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
