@@ -4,6 +4,7 @@ import getpass
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,13 +16,14 @@ import yaml
 from appliance.config import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from datetime import timedelta
 
     from appliance.app.catalog import Governor
     from appliance.app.delivery import Deliverer
     from appliance.app.processes import Roles
     from appliance.domain.pipelines import State
+    from appliance.inference.contract import ModelContract
     from appliance.store.account_ledger import AccountLedger
     from appliance.store.study_ledger import StudyLedger
 
@@ -449,6 +451,15 @@ def _importer_venv() -> Path | None:
     return candidate if candidate.exists() and Path(sys.prefix) != candidate.parents[1] else None
 
 
+_STATE_OPTION = click.option(
+    "--state",
+    type=click.Choice(["shadow", "enabled", "disabled"]),
+    default="shadow",
+    show_default=True,
+    help="Its state once imported: shadow runs it without delivering.",
+)
+
+
 @models_import.command("nnunet")
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @click.option("--name", required=True, help="The model's name in the repository.")
@@ -469,13 +480,7 @@ def _importer_venv() -> Path | None:
     help="nnU-Net's postprocessing.json to apply (largest components).",
 )
 @click.option("--synthetic", is_flag=True, help="Trained on synthetic data: flag its findings.")
-@click.option(
-    "--state",
-    type=click.Choice(["shadow", "enabled", "disabled"]),
-    default="shadow",
-    show_default=True,
-    help="Its state once imported: shadow runs it without delivering.",
-)
+@_STATE_OPTION
 @click.pass_context
 def models_import_nnunet(
     ctx: click.Context,
@@ -493,40 +498,123 @@ def models_import_nnunet(
 ) -> None:
     """Import an nnU-Net v2 result folder (TRAINER__PLANS__CONFIGURATION). Its checkpoints
     are pickles: import only folders whose origin you trust."""
-    from appliance.domain.pipelines import State
-    from appliance.inference.contract import ContractError
-    from appliance.inference.nnunet_import import ImportRefused, import_nnunet
+    from appliance.inference.nnunet_import import import_nnunet
 
-    try:
-        from appliance.inference.nnunet_export import export_network
-    except ImportError:
-        elsewhere = _importer_venv()
-        if elsewhere is None:
-            click.echo(
-                "appliance: importing needs PyTorch and nnunetv2: install the importers extra "
-                "(pip install -e '.[importers]') into a venv of its own and run it from there",
-                err=True,
-            )
-            sys.exit(EXIT_REFUSED)
-        sys.exit(subprocess.run([str(elsewhere), *sys.argv[1:]], check=False).returncode)
+    export_network = _exporter("appliance.inference.nnunet_export", "export_network")
     settings = _settings(ctx)
     governor = _governor(ctx)  # the import is audited: no import without the database
-    try:
+    with _refusals():
         contract = import_nnunet(
             folder, settings.inference.repository, name, codes, export_network,
             version=version, folds=_folds(folds), modality=modality, synthetic=synthetic,
             step=step, mirroring=not no_mirroring, postprocessing=postprocessing,
         )  # fmt: skip
+    _imported(governor, contract, state, f"nnU-Net v2 folder {folder.name}")
+
+
+def _exporter(module: str, function: str) -> "Callable[..., Any]":
+    """An importer's PyTorch half; without PyTorch here, the command re-runs in the importers
+    venv beside this one, or stops saying what to install."""
+    import importlib
+
+    try:
+        exporter: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    except ImportError:
+        elsewhere = _importer_venv()
+        if elsewhere is None:
+            click.echo(
+                "appliance: importing needs PyTorch: install the importers extra "
+                "(pip install -e '.[importers]') into a venv of its own and run it from there",
+                err=True,
+            )
+            sys.exit(EXIT_REFUSED)
+        sys.exit(subprocess.run([str(elsewhere), *sys.argv[1:]], check=False).returncode)
+    return exporter
+
+
+@contextmanager
+def _refusals() -> "Iterator[None]":
+    """An import that cannot be done stops with its reason; the repository is untouched."""
+    from appliance.inference.contract import ContractError
+    from appliance.inference.importing import ImportRefused
+
+    try:
+        yield
     except (ImportRefused, ContractError) as exc:
         click.echo(f"appliance: import refused: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
-    governor.record_import(
-        contract.ref, State(state), f"nnU-Net v2 folder {folder.name}", _console()
-    )
+
+
+def _imported(governor: "Governor", contract: "ModelContract", state: str, origin: str) -> None:
+    """Audit the new version in its first state and say what was added."""
+    from appliance.domain.pipelines import State
+
+    governor.record_import(contract.ref, State(state), origin, _console())
     click.echo(
         f"imported {contract.ref} ({state}): {', '.join(label.name for label in contract.labels)}"
-        f"; pipeline {contract.name} in {settings.inference.repository}"
     )
+
+
+@models_import.command("torchscript")
+@click.argument("source", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option(
+    "--contract",
+    "template",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    required=True,
+    help="The model's contract without its version: tensors, recipe, coded labels.",
+)
+@click.option("--name", help="The model's name (default: the template's).")
+@click.option("--version", type=click.IntRange(1), help="Default: the next free version.")
+@click.option(
+    "--notes",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Markdown for its model card: origin, intended use, validation.",
+)
+@click.option("--no-pipeline", is_flag=True, help="Declare no pipeline of its own.")
+@_STATE_OPTION
+@click.pass_context
+def models_import_torchscript(
+    ctx: click.Context,
+    source: Path,
+    template: Path,
+    name: str | None,
+    version: int | None,
+    notes: Path | None,
+    no_pipeline: bool,
+    state: str,
+) -> None:
+    """Import a TorchScript archive by a contract template. Loading it runs its TorchScript
+    code: import only files whose origin you trust."""
+    from appliance.inference.torchscript_import import import_torchscript
+
+    export = _exporter("appliance.inference.onnx_export", "export_torchscript")
+    settings = _settings(ctx)
+    governor = _governor(ctx)
+    with _refusals():
+        contract = import_torchscript(
+            source, settings.inference.repository, template, export, name=name,
+            version=version, notes=notes.read_text(encoding="utf-8") if notes else "",
+            pipeline=not no_pipeline,
+        )  # fmt: skip
+    _imported(governor, contract, state, f"TorchScript file {source.name}")
+
+
+@models_import.command("deepbet")
+@_STATE_OPTION
+@click.pass_context
+def models_import_deepbet(ctx: click.Context, state: str) -> None:
+    """Import deepbet (T1 MR brain extraction) from its installed package: its locator and
+    brain models, and the `deepbet` pipeline."""
+    from appliance.inference.torchscript_import import import_deepbet
+
+    export = _exporter("appliance.inference.onnx_export", "export_torchscript")
+    settings = _settings(ctx)
+    governor = _governor(ctx)
+    with _refusals():
+        locator, brain = import_deepbet(settings.inference.repository, export)
+    _imported(governor, locator, state, "the deepbet package (bbox_model.pt)")
+    _imported(governor, brain, state, "the deepbet package (model.pt)")
 
 
 @models.command("check")

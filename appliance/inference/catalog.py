@@ -100,8 +100,19 @@ def check_against(pipeline: Pipeline, models: dict[ModelRef, ModelContract]) -> 
                 f"{at}: a {stage.kind} stage runs a {dimensions}D model; {stage.model} is "
                 f"{len(contract.patch)}D"
             )
-        if dimensions == 3 and contract.grid_spacing_mm is None:
+        whole = contract.fixed_grid is not None
+        if dimensions == 3 and contract.grid_spacing_mm is None and not whole:
             raise InvalidPipeline(f"{at}: {stage.model} names no spacing to resample to")
+        if whole and stage.kind is not StageKind.VOLUME:
+            raise InvalidPipeline(f"{at}: {stage.model} reads whole volumes: a volume stage")
+        locator = contract.fixed_grid.locator if contract.fixed_grid else None
+        if locator is not None:
+            found = models.get(locator.ref)
+            if found is None or found.patch != locator.patch:
+                raise InvalidPipeline(
+                    f"{at}: {stage.model}'s locator {locator.ref} is not in the repository "
+                    f"with patch {locator.patch}"
+                )
         if stage.kind is StageKind.FRAMES and len(contract.labels) != 1:
             raise InvalidPipeline(f"{at}: a frames stage runs a model of one structure")
         if stage.region is not None:

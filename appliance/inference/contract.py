@@ -140,6 +140,52 @@ class NnunetRecipe(_Strict):
         return self
 
 
+class Locator(_Strict):
+    """A smaller model run first, on the whole volume resized to its `patch`, whose mask
+    gives the box the main model reads: the planes where more than `min_fraction` of the
+    mask lies, the box grown by `margin` of its size on each side (deepbet's bounding-box
+    model)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    version: int = Field(ge=1)
+    patch: list[int] = Field(min_length=3, max_length=3)
+    channel: int = Field(default=1, ge=0)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    margin: float = Field(default=0.1, ge=0, le=1)
+    min_fraction: float = Field(default=0.02, ge=0, lt=1)
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.name, self.version)
+
+
+class FixedGridRecipe(_Strict):
+    """A model that reads the whole volume at once (deepbet's recipe, and any like it): the
+    volume turned to the closest RAS axes (nibabel's `as_closest_canonical`), optionally
+    cropped to a locator's box, resized to the patch by PyTorch's nearest-exact rule;
+    intensities clipped to `percentiles` of the whole volume resized to `percentile_grid`,
+    mapped to [0, 1], z-scored (unbiased deviation) and mapped to `scale` * z + `shift`;
+    the `channel` probability above `threshold`, resized back; then the largest
+    26-connected part, its holes filled."""
+
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    percentile_grid: list[int] = Field(min_length=3, max_length=3)
+    scale: float = 1.0
+    shift: float = 0.0
+    channel: int = Field(default=1, ge=0)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    locator: Locator | None = None
+    largest_component: bool = True
+    fill_holes: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FixedGridRecipe":
+        low, high = self.percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError("percentiles must be [low, high] with 0 <= low < high <= 100")
+        return self
+
+
 class ModelContract(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     version: int = Field(ge=1)
@@ -154,6 +200,9 @@ class ModelContract(_Strict):
     nnunet: NnunetRecipe | None = Field(
         default=None, description="An imported nnU-Net model's inference recipe."
     )
+    fixed_grid: FixedGridRecipe | None = Field(
+        default=None, description="A whole-volume model's recipe (deepbet's, for example)."
+    )
     labels: list[Label] = Field(min_length=1)
     card: str = "card.md"
 
@@ -162,8 +211,13 @@ class ModelContract(_Strict):
         values = [label.value for label in self.labels]
         if len(set(values)) != len(values):
             raise ValueError("label values must be unique")
-        if (self.intensity is None) == (self.nnunet is None):
-            raise ValueError("a model has either an intensity or an nnunet recipe")
+        recipes = [self.intensity, self.nnunet, self.fixed_grid]
+        if sum(recipe is not None for recipe in recipes) != 1:
+            raise ValueError("a model has one of an intensity, an nnunet or a fixed_grid recipe")
+        if self.fixed_grid is not None and self.output.shape[1] <= self.fixed_grid.channel:
+            raise ValueError("the fixed_grid channel is not one of the output's")
+        if self.fixed_grid is not None and len(self.labels) != 1:
+            raise ValueError("a fixed_grid model segments one structure: one label")
         regions = self.nnunet.regions if self.nnunet else None
         if regions and {region.paints for region in regions} != set(values):
             raise ValueError("a region-based model's labels are the values its regions paint")

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeometry, build_volume
-from appliance.inference import nnunet
+from appliance.inference import fixed_grid, nnunet
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import Intensity, ModelContract
 
@@ -267,10 +267,23 @@ def segment_ct(
 
     Only the box around the body is segmented: the air around a patient holds no anatomy and
     is often half of the field of view, and so half of the patches. An imported nnU-Net model
-    gets the whole volume, as its own predictor would (it crops to the non-zero box itself)."""
+    gets the whole volume, as its own predictor would (it crops to the non-zero box itself),
+    and so does a whole-volume model, which needs its axes' directions too."""
+    if contract.fixed_grid is not None:
+        try:
+            return fixed_grid.segment(volume.hu, ras_directions(volume.geometry), backend, contract)
+        except fixed_grid.NotSegmentable as exc:
+            raise UnsupportedSeries(str(exc)) from exc
     if contract.nnunet is not None:
         return segment_grid(volume.hu, volume.geometry.spacing, backend, contract)
     return segment_in_region(volume, volume.hu > BODY_HU, backend, contract)
+
+
+def ras_directions(geometry: VolumeGeometry) -> NDArray[np.float64]:
+    """The directions of the volume's axes (slice, row, column) as columns, in RAS (DICOM's
+    patient axes are LPS)."""
+    lps = np.array([geometry.normal, geometry.column_direction, geometry.row_direction]).T
+    return np.asarray(lps * np.array([[-1.0], [-1.0], [1.0]]), dtype=np.float64)
 
 
 def segment_grid(
@@ -282,6 +295,8 @@ def segment_grid(
     """Label map on the grid of `hu` (slice, row, column) with `spacing` in mm."""
     if contract.nnunet is not None:
         return nnunet.segment(hu, spacing, backend, contract)
+    if contract.fixed_grid is not None:
+        raise UnsupportedSeries(f"{contract.ref} reads whole volumes, not a region of one")
     if contract.spacing_mm is None:
         raise UnsupportedSeries("the model has no target spacing")
     factors = [s / t for s, t in zip(spacing, contract.spacing_mm, strict=True)]

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from appliance.inference.nnunet_import import ExportedNetwork, ImportRefused, NnunetFolder
+from appliance.inference.importing import ImportRefused
+from appliance.inference.nnunet_import import ExportedNetwork, NnunetFolder
 from appliance.inference.onnx_export import export_onnx
 
 

@@ -13,7 +13,6 @@ whose origin you trust; the operator names the folder, and nothing else is ever 
 """
 
 import csv
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from appliance.inference.contract import (
     Source,
     TensorSpec,
 )
+from appliance.inference.importing import ImportRefused, declare_pipeline, free_version, sha256
 from appliance.inference.repository import add_version
 
 CHECKPOINT = "checkpoint_final.pth"
@@ -47,10 +47,6 @@ _NORMALISERS: dict[str, Literal["ct", "zscore", "rescale_to_01", "none"]] = {
 }
 _RESAMPLERS = ("resample_data_or_seg_to_shape",)
 _ANISOTROPY_THRESHOLD = 3.0  # nnunetv2.configuration.ANISO_THRESHOLD
-
-
-class ImportRefused(ValueError):
-    """The folder cannot be imported; the message says why. Nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -371,14 +367,6 @@ def postprocessing_groups(path: Path | None, values: dict[str, int]) -> list[lis
     return groups
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def card(folder: NnunetFolder, contract: ModelContract) -> str:
     """The model card: what the folder says of the model, where it came from, and what the
     appliance does not know about it."""
@@ -440,12 +428,7 @@ def import_nnunet(
     chosen_modality = modality or ("CT" if str(channel).upper() == "CT" else None)
     if chosen_modality is None:
         raise ImportRefused(f"the input channel is {channel!r}: say its --modality (CT, MR, ...)")
-    existing = sorted(
-        int(entry.name) for entry in (repository / name).glob("*") if entry.name.isdigit()
-    )
-    number = version or (existing[-1] + 1 if existing else 1)
-    if number in existing:
-        raise ImportRefused(f"model {name} already has version {number}")
+    number = free_version(repository, name, version)
 
     def stage(directory: Path) -> ModelContract:
         network = export(folder, directory / MODEL_FILE)
@@ -457,23 +440,5 @@ def import_nnunet(
         return contract
 
     contract = add_version(repository, name, number, stage)
-    pipeline = repository / f"{name}.pipeline.yaml"
-    if not pipeline.exists():
-        pipeline.write_text(default_pipeline(contract), encoding="utf-8")
+    declare_pipeline(repository, contract, "nnU-Net")
     return contract
-
-
-def default_pipeline(contract: ModelContract) -> str:
-    """A pipeline of the one model: every label a segment with its volume. Edit it to choose
-    labels, measurements or a cascade (docs/models.md)."""
-    return (
-        f"# Written by `appliance models import` for {contract.ref}.\n"
-        f"name: {contract.name}\n"
-        f"description: {contract.name} (imported from nnU-Net), every label with its volume\n"
-        "stages:\n"
-        "  - name: segment\n"
-        "    kind: volume\n"
-        f"    model: {{name: {contract.name}, version: {contract.version}}}\n"
-        "    findings: per_label\n"
-        "    measurements: [volume]\n"
-    )

@@ -35,3 +35,14 @@ def export_onnx(
             opset_version=OPSET,
             dynamo=False,
         )
+
+
+def export_torchscript(
+    source: Path, path: Path, input_shape: Sequence[int], input_name: str, output_name: str
+) -> None:
+    """A TorchScript archive (`torch.jit.save`) as the repository's ONNX. Loading one runs
+    its TorchScript code, not arbitrary Python: still, import only files you trust."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.")
+        module = torch.jit.load(str(source), map_location="cpu")
+    export_onnx(module, path, input_shape, input_name, output_name)

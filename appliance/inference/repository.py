@@ -161,7 +161,7 @@ def model_directories(repository: Path) -> list[Path]:
     return sorted({path.parent for path in version_directories(repository)})
 
 
-def _numbered(model_directory: Path) -> list[Path]:
+def version_folders(model_directory: Path) -> list[Path]:
     """A model's version folders (numbered, holding a contract), oldest first."""
     found = [
         path.parent
@@ -176,12 +176,12 @@ def version_directories(repository: Path) -> list[Path]:
     if not repository.is_dir():
         return []
     models = sorted(path for path in repository.iterdir() if path.is_dir())
-    return [version for model in models for version in _numbered(model)]
+    return [version for model in models for version in version_folders(model)]
 
 
 def versions_of(model_directory: Path) -> list[ModelContract]:
     """The contracts of a model's versions, oldest first. Raises ContractError."""
-    return [load_contract(directory) for directory in _numbered(model_directory)]
+    return [load_contract(directory) for directory in version_folders(model_directory)]
 
 
 def _shape(value: onnx.ValueInfoProto) -> list[int]:
@@ -230,7 +230,7 @@ def _check_version(directory: Path, contract: ModelContract) -> list[str]:
 def check_model(directory: Path) -> list[str]:
     """Everything wrong with one model directory and its versions; empty when it is
     servable."""
-    folders = _numbered(directory)
+    folders = version_folders(directory)
     try:
         versions = [load_contract(folder) for folder in folders]
     except ContractError as exc:

@@ -50,7 +50,7 @@ class CTSeries:
     images_in_acquisition: int | None = None  # the count hint, when the scanner sends it
 
 
-def _base(
+def base_dataset(
     sop_class: str, study_uid: str, series_uid: str, modality: str, patient: Patient
 ) -> Dataset:
     ds = Dataset()
@@ -83,7 +83,7 @@ def ct_slice(
 ) -> Dataset:
     """One axial CT image: slice `index` (0-based) at `position` (LPS, mm), its stored pixel
     values `stored` (uint16, or int16 for signed pixels) with a Rescale Intercept of -1024."""
-    ds = _base(CTImageStorage, series.study_uid, series.series_uid, "CT", series.patient)
+    ds = base_dataset(CTImageStorage, series.study_uid, series.series_uid, "CT", series.patient)
     dz, dy, dx = series.spacing
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.StudyDescription = "CT ABDOMEN (phantom)"
@@ -140,7 +140,7 @@ def write_ct_series(
 
 def write_us_cine(cine: UltrasoundCine, path: Path, study_uid: str | None = None) -> Path:
     """An Ultrasound Multi-frame Image, monochrome, with its physical region calibration."""
-    ds = _base(
+    ds = base_dataset(
         UltrasoundMultiFrameImageStorage,
         study_uid or generate_uid(),
         generate_uid(),

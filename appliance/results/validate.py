@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
 
+import numpy as np
 from pydicom import config, dcmread
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -71,7 +72,7 @@ def check(result: Dataset, sources: Sequence[Dataset]) -> CheckedResult:
                     f"{declared} frames need {expected}"
                 )
         try:  # frame by frame: a CT SEG can hold thousands of frames
-            decoded = sum(1 for _ in iter_pixels(BytesIO(encoded)))
+            decoded = _decoded_frames(read, encoded)
         except Exception as exc:  # undecodable pixels are a reason to refuse
             raise InvalidResult(f"{label}: pixel data does not decode: {exc}") from exc
         if decoded != declared:
@@ -79,3 +80,22 @@ def check(result: Dataset, sources: Sequence[Dataset]) -> CheckedResult:
     return CheckedResult(
         str(read.SOPClassUID), str(read.SOPInstanceUID), str(read.Modality), encoded
     )
+
+
+def _decoded_frames(read: Dataset, encoded: bytes) -> int:
+    """How many frames decode, one at a time. Uncompressed 1-bit frames are packed with no
+    padding between them, so a frame whose bits are not a multiple of 8 starts inside a
+    byte: pydicom 3.0's `iter_pixels` cannot cut those, and they are unpacked here."""
+    if read.BitsAllocated != 1 or read.file_meta.TransferSyntaxUID.is_compressed:
+        return sum(1 for _ in iter_pixels(BytesIO(encoded)))
+    packed = np.frombuffer(read.PixelData, dtype=np.uint8)
+    size = int(read.Rows) * int(read.Columns) * int(read.SamplesPerPixel)
+    decoded = 0
+    for frame in range(int(read.get("NumberOfFrames", 1))):
+        first = frame * size
+        chunk = packed[first // 8 : (first + size + 7) // 8]
+        bits = np.unpackbits(chunk, bitorder="little")[first % 8 : first % 8 + size]
+        if bits.size != size:
+            raise ValueError(f"frame {frame + 1} is cut short")
+        decoded += 1
+    return decoded

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.ct import Grid, generate_ct
@@ -22,6 +24,7 @@ from appliance.phantoms.ultrasound import generate_cine
 from tests.support.cli import run_cli
 from tests.support.datasets import PATIENT_ID, PATIENT_NAME
 from tests.support.dcmtk import storescu
+from tests.support.mr import mni_template, write_mr_series
 from tests.support.nnunet import CODES, RESULT, require_importer_venv
 from tests.support.orthanc import AE_TITLE, running_orthanc
 from tests.support.processes import (
@@ -119,41 +122,56 @@ def test_demo_follows_its_studies_to_the_pacs(tmp_path: Path) -> None:
         assert pacs.instance_count() == 4
 
 
+def imported_and_routed(
+    tmp_path: Path, imports: list[tuple[str, ...]], rule: dict[str, object], series: list[Path]
+) -> dict[str, Dataset]:
+    """An operator runs the `appliance` commands `imports` against a copy of the reference
+    repository and routes by `rule`; a PACS sends `series`. What the PACS then holds that is
+    not the series, by modality."""
+    repository = tmp_path / "repository"
+    shutil.copytree(REPOSITORY, repository)
+    mode = Mode({"inference": {"repository": str(repository)}, "routing": {"rules": [rule]}})
+    port = free_port()
+    with running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs:
+        config = appliance_config(tmp_path, port, pacs.dicom_port, mode.settings)
+        for command in [("db", "upgrade"), *imports]:
+            done = run_cli(config, *command, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+        with running_roles(tmp_path, port, pacs.dicom_port, mode):
+            sent = storescu(pacs.dicom_port, series, called=AE_TITLE)
+            assert sent.returncode == 0, sent.stderr
+            modality = str(dcmread(series[0], stop_before_pixels=True).Modality)
+            expected = [modality] * len(series) + ["SEG", "SR"]
+            found = wait_for_modalities(pacs, expected, 240)
+            logs = [log.read_text(errors="replace")[-3000:] for log in tmp_path.glob("*.log")]
+            assert found == sorted(expected), "\n".join(logs)
+        results = {}
+        for identifier in pacs.get("/instances"):
+            stored = dcmread(BytesIO(pacs.get(f"/instances/{identifier}/file")))
+            if stored.Modality in ("SEG", "SR"):
+                results[str(stored.Modality)] = stored
+    return results
+
+
 def test_orthanc_routes_a_ct_to_an_imported_nnunet_model_and_gets_seg_and_sr_back(
     tmp_path: Path,
 ) -> None:
     """An operator imports the nnU-Net fixture (it arrives in shadow), enables it, and routes
     CT to its pipeline: the PACS gets its SEG and SR."""
     require_importer_venv()
-    repository = tmp_path / "repository"
-    shutil.copytree(REPOSITORY, repository)
-    rule = {"name": "phantom-organs", "pipeline": "phantom_organs", "modalities": ["CT"]}
-    mode = Mode({"inference": {"repository": str(repository)}, "routing": {"rules": [rule]}})
     series = write_ct_series(
         generate_ct(902_010, Grid((24, 96, 96), (5.0, 3.5, 3.5))), tmp_path / "ct"
     )
-    port = free_port()
-    with running_orthanc(tmp_path / "pacs", route_to=("APPLIANCE", port)) as pacs:
-        config = appliance_config(tmp_path, port, pacs.dicom_port, mode.settings)
-        for command in (
-            ("db", "upgrade"),
+    results = imported_and_routed(
+        tmp_path,
+        [
             ("models", "import", "nnunet", str(RESULT), "--name", "phantom_organs",
              "--codes", str(CODES), "--synthetic"),
             ("models", "enable", "phantom_organs", "--version", "1"),
-        ):  # fmt: skip
-            done = run_cli(config, *command, timeout=300)
-            assert done.returncode == 0, done.stdout + done.stderr
-        with running_roles(tmp_path, port, pacs.dicom_port, mode):
-            sent = storescu(pacs.dicom_port, series, called=AE_TITLE)
-            assert sent.returncode == 0, sent.stderr
-            expected = ["CT"] * len(series) + ["SEG", "SR"]
-            found = wait_for_modalities(pacs, expected, 180)
-            logs = [log.read_text(errors="replace")[-3000:] for log in tmp_path.glob("*.log")]
-            assert found == sorted(expected), "\n".join(logs)
-        results = {}
-        for identifier in pacs.get("/instances"):
-            stored = dcmread(BytesIO(pacs.get(f"/instances/{identifier}/file")))
-            results[stored.Modality] = stored
+        ],
+        {"name": "phantom-organs", "pipeline": "phantom_organs", "modalities": ["CT"]},
+        series,
+    )  # fmt: skip
     seg, sr = results["SEG"], results["SR"]
     labels = {str(item.SegmentLabel) for item in seg.SegmentSequence}
     assert "liver" in labels, labels
@@ -165,3 +183,28 @@ def test_orthanc_routes_a_ct_to_an_imported_nnunet_model_and_gets_seg_and_sr_bac
     texts = " ".join(str(e.value) for e in sr.iterall() if e.keyword == "TextValue")
     assert "Volumes: liver " in texts
     assert "not for clinical use" in texts, "a model trained on synthetic data is flagged"
+
+
+def test_orthanc_routes_a_t1_mr_to_deepbet_and_gets_the_brain_back(tmp_path: Path) -> None:
+    """A real model with real weights end to end: deepbet imported from its package, a real
+    T1 volume (the MNI152 template as a DICOM MR series) routed to its pipeline; the PACS gets
+    a SEG of the brain and an SR with its volume."""
+    require_importer_venv()
+    template = mni_template(tmp_path / "template")
+    series = write_mr_series(
+        np.load(template["volume"]), np.load(template["affine"]), tmp_path / "mr"
+    )
+    results = imported_and_routed(
+        tmp_path,
+        [("models", "import", "deepbet", "--state", "enabled")],
+        {"name": "brain-mr", "pipeline": "deepbet", "modalities": ["MR"]},
+        series,
+    )
+    seg, sr = results["SEG"], results["SR"]
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentLabel == "brain"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "12738006"
+    assert len(seg.PerFrameFunctionalGroupsSequence) > 100, "a brain over many slices"
+    texts = " ".join(str(e.value) for e in sr.iterall() if e.keyword == "TextValue")
+    assert "Volumes: brain " in texts, texts
+    assert "not for clinical use" not in texts, "real weights: not flagged as synthetic"

@@ -193,3 +193,24 @@ def test_the_gate_refuses_broken_objects(ct_case) -> None:  # type: ignore[no-un
     sr.PatientID = "SOMEONE ELSE"
     with pytest.raises(InvalidResult, match="PatientID differs"):
         check(sr, sources)
+
+
+def test_binary_frames_that_do_not_end_on_a_byte_pass_the_gate_intact(tmp_path: Path) -> None:
+    """45 x 47 pixels a frame: each 1-bit frame starts inside a byte (DICOM packs them with no
+    padding), which pydicom 3.0's frame iterator cannot cut; the gate decodes them itself."""
+    phantom = generate_ct(12, Grid((20, 45, 47), (5.0, 7.0, 7.0)))
+    paths = write_ct_series(phantom, tmp_path / "ct")
+    sources = sorted(
+        (dcmread(path, stop_before_pixels=True) for path in paths),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources])
+    seg_result, _ = ct_results(sources, findings, SegmentationType.BINARY, EQUIPMENT)
+    seg = dcmread(BytesIO(seg_result.encoded))
+    assert (seg.Rows * seg.Columns) % 8 != 0
+    assert seg.NumberOfFrames > 1
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    assert frames.any(), "the mask survives encoding"
+    seg.PixelData = seg.PixelData[:-2]  # the last frame cut short by more than the padding
+    with pytest.raises(InvalidResult, match="pixel data"):
+        check(seg, sources)

@@ -18,8 +18,8 @@ from appliance.inference.contract import (
     Region,
     Resampling,
 )
+from appliance.inference.importing import ImportRefused
 from appliance.inference.nnunet_import import (
-    ImportRefused,
     configuration_of,
     label_values,
     postprocessing_groups,
