@@ -1,47 +1,36 @@
 """An imported nnU-Net model on a clinical-size CT (512 x 512 x 300): the appliance against
-nnU-Net's own `nnUNetPredictor`, on the same DICOM series and the same CPU, interleaved.
-
-Each side runs in a process of its own (the appliance in .venv, the predictor in
-.venv-nnunet), loads its model, then is timed from reading the series to the label map on the
-source grid. Peak memory is the process's peak resident set; "working" is that peak less the
-resident set once the libraries and the model were loaded (PyTorch alone weighs more than the
-whole appliance, so both are shown). The answers are compared too: a faster wrong answer
-would be no win.
+nnU-Net's own `nnUNetPredictor`, on the same DICOM series and the same CPU, interleaved
+(bench/peer.py says how each side is measured). The predictor reads the series with
+SimpleITK, as its SimpleITKIO would.
 
     .venv/bin/python -m bench.nnunet [--rounds 2] [--slices 300]
 """
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "bench" / ".data"
-IMPORTER = ROOT / ".venv-nnunet" / "bin" / "python"
+from bench.peer import (
+    DATA,
+    ROOT,
+    THREADS,
+    Side,
+    appliance_command,
+    compare,
+    side_arguments,
+    timed,
+)
+
 RESULT = (
     ROOT / "tests" / "fixtures" / "nnunet" / "Dataset901_Phantom"
     / "nnUNetTrainer_20epochs__nnUNetPlans__3d_fullres"
 )  # fmt: skip
 SPACING = (1.5, 0.8, 0.8)  # slices, rows, columns in mm: a routine abdominal CT
-TIME_TARGET = 0.8  # of the predictor's wall time
-MEMORY_TARGET = 0.5  # of its peak memory
-THREADS = 2
-
-
-def _rss_mib() -> float:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * resource.getpagesize() / 2**20
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+RUNNER = Side("nnunet", "nnUNetPredictor", importer=True)
+APPLIANCE = Side("appliance", "appliance (ONNX RT)", importer=False)
 
 
 def run_appliance(series: Path, repository: Path, output: Path) -> dict[str, float]:
@@ -52,12 +41,9 @@ def run_appliance(series: Path, repository: Path, output: Path) -> dict[str, flo
     contract = load_contract(repository / "phantom_organs" / "1")
     backend = OnnxRuntimeBackend(repository, threads=THREADS)
     backend.ready(contract.ref)
-    baseline = _rss_mib()
-    started = time.perf_counter()
-    labels = segment_ct(load_series(sorted(series.glob("*.dcm"))), backend, contract)
-    seconds = time.perf_counter() - started
-    np.save(output, labels)
-    return {"seconds": seconds, "peak_mib": _peak_mib(), "baseline_mib": baseline}
+    return timed(
+        lambda: segment_ct(load_series(sorted(series.glob("*.dcm"))), backend, contract), output
+    )
 
 
 def run_predictor(series: Path, output: Path) -> dict[str, float]:
@@ -71,16 +57,17 @@ def run_predictor(series: Path, output: Path) -> dict[str, float]:
         perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False,
     )  # fmt: skip
     predictor.initialize_from_trained_model_folder(str(RESULT), (0, 1))
-    baseline = _rss_mib()
-    started = time.perf_counter()
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
-    image = reader.Execute()
-    array = sitk.GetArrayFromImage(image).astype(np.float32)[None]
-    labels = predictor.predict_single_npy_array(array, {"spacing": list(image.GetSpacing())[::-1]})
-    seconds = time.perf_counter() - started
-    np.save(output, np.asarray(labels, dtype=np.uint8))
-    return {"seconds": seconds, "peak_mib": _peak_mib(), "baseline_mib": baseline}
+
+    def predict() -> np.ndarray:
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+        image = reader.Execute()
+        array = sitk.GetArrayFromImage(image).astype(np.float32)[None]
+        spacing = list(image.GetSpacing())[::-1]
+        labels = predictor.predict_single_npy_array(array, {"spacing": spacing})
+        return np.asarray(labels, dtype=np.uint8)
+
+    return timed(predict, output)
 
 
 def prepare(slices: int) -> tuple[Path, Path]:
@@ -95,12 +82,7 @@ def prepare(slices: int) -> tuple[Path, Path]:
         (series / "done").touch()
     repository = DATA / "nnunet-repository"
     if not (repository / "phantom_organs" / "1").exists():
-        config = DATA / "nnunet-appliance.yaml"
-        config.write_text(
-            f"inference: {{repository: {repository}}}\n"
-            f"database: {{url: 'sqlite:///{DATA}/nnunet-appliance.db'}}\n"
-        )
-        appliance = [sys.executable, "-m", "appliance", "--config", str(config)]
+        appliance = appliance_command("nnunet")
         subprocess.run([*appliance, "db", "upgrade"], check=True)
         subprocess.run(
             [*appliance, "models", "import", "nnunet", str(RESULT), "--name", "phantom_organs",
@@ -110,64 +92,25 @@ def prepare(slices: int) -> tuple[Path, Path]:
     return series, repository
 
 
-def side(name: str, series: Path, repository: Path, output: Path) -> dict[str, float]:
-    python = sys.executable if name == "appliance" else str(IMPORTER)
-    command = [python, "-m", "bench.nnunet", "--side", name, "--series", str(series),
-               "--repository", str(repository), "--output", str(output)]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
-    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return figures
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--side", choices=["appliance", "nnunet"], help=argparse.SUPPRESS)
-    parser.add_argument("--series", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--repository", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    side_arguments(parser, "series", "repository")
     args = parser.parse_args()
-    if args.side == "appliance":
+    if args.side == APPLIANCE.name:
         print(json.dumps(run_appliance(args.series, args.repository, args.output)))
         return
-    if args.side == "nnunet":
+    if args.side == RUNNER.name:
         print(json.dumps(run_predictor(args.series, args.output)))
         return
-    if not IMPORTER.exists():
-        raise SystemExit("needs .venv-nnunet (scripts/test makes it)")
     series, repository = prepare(args.slices)
-    runs: dict[str, list[dict[str, float]]] = {"appliance": [], "nnunet": []}
-    for round_number in range(1, args.rounds + 1):
-        for name in ("nnunet", "appliance") if round_number % 2 else ("appliance", "nnunet"):
-            figures = side(name, series, repository, DATA / f"nnunet-labels-{name}.npy")
-            runs[name].append(figures)
-            working = figures["peak_mib"] - figures["baseline_mib"]
-            print(
-                f"round {round_number} {name:9s} {figures['seconds']:7.1f} s  peak "
-                f"{figures['peak_mib']:7.0f} MiB  working {working:7.0f} MiB",
-                flush=True,
-            )
-    ours, theirs = (np.load(DATA / f"nnunet-labels-{name}.npy") for name in ("appliance", "nnunet"))
-    agreement = float(np.mean(ours == theirs))
-    median = {name: {key: statistics.median(run[key] for run in found) for key in found[0]}
-              for name, found in runs.items()}  # fmt: skip
-    time_ratio = median["appliance"]["seconds"] / median["nnunet"]["seconds"]
-    peak_ratio = median["appliance"]["peak_mib"] / median["nnunet"]["peak_mib"]
-    working = {name: m["peak_mib"] - m["baseline_mib"] for name, m in median.items()}
-    print(f"\n{args.slices} x 512 x 512 CT at {SPACING} mm, {THREADS} threads, "
-          f"{args.rounds} rounds (medians)")  # fmt: skip
-    print(f"{'':22s}{'seconds':>9s}{'peak MiB':>10s}{'working MiB':>13s}")
-    for name, label in (("nnunet", "nnUNetPredictor"), ("appliance", "appliance (ONNX RT)")):
-        print(f"{label:22s}{median[name]['seconds']:9.1f}{median[name]['peak_mib']:10.0f}"
-              f"{working[name]:13.0f}")  # fmt: skip
-    print(
-        f"time ratio {time_ratio:.2f} (target <= {TIME_TARGET}), peak memory ratio "
-        f"{peak_ratio:.2f} (target <= {MEMORY_TARGET}), working memory ratio "
-        f"{working['appliance'] / working['nnunet']:.2f}; identical voxels {agreement:.5f}"
-    )
+    ours, theirs = compare(
+        "bench.nnunet", RUNNER, APPLIANCE,
+        ["--series", str(series), "--repository", str(repository)], args.rounds,
+        f"{args.slices} x 512 x 512 CT at {SPACING} mm",
+    )  # fmt: skip
+    print(f"identical voxels {float(np.mean(ours == theirs)):.5f}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,10 @@ class OnnxRuntimeBackend:
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self._threads
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # A memory pattern is planned and kept for every input shape a session sees: from
+            # the second run on, deepbet's 256^3 network held 1,353 MiB with them and 903
+            # without, at the same speed (bench/README.md, bench.deepbet).
+            options.enable_mem_pattern = False
             try:
                 session = onnxruntime.InferenceSession(
                     str(path), options, providers=["CPUExecutionProvider"]

@@ -67,8 +67,10 @@ def nearest_exact(size_in: int, size_out: int) -> NDArray[np.int64]:
 
 
 def resize(array: NDArray[Element], shape: Sequence[int]) -> NDArray[Element]:
-    indices = [nearest_exact(i, o) for i, o in zip(array.shape, shape, strict=True)]
-    return array[np.ix_(*indices)]
+    resized = array
+    for axis, (size_in, size_out) in enumerate(zip(array.shape, shape, strict=True)):
+        resized = resized.take(nearest_exact(size_in, size_out), axis=axis)
+    return resized
 
 
 def quantile(values: NDArray[np.float32], q: float) -> np.float32:
@@ -87,12 +89,23 @@ def quantile(values: NDArray[np.float32], q: float) -> np.float32:
 def normalise(
     array: NDArray[np.float32], low: np.float32, high: np.float32, recipe: FixedGridRecipe
 ) -> NDArray[np.float32]:
-    scaled = np.clip((array - low) / (high - low), 0, 1)
-    mean = np.float32(scaled.mean(dtype=np.float64))
-    deviation = np.float32(scaled.std(dtype=np.float64, ddof=1))
-    standard = (scaled - mean) / deviation
-    mapped = np.float32(recipe.scale) * standard + np.float32(recipe.shift)
-    return np.asarray(mapped, dtype=np.float32)
+    """deepbet's `normalize`, in place (`array` is a resized copy): (x - low) / (high - low)
+    clipped to [0, 1], z-scored with the unbiased deviation, then scale * z + shift."""
+    out = array
+    out -= low
+    np.divide(out, high - low, out=out)
+    np.maximum(out, 0, out=out)
+    np.minimum(out, 1, out=out)
+    flat = out.reshape(-1)
+    count = flat.size
+    mean = float(flat.sum(dtype=np.float64)) / count
+    squares = float(np.dot(flat, flat))  # values in [0, 1]: no cancellation to fear
+    deviation = np.float32(np.sqrt(max(squares - count * mean * mean, 0.0) / (count - 1)))
+    out -= np.float32(mean)
+    out /= deviation
+    out *= np.float32(recipe.scale)
+    out += np.float32(recipe.shift)
+    return out
 
 
 def _probability(

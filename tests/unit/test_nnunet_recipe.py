@@ -65,7 +65,7 @@ def contract(recipe: dict[str, Any] | None = None, **changes: Any) -> ModelContr
         ({"regions": [{"labels": [1], "paints": 1}] * 3}, {}, "one per region"),
         ({"regions": [{"labels": [1], "paints": 1}, {"labels": [2], "paints": 2}]},
          {}, "labels are the values its regions paint"),
-        ({}, {"intensity": {"kind": "scale", "scale": 1.0}}, "either an intensity or an nnunet"),
+        ({}, {"intensity": {"kind": "scale", "scale": 1.0}}, "one of an intensity"),
     ],
 )  # fmt: skip
 def test_a_recipe_that_cannot_be_run_is_refused_with_its_reason(
