@@ -498,14 +498,14 @@ def models_import_nnunet(
 ) -> None:
     """Import an nnU-Net v2 result folder (TRAINER__PLANS__CONFIGURATION). Its checkpoints
     are pickles: import only folders whose origin you trust."""
-    from appliance.inference.nnunet_import import import_nnunet
+    from appliance.inference.nnunet_import import import_nnunet, read_codes
 
     export_network = _exporter("appliance.inference.nnunet_export", "export_network")
     settings = _settings(ctx)
     governor = _governor(ctx)  # the import is audited: no import without the database
     with _refusals():
         contract = import_nnunet(
-            folder, settings.inference.repository, name, codes, export_network,
+            folder, settings.inference.repository, name, read_codes(codes), export_network,
             version=version, folds=_folds(folds), modality=modality, synthetic=synthetic,
             step=step, mirroring=not no_mirroring, postprocessing=postprocessing,
         )  # fmt: skip
@@ -553,6 +553,37 @@ def _imported(governor: "Governor", contract: "ModelContract", state: str, origi
     click.echo(
         f"imported {contract.ref} ({state}): {', '.join(label.name for label in contract.labels)}"
     )
+
+
+@models_import.command("totalsegmentator")
+@click.argument("weights", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--task",
+    default="total",
+    show_default=True,
+    help="A TotalSegmentator task: total (five parts at 1.5 mm), total_fast (one at 3 mm), ...",
+)
+@click.option("--name", help="The models' name stem (default totalsegmentator_TASK).")
+@_STATE_OPTION
+@click.pass_context
+def models_import_totalsegmentator(
+    ctx: click.Context, weights: Path, task: str, name: str | None, state: str
+) -> None:
+    """Import a TotalSegmentator task from its weights folder (where its weights were
+    unpacked: the Dataset... folders), with its recipe and one pipeline. Its checkpoints are
+    pickles: import only weights whose origin you trust; some tasks carry their own licence."""
+    from appliance.inference.totalsegmentator_import import import_totalsegmentator
+
+    export_network = _exporter("appliance.inference.nnunet_export", "export_network")
+    settings = _settings(ctx)
+    governor = _governor(ctx)
+    with _refusals():
+        contracts, pipeline = import_totalsegmentator(
+            weights, settings.inference.repository, task, export_network, name=name
+        )
+    for contract in contracts:
+        _imported(governor, contract, state, f"TotalSegmentator {task} ({weights.name})")
+    click.echo(f"pipeline {pipeline.name.removesuffix('.pipeline.yaml')}")
 
 
 @models_import.command("torchscript")

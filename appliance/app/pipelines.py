@@ -162,7 +162,7 @@ def volume_findings(
                     Segment(
                         number, label.name.replace("_", " "), label.category, label.type,
                         label.name, run.uid("segment", label.name), algorithm(contract),
-                        site(where), stage.name, label.type_modifier,
+                        site(where), stage.name, label.type_modifier, label.colour,
                     )
                 )  # fmt: skip
                 measured.append((number, stage))
@@ -180,7 +180,7 @@ def volume_findings(
                 Segment(
                     number, name, kind.category, kind.type, name,
                     run.uid(stage.name, str(lesion.tracking_number)), algorithm(contract),
-                    site(where), stage.name, kind.type_modifier,
+                    site(where), stage.name, kind.type_modifier, kind.colour,
                 )
             )  # fmt: skip
             diameters[number] = lesion.longest_axial_diameter_mm
@@ -257,7 +257,7 @@ def run_frames(
     segment = Segment(
         1, label.name.replace("_", " "), label.category, label.type, label.name,
         run.uid("segment", label.name), algorithm(contract), stage.finding_site,
-        type_modifier=label.type_modifier,
+        type_modifier=label.type_modifier, colour=label.colour,
     )  # fmt: skip
     present = tuple(
         FrameArea(frame.index + 1, frame.area_mm2, frame.area_px)

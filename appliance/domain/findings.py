@@ -56,6 +56,7 @@ class Segment:
     finding_site: CodedConcept | None = None  # where a lesion lies
     stage: str = ""  # the pipeline stage that found it
     type_modifier: CodedConcept | None = None  # laterality, for example
+    colour: tuple[int, int, int] | None = None  # recommended display colour, RGB
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ segment property category and type, CID 7150/7151).
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,12 +33,23 @@ class Source(StrEnum):
     ONNX = "onnx"
 
 
+Channel = Annotated[int, Field(ge=0, le=255)]
+
+
 class Label(_Strict):
+    """One structure. An nnU-Net model's labels are listed in the order of its output
+    channels (the first is channel 1); `value` is what the label map holds, which may differ
+    from the channel when several models' labels are merged into one set (TotalSegmentator's
+    parts)."""
+
     value: int = Field(ge=1, le=255)
     name: str
     category: CodedConcept
     type: CodedConcept
     type_modifier: CodedConcept | None = None  # laterality, for example
+    colour: tuple[Channel, Channel, Channel] | None = Field(
+        default=None, description="Recommended display colour, RGB."
+    )
 
 
 class TensorSpec(_Strict):
@@ -103,6 +114,21 @@ class Region(_Strict):
     paints: int = Field(ge=1, le=255)
 
 
+class Preresample(_Strict):
+    """A wrapper's own resampling around nnU-Net's predictor (TotalSegmentator's
+    `nnUNet_predict_image`): the volume turned to the closest RAS axes, resampled to an
+    isotropic `spacing_mm` by scipy's zoom of `order` (edges 'nearest'), cast to `dtype`
+    (truncating) unless it had that spacing already; the labels brought back by order 0."""
+
+    spacing_mm: float = Field(gt=0)
+    order: int = Field(default=1, ge=0, le=5)
+    dtype: Literal["int32", "float32"] = "int32"
+    # Above this many resampled voxels (and 200 planes up the body), the volume is predicted
+    # in three slabs overlapping by `split_margin` planes, as the multi-part tasks do it.
+    split_above: int | None = Field(default=None, gt=0)
+    split_margin: int = Field(default=20, ge=1)
+
+
 class NnunetRecipe(_Strict):
     """Everything nnU-Net v2's predictor does to a volume at inference (nnUNetPredictor,
     3d configurations), as a trained model's plans, dataset and checkpoint say: the axis
@@ -126,6 +152,7 @@ class NnunetRecipe(_Strict):
     regions: list[Region] | None = None  # one per output channel (region-based models)
     # Postprocessing steps, in order: of each group of labels only the largest part stays.
     largest_component: list[list[int]] = Field(default_factory=list)
+    preresample: Preresample | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "NnunetRecipe":

@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeometry, build_volume
-from appliance.inference import fixed_grid, nnunet
+from appliance.inference import fixed_grid, nnunet, preresample
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import Intensity, ModelContract
 
@@ -256,7 +256,7 @@ def segment_in_region(
     margins = [int(np.ceil(margin_mm / s)) for s in volume.geometry.spacing]
     box = bounding_box(largest_component(region), margins)
     if box is not None:
-        labels[box] = segment_grid(volume.hu[box], volume.geometry.spacing, backend, contract)
+        labels[box] = segment_grid(volume.hu[box], volume.geometry, backend, contract)
     return labels
 
 
@@ -275,7 +275,7 @@ def segment_ct(
         except fixed_grid.NotSegmentable as exc:
             raise UnsupportedSeries(str(exc)) from exc
     if contract.nnunet is not None:
-        return segment_grid(volume.hu, volume.geometry.spacing, backend, contract)
+        return segment_grid(volume.hu, volume.geometry, backend, contract)
     return segment_in_region(volume, volume.hu > BODY_HU, backend, contract)
 
 
@@ -288,11 +288,15 @@ def ras_directions(geometry: VolumeGeometry) -> NDArray[np.float64]:
 
 def segment_grid(
     hu: NDArray[np.float32],
-    spacing: tuple[float, float, float],
+    geometry: VolumeGeometry,
     backend: InferenceBackend,
     contract: ModelContract,
 ) -> NDArray[np.uint8]:
-    """Label map on the grid of `hu` (slice, row, column) with `spacing` in mm."""
+    """Label map on the grid of `hu` (slice, row, column; part or all of the volume of
+    `geometry`, whose spacing and axes it shares)."""
+    spacing = geometry.spacing
+    if contract.nnunet is not None and contract.nnunet.preresample is not None:
+        return preresample.segment(hu, spacing, ras_directions(geometry), backend, contract)
     if contract.nnunet is not None:
         return nnunet.segment(hu, spacing, backend, contract)
     if contract.fixed_grid is not None:

@@ -70,7 +70,20 @@ def segment(
     labels = np.ascontiguousarray(labels.transpose(recipe.transpose_backward))
     for group in recipe.largest_component:
         labels = keep_largest_component(labels, group)
-    return labels
+    return label_values(labels, contract)
+
+
+def label_values(channels: NDArray[np.uint8], contract: ModelContract) -> NDArray[np.uint8]:
+    """Each voxel's label value: its channel's label, listed in channel order (a merged
+    label set numbers labels apart from channels); region-based maps hold values already."""
+    values = [label.value for label in contract.labels]
+    if (
+        contract.nnunet is None
+        or contract.nnunet.regions
+        or values == list(range(1, len(values) + 1))
+    ):
+        return channels
+    return np.asarray(np.array([0, *values], dtype=np.uint8)[channels], dtype=np.uint8)
 
 
 def nonzero_box(data: NDArray[np.float32]) -> tuple[tuple[slice, ...], NDArray[np.bool_]]:

@@ -14,7 +14,7 @@ whose origin you trust; the operator names the folder, and nothing else is ever 
 
 import csv
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ from appliance.inference.contract import (
     ModelContract,
     NnunetRecipe,
     Normalisation,
+    Preresample,
     Region,
     Resampling,
     Source,
@@ -54,6 +55,7 @@ class ModelCodes:
     category: CodedConcept
     type: CodedConcept
     modifier: CodedConcept | None
+    colour: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -279,15 +281,18 @@ def _code(text: str) -> CodedConcept:
     return CodedConcept(*parts)
 
 
-def coded_labels(values: dict[str, int], codes: dict[str, ModelCodes]) -> list[Label]:
-    """The contract's labels; a label without a code stops the import and is named."""
+def coded_labels(
+    values: dict[str, int], codes: Mapping[str, ModelCodes], renumbered: Mapping[str, int]
+) -> list[Label]:
+    """The contract's labels in channel order; a label without a code stops the import and
+    is named. `renumbered` gives labels another value than their channel (a merged set)."""
     uncoded = [name for name in values if name not in codes]
     if uncoded:
         raise ImportRefused(f"no code for label {', '.join(uncoded)} in the codes file")
     return [
         Label(
-            value=value, name=name, category=codes[name].category, type=codes[name].type,
-            type_modifier=codes[name].modifier,
+            value=renumbered.get(name, value), name=name, category=codes[name].category,
+            type=codes[name].type, type_modifier=codes[name].modifier, colour=codes[name].colour,
         )
         for name, value in sorted(values.items(), key=lambda item: item[1])
     ]  # fmt: skip
@@ -298,12 +303,14 @@ def build_contract(
     network: ExportedNetwork,
     name: str,
     version: int,
-    codes: dict[str, ModelCodes],
+    codes: Mapping[str, ModelCodes],
     modality: str,
     synthetic: bool,
     step: float,
     mirroring: bool,
     largest_component: Sequence[Sequence[int]] = (),
+    renumbered: Mapping[str, int] | None = None,
+    preresample: Preresample | None = None,
 ) -> ModelContract:
     if network.configuration != folder.configuration:
         raise ImportRefused(
@@ -337,8 +344,9 @@ def build_contract(
                 folds=list(folder.folds),
                 regions=regions,
                 largest_component=[list(group) for group in largest_component],
+                preresample=preresample,
             ),
-            labels=coded_labels(values, codes),
+            labels=coded_labels(values, codes, renumbered or {}),
         )
     except ValidationError as exc:
         raise ImportRefused(f"the plans make no valid contract: {exc}") from exc
@@ -406,7 +414,7 @@ def import_nnunet(
     path: Path,
     repository: Path,
     name: str,
-    codes_file: Path,
+    codes: Mapping[str, ModelCodes],
     export: Callable[[NnunetFolder, Path], ExportedNetwork],
     *,
     version: int | None = None,
@@ -416,13 +424,17 @@ def import_nnunet(
     step: float = 0.5,
     mirroring: bool = True,
     postprocessing: Path | None = None,
+    renumbered: Mapping[str, int] | None = None,
+    preresample: Preresample | None = None,
+    pipeline: bool = True,
 ) -> ModelContract:
     """Import `path` into `repository` as `name` (next free version unless `version`);
     `export` loads the checkpoints and writes the ONNX file (`nnunet_export.export_network`
-    where PyTorch is installed)."""
+    where PyTorch is installed). `renumbered`, `preresample` and `pipeline` serve importers
+    that wrap nnU-Net (TotalSegmentator's parts)."""
     folder = read_folder(path, folds)
     values, _ = label_values(folder)
-    coded_labels(values, read_codes(codes_file))  # a missing code stops before any export
+    coded_labels(values, codes, {})  # a missing code stops before any export
     groups = postprocessing_groups(postprocessing, values)
     channel = next(iter((folder.dataset.get("channel_names") or {}).values()), "")
     chosen_modality = modality or ("CT" if str(channel).upper() == "CT" else None)
@@ -433,12 +445,13 @@ def import_nnunet(
     def stage(directory: Path) -> ModelContract:
         network = export(folder, directory / MODEL_FILE)
         contract = build_contract(
-            folder, network, name, number, read_codes(codes_file), chosen_modality,
-            synthetic, step, mirroring, groups,
+            folder, network, name, number, codes, chosen_modality, synthetic, step,
+            mirroring, groups, renumbered, preresample,
         )  # fmt: skip
         (directory / contract.card).write_text(card(folder, contract), encoding="utf-8")
         return contract
 
     contract = add_version(repository, name, number, stage)
-    declare_pipeline(repository, contract, "nnU-Net")
+    if pipeline:
+        declare_pipeline(repository, contract, "nnU-Net")
     return contract

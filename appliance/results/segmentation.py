@@ -67,6 +67,7 @@ def _description(segment: Segment) -> hd.seg.SegmentDescription:
         tracking_uid=segment.tracking_uid,
         tracking_id=segment.tracking_id,
         anatomic_regions=[coded(segment.finding_site)] if segment.finding_site else None,
+        display_color=hd.color.CIELabColor.from_rgb(*segment.colour) if segment.colour else None,
     )
     if segment.type_modifier is not None:  # highdicom has no argument for it (PS3.3 C.8.20.2)
         (item,) = description.SegmentedPropertyTypeCodeSequence

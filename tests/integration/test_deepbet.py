@@ -5,7 +5,6 @@ DICOM MR series. The appliance's mask is held to deepbet's own Python run on the
 (Dice >= 0.99), and to a brain mask from the template's own grey- and white-matter maps, a
 reference nobody here made (Dice >= 0.95; 0.971 when measured)."""
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,7 @@ from appliance.store.db import create_db_engine
 from appliance.store.models import AuditEvent
 from tests.support.cli import run_cli
 from tests.support.mr import deepbet_masks, mni_template, ras_affine, write_mr_series
-from tests.support.nnunet import require_importer_venv
-from tests.support.settings import write_config
+from tests.support.nnunet import Imported, imported_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN_DICE_TO_DEEPBET = 0.99
@@ -39,26 +37,11 @@ def dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
     return float(2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)))
 
 
-@dataclass(frozen=True)
-class Imported:
-    config: Path
-    repository: Path
-    database_url: str
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory) -> Imported:
-    require_importer_venv()
-    directory = tmp_path_factory.mktemp("deepbet")
-    repository = directory / "repository"
-    shutil.copytree(ROOT / "model_repository", repository)
-    config = write_config(directory, {"inference": {"repository": str(repository)}})
-    assert run_cli(config, "db", "upgrade").returncode == 0
-    done = run_cli(
-        config, "models", "import", "deepbet", "--state", "enabled", timeout=IMPORT_TIMEOUT
+    return imported_repository(
+        tmp_path_factory.mktemp("deepbet"), ("deepbet", "--state", "enabled")
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return Imported(config, repository, f"sqlite:///{directory}/appliance.db")
 
 
 @dataclass(frozen=True)

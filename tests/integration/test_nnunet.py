@@ -31,37 +31,23 @@ from tests.support.cli import run_cli
 from tests.support.nnunet import (
     CODES,
     RESULT,
+    Imported,
     ReferenceCase,
-    parity,
+    assert_parity,
+    imported_repository,
     reference_origin,
-    require_importer_venv,
     run_reference,
     write_phantom_series,
 )
 from tests.support.services import missing_service
-from tests.support.settings import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
-MIN_DICE = 0.995
-MIN_AGREEMENT = 0.999
-# A label of fewer voxels than this moves its Dice by more than 0.005 a voxel: it is held to
-# at most SMALL_LABEL_SLACK voxels different instead.
-SMALL_LABEL = 400
-SMALL_LABEL_SLACK = 2
-IMPORT_TIMEOUT = 300
-
-
-@dataclass(frozen=True)
-class Imported:
-    config: Path
-    repository: Path
-    database_url: str
 
 
 def import_fixture(config: Path, name: str, *extra: str) -> tuple[int, str]:
     result = run_cli(
         config, "models", "import", "nnunet", str(RESULT), "--name", name,
-        "--codes", str(CODES), "--synthetic", *extra, timeout=IMPORT_TIMEOUT,
+        "--codes", str(CODES), "--synthetic", *extra, timeout=300,
     )  # fmt: skip
     return result.returncode, result.stdout + result.stderr
 
@@ -69,16 +55,14 @@ def import_fixture(config: Path, name: str, *extra: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory) -> Imported:
     """The reference repository plus the fixture imported twice: both folds, and fold 0."""
-    require_importer_venv()
-    directory = tmp_path_factory.mktemp("imported")
-    repository = directory / "repository"
-    shutil.copytree(ROOT / "model_repository", repository)
-    config = write_config(directory, {"inference": {"repository": str(repository)}})
-    assert run_cli(config, "db", "upgrade").returncode == 0
-    for name, folds in (("phantom_organs", "0,1"), ("phantom_organs_fold0", "0")):
-        code, output = import_fixture(config, name, "--folds", folds)
-        assert code == 0, output
-    return Imported(config, repository, f"sqlite:///{directory}/appliance.db")
+    return imported_repository(
+        tmp_path_factory.mktemp("imported"),
+        *(
+            ("nnunet", str(RESULT), "--name", name, "--codes", str(CODES), "--synthetic",
+             "--folds", folds)
+            for name, folds in (("phantom_organs", "0,1"), ("phantom_organs_fold0", "0"))
+        ),
+    )  # fmt: skip
 
 
 SERIES = {  # name: (seed, grid, tilt in degrees); seeds the fixture's training never saw
@@ -126,17 +110,6 @@ def variant(contract: ModelContract, step: float, mirroring: bool) -> ModelContr
         update={"step": step, "mirror_axes": contract.nnunet.mirror_axes if mirroring else []}
     )
     return contract.model_copy(update={"nnunet": recipe})
-
-
-def assert_parity(ours: NDArray[np.uint8], reference: NDArray[np.uint8]) -> None:
-    agreement, labels = parity(ours, reference)
-    assert agreement >= MIN_AGREEMENT, (agreement, labels)
-    assert any(found.voxels >= SMALL_LABEL for found in labels.values()), labels
-    for found in labels.values():
-        if found.voxels >= SMALL_LABEL:
-            assert found.dice >= MIN_DICE, (agreement, labels)
-        else:
-            assert found.differing <= SMALL_LABEL_SLACK, (agreement, labels)
 
 
 def segment_case(
@@ -262,7 +235,7 @@ def test_a_bad_folder_is_refused_with_its_reason_and_nothing_written(
 
     result = run_cli(
         imported.config, "models", "import", "nnunet", str(folder), "--name", "spoiled",
-        "--codes", str(CODES), *arguments, timeout=IMPORT_TIMEOUT,
+        "--codes", str(CODES), *arguments, timeout=300,
     )  # fmt: skip
 
     assert result.returncode == EXIT_REFUSED, result.stdout + result.stderr

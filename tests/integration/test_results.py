@@ -111,14 +111,14 @@ def test_ct_seg_and_sr_are_valid_and_reference_their_segments(
     assert "not for clinical use" in text
 
 
-def test_a_type_modifier_is_encoded_in_the_segment_s_property_type(
+def test_a_type_modifier_and_a_colour_are_encoded_in_the_segment(
     validators: None,
     ct_case,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     sources, findings = ct_case
     left = CodedConcept("SCT", "7771000", "Left")
-    first = dataclasses.replace(findings.segments[0], type_modifier=left)
+    first = dataclasses.replace(findings.segments[0], type_modifier=left, colour=(46, 138, 184))
     modified = dataclasses.replace(findings, segments=(first, *findings.segments[1:]))
 
     seg_result, _ = ct_results(sources, modified, SegmentationType.BINARY, EQUIPMENT)
@@ -129,6 +129,10 @@ def test_a_type_modifier_is_encoded_in_the_segment_s_property_type(
     (modifier,) = items[0].SegmentedPropertyTypeModifierCodeSequence
     assert (modifier.CodingSchemeDesignator, modifier.CodeValue) == ("SCT", "7771000")
     assert "SegmentedPropertyTypeModifierCodeSequence" not in items[1]
+    segments = dcmread(path).SegmentSequence
+    lab = hd.color.CIELabColor.from_dicom_value(segments[0].RecommendedDisplayCIELabValue)
+    assert lab.to_rgb() == pytest.approx((46, 138, 184), abs=1), "the colour survives encoding"
+    assert "RecommendedDisplayCIELabValue" not in segments[1]
 
 
 def test_labelmap_seg_holds_the_label_map(ct_case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

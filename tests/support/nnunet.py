@@ -4,6 +4,7 @@ sides, and the parity measures the tests assert."""
 
 import json
 import math
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from pydicom import dcmread
 
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series
+from tests.support.cli import run_cli
 from tests.support.services import missing_service
+from tests.support.settings import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "nnunet"
@@ -22,6 +25,7 @@ RESULT = FIXTURE / "Dataset901_Phantom" / "nnUNetTrainer_20epochs__nnUNetPlans__
 CODES = FIXTURE / "codes.csv"
 IMPORTER_VENV = ROOT / ".venv-nnunet"
 REFERENCE = ROOT / "tests" / "support" / "nnunet_reference.py"
+IMPORT_TIMEOUT = 300
 
 
 def require_importer_venv() -> Path:
@@ -97,6 +101,14 @@ def write_phantom_series(
     return paths
 
 
+MIN_DICE = 0.995
+MIN_AGREEMENT = 0.999
+# A label of fewer voxels than this moves its Dice by more than 0.005 a voxel: it is held to
+# at most SMALL_LABEL_SLACK voxels different instead.
+SMALL_LABEL = 400
+SMALL_LABEL_SLACK = 2
+
+
 @dataclass(frozen=True)
 class LabelParity:
     dice: float
@@ -119,3 +131,41 @@ def parity(
             int(np.sum(a ^ b)),
         )
     return agreement, labels
+
+
+def assert_parity(
+    ours: NDArray[np.uint8], reference: NDArray[np.uint8], slack: int = SMALL_LABEL_SLACK
+) -> None:
+    """The thresholds; `slack` is how many voxels a small label may differ by (a model that
+    works on a coarser grid than the source's differs by whole coarse voxels)."""
+    agreement, labels = parity(ours, reference)
+    assert agreement >= MIN_AGREEMENT, (agreement, labels)
+    assert any(found.voxels >= SMALL_LABEL for found in labels.values()), labels
+    for found in labels.values():
+        if found.voxels >= SMALL_LABEL:
+            assert found.dice >= MIN_DICE, (agreement, labels)
+        else:
+            assert found.differing <= slack, (agreement, labels)
+
+
+@dataclass(frozen=True)
+class Imported:
+    """A copy of the reference repository with a database, into which a test imports."""
+
+    config: Path
+    repository: Path
+    database_url: str
+
+
+def imported_repository(directory: Path, *imports: tuple[str, ...]) -> Imported:
+    """The reference repository copied under `directory`, the database made, and each of
+    `imports` (the words after `appliance models import`) run as an operator would."""
+    require_importer_venv()
+    repository = directory / "repository"
+    shutil.copytree(ROOT / "model_repository", repository)
+    config = write_config(directory, {"inference": {"repository": str(repository)}})
+    assert run_cli(config, "db", "upgrade").returncode == 0
+    for words in imports:
+        done = run_cli(config, "models", "import", *words, timeout=IMPORT_TIMEOUT)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return Imported(config, repository, f"sqlite:///{directory}/appliance.db")

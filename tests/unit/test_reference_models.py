@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from appliance.app.pipelines import run_volume
+from appliance.domain.geometry import VolumeGeometry
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.catalog import load_catalog
 from appliance.inference.contract import load_contract
@@ -66,12 +67,11 @@ def test_organ_ct_meets_its_targets() -> None:
     contract = load_contract(REPOSITORY / "organ_ct" / "1")
     backend = OnnxRuntimeBackend(REPOSITORY, threads=2)
     grid = Grid(shape=(165, 200, 200), spacing=(2.0, 2.0, 2.0))
+    axial = VolumeGeometry((), (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), grid.spacing, grid.shape)
     predicted, truth = [], []
     for seed in CI_SEEDS[:2]:
         phantom = generate_ct(seed, grid)
-        predicted.append(
-            segment_grid(phantom.hu.astype(np.float32), grid.spacing, backend, contract)
-        )
+        predicted.append(segment_grid(phantom.hu.astype(np.float32), axial, backend, contract))
         truth.append(phantom.organs)
     scores = {
         organ: _dice(np.stack(predicted) == organ, np.stack(truth) == organ)
