@@ -1,0 +1,133 @@
+"""A TotalSegmentator-shaped task through the appliance against TotalSegmentator's own runner
+(its Python API, `task="total", fast=True`), on the same CPU, interleaved (bench/peer.py says
+how each side is measured). The weights are the fixture shaped like its `total --fast`
+weights (tests/fixtures/totalsegmentator: its folder, trainer and 117 classes, a tiny network
+trained here), so the network is a small share and what is compared is everything around it.
+The input is a 512 x 512 x 300 phantom CT at 1.5 x 0.8 x 0.8 mm: the appliance reads the 300
+DICOM files, TotalSegmentator an uncompressed NIfTI of the same voxels.
+
+    .venv/bin/python -m bench.totalsegmentator [--rounds 2] [--slices 300]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from bench.peer import (
+    DATA,
+    IMPORTER,
+    ROOT,
+    THREADS,
+    Side,
+    appliance_command,
+    compare,
+    side_arguments,
+    timed,
+)
+
+WEIGHTS = ROOT / "tests" / "fixtures" / "totalsegmentator"
+SPACING = (1.5, 0.8, 0.8)
+RUNNER = Side("totalsegmentator", "TotalSegmentator", importer=True)
+APPLIANCE = Side("appliance", "appliance (ONNX RT)", importer=False)
+
+
+def run_appliance(series: Path, repository: Path, output: Path) -> dict[str, float]:
+    from appliance.inference.backend import OnnxRuntimeBackend
+    from appliance.inference.contract import load_contract
+    from appliance.inference.ct import load_series, segment_ct
+
+    contract = load_contract(repository / "totalsegmentator_total_fast" / "1")
+    backend = OnnxRuntimeBackend(repository, threads=THREADS)
+    backend.ready(contract.ref)
+    return timed(
+        lambda: segment_ct(load_series(sorted(series.glob("*.dcm"))), backend, contract), output
+    )
+
+
+def run_totalsegmentator(nifti: Path, home: Path, output: Path) -> dict[str, float]:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.json").write_text(json.dumps({
+        "totalseg_id": "appliance-bench", "send_usage_stats": False, "prediction_counter": 0,
+        "statistics_disclaimer_shown": True,
+    }))  # fmt: skip
+    os.environ["TOTALSEG_HOME_DIR"] = str(home)
+    os.environ["TOTALSEG_WEIGHTS_PATH"] = str(WEIGHTS)
+    import nibabel as nib
+    import torch
+    from totalsegmentator.python_api import totalsegmentator
+
+    def segment() -> np.ndarray:
+        image = nib.load(nifti)
+        found = totalsegmentator(
+            image, None, ml=True, task="total", fast=True, device="cpu", quiet=True,
+            nr_thr_resamp=1, nr_thr_saving=1,
+        )  # fmt: skip
+        return np.asarray(found.dataobj, dtype=np.uint8)
+
+    torch.set_num_threads(THREADS)
+    return timed(segment, output)
+
+
+def prepare(slices: int) -> tuple[Path, Path, Path]:
+    """The series and its NIfTI (made once) and a repository with the task imported."""
+    from appliance.inference.ct import load_series
+    from appliance.phantoms.ct import Grid, generate_ct
+    from appliance.phantoms.dicom import write_ct_series
+    from tests.support.mr import ras_affine
+
+    series = DATA / f"totalseg-ct-{slices}"
+    nifti = DATA / f"totalseg-ct-{slices}.nii"  # uncompressed: no gzip in its timing
+    if not (series / "done").exists():
+        print(f"writing a {slices} x 512 x 512 phantom series to {series} ...", flush=True)
+        write_ct_series(generate_ct(906_000, Grid((slices, 512, 512), SPACING)), series)
+        volume = load_series(sorted(series.glob("*.dcm")))
+        np.save(DATA / "totalseg-volume.npy", volume.hu)
+        np.save(DATA / "totalseg-affine.npy", ras_affine(volume.geometry))
+        subprocess.run(
+            [str(IMPORTER), "-c",
+             "import sys, numpy as np, nibabel as nib; "
+             "nib.save(nib.Nifti1Image(np.load(sys.argv[1]), np.load(sys.argv[2])), sys.argv[3])",
+             str(DATA / "totalseg-volume.npy"), str(DATA / "totalseg-affine.npy"), str(nifti)],
+            check=True,
+        )  # fmt: skip
+        (series / "done").touch()
+    repository = DATA / "totalseg-repository"
+    if not (repository / "totalsegmentator_total_fast" / "1").exists():
+        appliance = appliance_command("totalseg")
+        subprocess.run([*appliance, "db", "upgrade"], check=True)
+        subprocess.run(
+            [*appliance, "models", "import", "totalsegmentator", str(WEIGHTS), "--task",
+             "total_fast"],
+            check=True,
+        )  # fmt: skip
+    return series, nifti, repository
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--slices", type=int, default=300)
+    side_arguments(parser, "series", "nifti", "repository")
+    args = parser.parse_args()
+    if args.side == APPLIANCE.name:
+        print(json.dumps(run_appliance(args.series, args.repository, args.output)))
+        return
+    if args.side == RUNNER.name:
+        home = DATA / "totalseg-home"
+        print(json.dumps(run_totalsegmentator(args.nifti, home, args.output)))
+        return
+    series, nifti, repository = prepare(args.slices)
+    ours, theirs = compare(
+        "bench.totalsegmentator", RUNNER, APPLIANCE,
+        ["--series", str(series), "--nifti", str(nifti), "--repository", str(repository)],
+        args.rounds, f"{args.slices} x 512 x 512 CT at {SPACING} mm, total --fast",
+    )  # fmt: skip
+    print(f"identical voxels {float(np.mean(ours == theirs)):.5f}")
+
+
+if __name__ == "__main__":
+    main()
