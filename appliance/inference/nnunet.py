@@ -27,6 +27,9 @@ from appliance.inference.contract import ModelContract, NnunetRecipe, Normalisat
 
 # Inputs per backend call: one tile in all its mirrorings, or several tiles unmirrored.
 BATCH_INPUTS = 8
+# At most this many bytes of logits come back from one call: a model of many classes (117 in
+# TotalSegmentator's) sends fewer tiles at once, which bounds the backend's buffers as well.
+BATCH_OUTPUT_BYTES = 128 * 2**20
 # A slab of resampled output holds about this many float64 values (64 MiB).
 SLAB_VALUES = 8 * 1024 * 1024
 # Input rows read at a time to find the clip bounds.
@@ -59,11 +62,17 @@ def segment(
         recipe.resample_data, recipe,
     )  # fmt: skip
     del nonzero, mask, normalised
-    logits = sliding_window(model_grid, backend, contract, recipe)
+    if tuple(target) == cropped.shape:  # no resampling back: labels a slab at a time
+        labels_cropped = np.empty(cropped.shape, dtype=np.uint8)
+        for planes, block in logit_slabs(model_grid, backend, contract, recipe):
+            labels_cropped[planes] = to_labels(block, recipe)
+    else:
+        logits = sliding_window(model_grid, backend, contract, recipe)
+        labels_cropped = labels_from_logits(
+            logits, cropped.shape, recipe.spacing_mm, source_spacing, recipe
+        )
+        del logits
     del model_grid
-    labels_cropped = labels_from_logits(
-        logits, cropped.shape, recipe.spacing_mm, source_spacing, recipe
-    )
     labels = np.zeros(data.shape, dtype=np.uint8)
     labels[box] = labels_cropped
     del data
@@ -434,10 +443,25 @@ def sliding_window(
     contract: ModelContract,
     recipe: NnunetRecipe,
 ) -> NDArray[np.float16]:
-    """Logits (classes first) on the grid of `volume`: the patch slid at `step` over the
-    volume padded (centred) to at least the patch; each tile's prediction is the mean over
-    its mirrorings, weighted by the Gaussian and accumulated in half precision as nnU-Net
-    does."""
+    """Logits (classes first) on the grid of `volume`, whole (see `logit_slabs`)."""
+    logits = np.empty((contract.output.shape[1], *volume.shape), dtype=np.float16)
+    for planes, block in logit_slabs(volume, backend, contract, recipe):
+        logits[:, planes] = block
+    return logits
+
+
+def logit_slabs(
+    volume: NDArray[np.float32],
+    backend: InferenceBackend,
+    contract: ModelContract,
+    recipe: NnunetRecipe,
+) -> Iterator[tuple[slice, NDArray[np.float16]]]:
+    """Logits (classes first) on the grid of `volume`, a slab of planes at a time, each slab
+    as soon as no later tile reaches it: the patch slid at `step` over the volume padded
+    (centred) to at least the patch; each tile's prediction is the mean over its mirrorings,
+    weighted by the Gaussian and accumulated in half precision as nnU-Net does, tile by tile
+    in its order, so the sums are its sums. Only two patches' depth of every class's logits
+    is held at once (TotalSegmentator's 118 channels over a whole volume would be 0.7 GB)."""
     patch = contract.patch
     padded_shape = [max(size, p) for size, p in zip(volume.shape, patch, strict=True)]
     below = [(full - size) // 2 for full, size in zip(padded_shape, volume.shape, strict=True)]
@@ -445,34 +469,55 @@ def sliding_window(
     padded = np.zeros(padded_shape, dtype=np.float32)
     padded[inside] = volume
     classes = contract.output.shape[1]
-    logits = np.zeros((classes, *padded_shape), dtype=np.float16)
-    counts = np.zeros(padded_shape, dtype=np.float16)
     weights = gaussian_weights(patch) if recipe.gaussian else np.float16(1)
     variants = mirrorings(recipe.mirror_axes)  # axes of one tile
-    tiles = [
-        tuple(slice(start, start + p) for start, p in zip(corner, patch, strict=True))
-        for corner in itertools.product(
-            *(window_starts(size, p, recipe.step) for size, p in zip(padded_shape, patch,
-                                                                      strict=True))
-        )
-    ]  # fmt: skip
-    per_call = max(1, BATCH_INPUTS // len(variants))
-    for first in range(0, len(tiles), per_call):
-        group = tiles[first : first + per_call]
-        inputs = [np.flip(padded[tile], axes) for tile in group for axes in variants]
-        batch = np.stack(inputs)[:, None]
-        outputs = backend.infer(contract.ref, np.ascontiguousarray(batch, dtype=np.float32))
-        for index, tile in enumerate(group):
-            mine = outputs[index * len(variants) : (index + 1) * len(variants)]
-            prediction = mine[0].copy()
-            for output, axes in zip(mine[1:], variants[1:], strict=True):
-                prediction += np.flip(output, tuple(axis + 1 for axis in axes))
-            if len(variants) > 1:
-                prediction /= np.float32(len(variants))
-            prediction *= weights
-            logits[(slice(None), *tile)] += prediction
-            counts[tile] += weights
-    np.divide(logits, counts, out=logits)
-    if not np.all(np.isfinite(logits)):
-        raise ValueError("the model's logits overflowed half precision")
-    return logits[(slice(None), *inside)]
+    starts = [window_starts(size, p, recipe.step) for size, p in zip(padded_shape, patch,
+                                                                     strict=True)]  # fmt: skip
+    depth = patch[0] + max(np.diff(starts[0]), default=0)
+    logits = np.zeros((classes, depth, *padded_shape[1:]), dtype=np.float16)
+    counts = np.zeros((depth, *padded_shape[1:]), dtype=np.float16)
+    tile_bytes = classes * int(np.prod(patch)) * 4 * len(variants)
+    per_call = max(1, min(BATCH_INPUTS // len(variants), BATCH_OUTPUT_BYTES // tile_bytes))
+    base = 0  # the plane of the padded volume at the buffers' first plane
+
+    def finished(stop: int) -> Iterator[tuple[slice, NDArray[np.float16]]]:
+        """Planes [base, stop) of the padded volume, final, as planes of `volume`."""
+        first, last = max(base, inside[0].start), min(stop, inside[0].stop)
+        if first < last:
+            rows = slice(first - base, last - base)
+            block = np.divide(logits[:, rows], counts[rows])
+            if not np.all(np.isfinite(block)):
+                raise ValueError("the model's logits overflowed half precision")
+            yield slice(first - below[0], last - below[0]), block[(slice(None), slice(None),
+                                                                  *inside[1:])]  # fmt: skip
+
+    for z in starts[0]:
+        yield from finished(z)
+        kept = base + depth - z
+        logits[:, :kept] = logits[:, z - base :].copy()
+        counts[:kept] = counts[z - base :].copy()
+        logits[:, kept:] = 0
+        counts[kept:] = 0
+        base = z
+        tiles = [
+            (slice(z, z + patch[0]), *(slice(c, c + p) for c, p in zip(corner, patch[1:],
+                                                                        strict=True)))
+            for corner in itertools.product(*starts[1:])
+        ]  # fmt: skip
+        for first in range(0, len(tiles), per_call):
+            group = tiles[first : first + per_call]
+            inputs = [np.flip(padded[tile], axes) for tile in group for axes in variants]
+            batch = np.ascontiguousarray(np.stack(inputs)[:, None], dtype=np.float32)
+            outputs = backend.infer(contract.ref, batch)
+            for index, tile in enumerate(group):
+                mine = outputs[index * len(variants) : (index + 1) * len(variants)]
+                prediction = mine[0].copy()
+                for output, axes in zip(mine[1:], variants[1:], strict=True):
+                    prediction += np.flip(output, tuple(axis + 1 for axis in axes))
+                if len(variants) > 1:
+                    prediction /= np.float32(len(variants))
+                prediction *= weights
+                rows = (slice(0, patch[0]), *tile[1:])
+                logits[(slice(None), *rows)] += prediction
+                counts[rows] += weights
+    yield from finished(padded_shape[0])
