@@ -79,10 +79,10 @@ def segment(
     labels = np.ascontiguousarray(labels.transpose(recipe.transpose_backward))
     for group in recipe.largest_component:
         labels = keep_largest_component(labels, group)
-    return label_values(labels, contract)
+    return values_of_channels(labels, contract)
 
 
-def label_values(channels: NDArray[np.uint8], contract: ModelContract) -> NDArray[np.uint8]:
+def values_of_channels(channels: NDArray[np.uint8], contract: ModelContract) -> NDArray[np.uint8]:
     """Each voxel's label value: its channel's label, listed in channel order (a merged
     label set numbers labels apart from channels); region-based maps hold values already."""
     values = [label.value for label in contract.labels]

@@ -32,9 +32,9 @@ def _contract(values: list[int], split_above: int | None = None) -> ModelContrac
 
 def test_labels_of_a_merged_set_take_their_values_not_their_channels() -> None:
     channels = np.array([[[0, 1, 2, 1]]], dtype=np.uint8)
-    assert nnunet.label_values(channels, _contract([52, 5])).tolist() == [[[0, 52, 5, 52]]]
+    assert nnunet.values_of_channels(channels, _contract([52, 5])).tolist() == [[[0, 52, 5, 52]]]
     plain = _contract([1, 2])
-    assert nnunet.label_values(channels, plain) is channels
+    assert nnunet.values_of_channels(channels, plain) is channels
 
 
 @pytest.mark.parametrize("planes", [201, 300, 451])
