@@ -16,13 +16,13 @@ import numpy as np
 
 from bench.peer import (
     DATA,
-    IMPORTER,
     THREADS,
     Side,
     appliance_command,
     compare,
     side_arguments,
     timed,
+    write_nifti,
 )
 
 RUNNER = Side("deepbet", "deepbet (PyTorch)", importer=True)
@@ -55,24 +55,14 @@ def run_deepbet(nifti: Path, output: Path) -> dict[str, float]:
 
 def prepare() -> tuple[Path, Path, Path]:
     """The series and its NIfTI (made once) and a repository with deepbet imported."""
-    from appliance.inference.ct import load_series
-    from tests.support.mr import mni_template, ras_affine, write_mr_series
+    from tests.support.mr import mni_template, write_mr_series
 
     series = DATA / "deepbet-mni152"
     nifti = DATA / "deepbet-mni152.nii.gz"
     if not (series / "done").exists():
         template = mni_template(DATA / "deepbet-template")
         write_mr_series(np.load(template["volume"]), np.load(template["affine"]), series)
-        volume = load_series(sorted(series.glob("*.dcm")))
-        np.save(DATA / "deepbet-volume.npy", volume.hu)
-        np.save(DATA / "deepbet-affine.npy", ras_affine(volume.geometry))
-        subprocess.run(
-            [str(IMPORTER), "-c",
-             "import sys, numpy as np, nibabel as nib; "
-             "nib.save(nib.Nifti1Image(np.load(sys.argv[1]), np.load(sys.argv[2])), sys.argv[3])",
-             str(DATA / "deepbet-volume.npy"), str(DATA / "deepbet-affine.npy"), str(nifti)],
-            check=True,
-        )  # fmt: skip
+        write_nifti(series, nifti)
         (series / "done").touch()
     repository = DATA / "deepbet-repository"
     if not (repository / "deepbet" / "1").exists():

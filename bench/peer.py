@@ -129,3 +129,24 @@ def side_arguments(parser: argparse.ArgumentParser, *paths: str) -> None:
     parser.add_argument("--side", help=argparse.SUPPRESS)
     for name in (*paths, "output"):
         parser.add_argument(f"--{name}", type=Path, help=argparse.SUPPRESS)
+
+
+def write_nifti(series: Path, nifti: Path) -> None:
+    """A NIfTI of the voxels the appliance reads from `series` (its volume array and the
+    affine of its geometry), for a runner that reads NIfTI only; nibabel is in the importers
+    venv, so that venv writes it."""
+    from appliance.inference.ct import load_series
+    from tests.support.mr import ras_affine
+
+    volume = load_series(sorted(series.glob("*.dcm")))
+    arrays = {"volume": volume.hu, "affine": ras_affine(volume.geometry)}
+    paths = {name: nifti.with_name(f"{nifti.name}.{name}.npy") for name in arrays}
+    for name, array in arrays.items():
+        np.save(paths[name], array)
+    subprocess.run(
+        [str(IMPORTER), "-c",
+         "import sys, numpy as np, nibabel as nib; "
+         "nib.save(nib.Nifti1Image(np.load(sys.argv[1]), np.load(sys.argv[2])), sys.argv[3])",
+         str(paths["volume"]), str(paths["affine"]), str(nifti)],
+        check=True,
+    )  # fmt: skip

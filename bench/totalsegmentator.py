@@ -11,7 +11,6 @@ DICOM files, TotalSegmentator an uncompressed NIfTI of the same voxels.
 
 import argparse
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import numpy as np
 
 from bench.peer import (
     DATA,
-    IMPORTER,
     ROOT,
     THREADS,
     Side,
@@ -27,6 +25,7 @@ from bench.peer import (
     compare,
     side_arguments,
     timed,
+    write_nifti,
 )
 
 WEIGHTS = ROOT / "tests" / "fixtures" / "totalsegmentator"
@@ -49,13 +48,9 @@ def run_appliance(series: Path, repository: Path, output: Path) -> dict[str, flo
 
 
 def run_totalsegmentator(nifti: Path, home: Path, output: Path) -> dict[str, float]:
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "config.json").write_text(json.dumps({
-        "totalseg_id": "appliance-bench", "send_usage_stats": False, "prediction_counter": 0,
-        "statistics_disclaimer_shown": True,
-    }))  # fmt: skip
-    os.environ["TOTALSEG_HOME_DIR"] = str(home)
-    os.environ["TOTALSEG_WEIGHTS_PATH"] = str(WEIGHTS)
+    from tests.support.totalsegmentator_reference import point_at
+
+    point_at(WEIGHTS, home)
     import nibabel as nib
     import torch
     from totalsegmentator.python_api import totalsegmentator
@@ -74,26 +69,15 @@ def run_totalsegmentator(nifti: Path, home: Path, output: Path) -> dict[str, flo
 
 def prepare(slices: int) -> tuple[Path, Path, Path]:
     """The series and its NIfTI (made once) and a repository with the task imported."""
-    from appliance.inference.ct import load_series
     from appliance.phantoms.ct import Grid, generate_ct
     from appliance.phantoms.dicom import write_ct_series
-    from tests.support.mr import ras_affine
 
     series = DATA / f"totalseg-ct-{slices}"
     nifti = DATA / f"totalseg-ct-{slices}.nii"  # uncompressed: no gzip in its timing
     if not (series / "done").exists():
         print(f"writing a {slices} x 512 x 512 phantom series to {series} ...", flush=True)
         write_ct_series(generate_ct(906_000, Grid((slices, 512, 512), SPACING)), series)
-        volume = load_series(sorted(series.glob("*.dcm")))
-        np.save(DATA / "totalseg-volume.npy", volume.hu)
-        np.save(DATA / "totalseg-affine.npy", ras_affine(volume.geometry))
-        subprocess.run(
-            [str(IMPORTER), "-c",
-             "import sys, numpy as np, nibabel as nib; "
-             "nib.save(nib.Nifti1Image(np.load(sys.argv[1]), np.load(sys.argv[2])), sys.argv[3])",
-             str(DATA / "totalseg-volume.npy"), str(DATA / "totalseg-affine.npy"), str(nifti)],
-            check=True,
-        )  # fmt: skip
+        write_nifti(series, nifti)
         (series / "done").touch()
     repository = DATA / "totalseg-repository"
     if not (repository / "totalsegmentator_total_fast" / "1").exists():

@@ -19,16 +19,21 @@ import nibabel as nib
 import numpy as np
 
 
-def main() -> None:
-    request = json.loads(Path(sys.argv[1]).read_text())
-    home = Path(request["home"])
+def point_at(weights: Path, home: Path) -> None:
+    """TotalSegmentator reads its weights from `weights` and keeps its state in `home`, whose
+    config sends no usage statistics (set before the package is imported)."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.json").write_text(json.dumps({
         "totalseg_id": "appliance-tests", "send_usage_stats": False, "prediction_counter": 0,
         "statistics_disclaimer_shown": True,
     }))  # fmt: skip
     os.environ["TOTALSEG_HOME_DIR"] = str(home)
-    os.environ["TOTALSEG_WEIGHTS_PATH"] = request["weights"]
+    os.environ["TOTALSEG_WEIGHTS_PATH"] = str(weights)
+
+
+def main() -> None:
+    request = json.loads(Path(sys.argv[1]).read_text())
+    point_at(Path(request["weights"]), Path(request["home"]))
     from totalsegmentator.python_api import totalsegmentator
 
     for case in request["cases"]:
