@@ -15,33 +15,19 @@ from pathlib import Path
 import numpy as np
 
 from bench.peer import (
+    APPLIANCE,
     DATA,
     THREADS,
     Side,
     appliance_command,
     compare,
+    run_appliance,
     side_arguments,
     timed,
     write_nifti,
 )
 
 RUNNER = Side("deepbet", "deepbet (PyTorch)", importer=True)
-APPLIANCE = Side("appliance", "appliance (ONNX RT)", importer=False)
-
-
-def run_appliance(series: Path, repository: Path, output: Path) -> dict[str, float]:
-    from appliance.inference.backend import OnnxRuntimeBackend
-    from appliance.inference.contract import load_contract
-    from appliance.inference.ct import load_series, segment_ct
-
-    contract = load_contract(repository / "deepbet" / "1")
-    backend = OnnxRuntimeBackend(repository, threads=THREADS)
-    for model in ("deepbet", "deepbet_locator"):
-        backend.ready(load_contract(repository / model / "1").ref)
-    return timed(
-        lambda: segment_ct(load_series(sorted(series.glob("*.dcm"))), backend, contract) > 0,
-        output,
-    )
 
 
 def run_deepbet(nifti: Path, output: Path) -> dict[str, float]:
@@ -78,7 +64,13 @@ def main() -> None:
     side_arguments(parser, "series", "nifti", "repository")
     args = parser.parse_args()
     if args.side == APPLIANCE.name:
-        print(json.dumps(run_appliance(args.series, args.repository, args.output)))
+        print(
+            json.dumps(
+                run_appliance(
+                    args.series, args.repository, ["deepbet", "deepbet_locator"], args.output
+                )
+            )
+        )
         return
     if args.side == RUNNER.name:
         print(json.dumps(run_deepbet(args.nifti, args.output)))

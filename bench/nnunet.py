@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.peer import (
+    APPLIANCE,
     DATA,
     ROOT,
     THREADS,
     Side,
     appliance_command,
     compare,
+    run_appliance,
     side_arguments,
     timed,
 )
@@ -30,20 +32,6 @@ RESULT = (
 )  # fmt: skip
 SPACING = (1.5, 0.8, 0.8)  # slices, rows, columns in mm: a routine abdominal CT
 RUNNER = Side("nnunet", "nnUNetPredictor", importer=True)
-APPLIANCE = Side("appliance", "appliance (ONNX RT)", importer=False)
-
-
-def run_appliance(series: Path, repository: Path, output: Path) -> dict[str, float]:
-    from appliance.inference.backend import OnnxRuntimeBackend
-    from appliance.inference.contract import load_contract
-    from appliance.inference.ct import load_series, segment_ct
-
-    contract = load_contract(repository / "phantom_organs" / "1")
-    backend = OnnxRuntimeBackend(repository, threads=THREADS)
-    backend.ready(contract.ref)
-    return timed(
-        lambda: segment_ct(load_series(sorted(series.glob("*.dcm"))), backend, contract), output
-    )
 
 
 def run_predictor(series: Path, output: Path) -> dict[str, float]:
@@ -99,7 +87,9 @@ def main() -> None:
     side_arguments(parser, "series", "repository")
     args = parser.parse_args()
     if args.side == APPLIANCE.name:
-        print(json.dumps(run_appliance(args.series, args.repository, args.output)))
+        print(
+            json.dumps(run_appliance(args.series, args.repository, ["phantom_organs"], args.output))
+        )
         return
     if args.side == RUNNER.name:
         print(json.dumps(run_predictor(args.series, args.output)))

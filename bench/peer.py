@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,28 @@ class Side:
     name: str  # as `--side` takes it
     label: str  # as the table shows it
     importer: bool  # runs in .venv-nnunet
+
+
+APPLIANCE = Side("appliance", "appliance (ONNX RT)", importer=False)
+
+
+def run_appliance(
+    series: Path, repository: Path, models: Sequence[str], output: Path
+) -> dict[str, float]:
+    """The appliance's side: version 1 of each of `models` loaded, then the first one run on
+    the DICOM series, timed from reading it to the labels on its grid."""
+    from appliance.inference.backend import OnnxRuntimeBackend
+    from appliance.inference.contract import load_contract
+    from appliance.inference.ct import load_series, segment_ct
+
+    contracts = [load_contract(repository / model / "1") for model in models]
+    backend = OnnxRuntimeBackend(repository, threads=THREADS)
+    for contract in contracts:
+        backend.ready(contract.ref)
+    return timed(
+        lambda: segment_ct(load_series(sorted(series.glob("*.dcm"))), backend, contracts[0]),
+        output,
+    )
 
 
 def side(module: str, which: Side, arguments: list[str], output: Path) -> dict[str, float]:

@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.peer import (
+    APPLIANCE,
     DATA,
     ROOT,
     THREADS,
     Side,
     appliance_command,
     compare,
+    run_appliance,
     side_arguments,
     timed,
     write_nifti,
@@ -31,20 +33,6 @@ from bench.peer import (
 WEIGHTS = ROOT / "tests" / "fixtures" / "totalsegmentator"
 SPACING = (1.5, 0.8, 0.8)
 RUNNER = Side("totalsegmentator", "TotalSegmentator", importer=True)
-APPLIANCE = Side("appliance", "appliance (ONNX RT)", importer=False)
-
-
-def run_appliance(series: Path, repository: Path, output: Path) -> dict[str, float]:
-    from appliance.inference.backend import OnnxRuntimeBackend
-    from appliance.inference.contract import load_contract
-    from appliance.inference.ct import load_series, segment_ct
-
-    contract = load_contract(repository / "totalsegmentator_total_fast" / "1")
-    backend = OnnxRuntimeBackend(repository, threads=THREADS)
-    backend.ready(contract.ref)
-    return timed(
-        lambda: segment_ct(load_series(sorted(series.glob("*.dcm"))), backend, contract), output
-    )
 
 
 def run_totalsegmentator(nifti: Path, home: Path, output: Path) -> dict[str, float]:
@@ -98,7 +86,13 @@ def main() -> None:
     side_arguments(parser, "series", "nifti", "repository")
     args = parser.parse_args()
     if args.side == APPLIANCE.name:
-        print(json.dumps(run_appliance(args.series, args.repository, args.output)))
+        print(
+            json.dumps(
+                run_appliance(
+                    args.series, args.repository, ["totalsegmentator_total_fast"], args.output
+                )
+            )
+        )
         return
     if args.side == RUNNER.name:
         home = DATA / "totalseg-home"
