@@ -39,6 +39,7 @@ from pydantic_settings import (
 
 from appliance.domain.assembly import CompletionPolicy
 from appliance.domain.findings import SegmentationType
+from appliance.domain.plausibility import Handling
 from appliance.domain.policy import DuplicatePolicy
 from appliance.domain.routing import Priority, RouteRule
 from appliance.domain.uids import InvalidUid, parse_uid
@@ -227,6 +228,13 @@ class InferenceSettings(_Section):
     )
     triton_protocol: Literal["grpc", "http"] = Field(
         default="grpc", description="How to talk to Triton."
+    )
+    low_confidence: Handling = Field(
+        default=Handling.FLAG,
+        description="A finding outside its model's plausible bounds, or from a series that "
+        "does not state what the model's domain asks: flag (delivered, marked low "
+        "confidence, for review) or withhold (not delivered; the report and the job's "
+        "record say what was held back and why).",
     )
 
 

@@ -65,7 +65,9 @@ class Dispatcher:
         known = self._priorities.get(job_id)
         if known is None and states is not None:
             try:
-                known = priority_of(route(self._jobs.series_facts(job_id), self._rules, states))
+                known = priority_of(
+                    route(self._jobs.series_facts(job_id), self._rules, states).routes
+                )
             except UnknownPipeline:  # the worker fails the job with the reason
                 known = Priority.NORMAL
         return known or Priority.NORMAL

@@ -4,7 +4,10 @@ results, and hand them to delivery.
 Wiring between `store` (the job and governance ledgers), `domain` (routing), `inference`
 (the catalog, backends and pipelines), `results` (encoders and the gate) and delivery. Each
 routed series runs through the pipeline its rule names, as the catalog declares it; a shadow
-pipeline's results are kept, never delivered. Bad input fails the job with its reason and
+pipeline's results are kept, never delivered. A pipeline whose models were not made for a
+series declines it before any model runs (their declared domains), and the job's record says
+why; what the models find is checked, and a finding of low confidence is flagged or withheld
+as the settings say, the record counting both. Bad input fails the job with its reason and
 nothing else; an unavailable inference server sends the job back to the queue until its
 attempts run out.
 """
@@ -14,7 +17,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -23,15 +28,17 @@ from appliance import __version__
 from appliance.app.delivery import Deliverer
 from appliance.app.pipelines import make_backend, pipeline_states, run_frames, run_volume
 from appliance.config import Settings
+from appliance.domain.applicability import Acquisition, Verdict
 from appliance.domain.jobs import DatabaseUnavailable, JobState, JobTimings
-from appliance.domain.routing import route
+from appliance.domain.routing import SeriesFacts, route
+from appliance.inference.applicability import acquisition_of, verdict
 from appliance.inference.backend import (
     InferenceBackend,
     PermanentBackendError,
     RetryableBackendError,
     TimedBackend,
 )
-from appliance.inference.catalog import load_catalog
+from appliance.inference.catalog import Catalog, load_catalog
 from appliance.inference.contract import ContractError
 from appliance.inference.ct import UnsupportedSeries
 from appliance.inference.ultrasound import UnsupportedFrames
@@ -62,12 +69,16 @@ class NoRoute(ValueError):
 
 @dataclass
 class Results:
-    """What an attempt made: results to deliver, results a shadow pipeline keeps, and the
-    seconds spent encoding them."""
+    """What an attempt made: results to deliver, results a shadow pipeline keeps, the
+    seconds spent encoding them, and what the job's record must say of its findings'
+    confidence (series declined, findings flagged or withheld)."""
 
     delivered: list[CheckedResult] = field(default_factory=list)
     kept: list[CheckedResult] = field(default_factory=list)
     encoding: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    flagged: int = 0
+    withheld: int = 0
 
 
 class JobRunner:
@@ -147,9 +158,21 @@ class JobRunner:
             time.perf_counter() - started, results.encoding, dict(backend.by_model)
         )
         kept = f", {len(results.kept)} kept in shadow" if results.kept else ""
-        summary = (
-            f"{len(results.delivered)} results{kept}; pipeline {timings.pipeline:.2f} s, "
-            f"model compute {timings.model_compute:.2f} s"
+        confidence = [
+            f"{count} {what}"
+            for count, what in (
+                (results.flagged, "low-confidence findings flagged for review"),
+                (results.withheld, "low-confidence findings withheld"),
+            )
+            if count
+        ]
+        summary = "; ".join(
+            [
+                f"{len(results.delivered)} results{kept}",
+                *confidence,
+                *results.notes,
+                f"pipeline {timings.pipeline:.2f} s, model compute {timings.model_compute:.2f} s",
+            ]
         )
         self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings)
         study = work.study_instance_uid
@@ -163,31 +186,72 @@ class JobRunner:
         """The checked results of every routed series, each through its rule's pipeline."""
         catalog = load_catalog(self._settings.inference.repository)
         states = pipeline_states(catalog, self._governance.current())
-        routes = route([series.facts for series in work.series], self._rules, states)
-        if not any(not matched.shadow for matched in routes):
+        spool = self._settings.spool.path
+        paths_of = {
+            series.facts.series_instance_uid: [spool / path for path in series.paths]
+            for series in work.series
+        }
+        fits = _Applicability(catalog, paths_of)
+        routing = route(
+            [series.facts for series in work.series], self._rules, states, fits.declines
+        )
+        results = Results()
+        for declined in routing.declined:
+            results.notes.append(
+                f"{declined.series.modality} series {declined.series.series_instance_uid} "
+                f"not given to pipeline {declined.rule.pipeline}: outside its models' domain "
+                f"({declined.reason})"
+            )
+        if not any(not matched.shadow for matched in routing.routes) and not routing.declined:
             modalities = sorted({series.facts.modality for series in work.series})
             raise NoRoute(f"no routing rule takes any series (modalities {modalities})")
-        spool = self._settings.spool.path
-        paths_of = {series.facts.series_instance_uid: series.paths for series in work.series}
         kind = self._settings.results.segmentation_type
-        results = Results()
-        for matched in routes:
+        handling = self._settings.inference.low_confidence
+        for matched in routing.routes:
             pipeline = catalog.pipelines[matched.rule.pipeline]
             made = results.kept if matched.shadow else results.delivered
             for series in matched.series:
-                paths = [spool / path for path in paths_of[series.series_instance_uid]]
+                paths = paths_of[series.series_instance_uid]
+                unchecked = fits.verdict(pipeline.name, series.series_instance_uid).unknown
                 if pipeline.frames:
                     for path in paths:
-                        frames = run_frames(pipeline, catalog, path, backend)
+                        frames = run_frames(pipeline, catalog, path, backend, handling, unchecked)
+                        found = frames.findings
+                        results.flagged += sum(1 for area in found.present if area.review)
+                        results.withheld += len(found.withheld)
                         started = time.perf_counter()
-                        made += ultrasound_results(frames.source, frames.findings, self._equipment)
+                        made += ultrasound_results(frames.source, found, self._equipment)
                         results.encoding += time.perf_counter() - started
                     continue
-                volume = run_volume(pipeline, catalog, paths, backend)
+                volume = run_volume(pipeline, catalog, paths, backend, handling, unchecked)
+                results.flagged += sum(1 for segment in volume.findings.segments if segment.review)
+                results.withheld += len(volume.findings.withheld)
                 started = time.perf_counter()
                 made += ct_results(volume.volume.headers, volume.findings, kind, self._equipment)
                 results.encoding += time.perf_counter() - started
         return results
+
+
+class _Applicability:
+    """Whether each pipeline's models were made for each series, from the series' first
+    header, read once."""
+
+    def __init__(self, catalog: Catalog, paths_of: dict[str, list[Path]]) -> None:
+        self._catalog = catalog
+        self._paths_of = paths_of
+        self._acquisitions: dict[str, Acquisition] = {}
+
+    def declines(self, pipeline: str, series: SeriesFacts) -> str | None:
+        found = self.verdict(pipeline, series.series_instance_uid)
+        return "; ".join(found.outside) or None
+
+    def verdict(self, pipeline: str, series_uid: str) -> Verdict:
+        if series_uid not in self._acquisitions:
+            header = dcmread(self._paths_of[series_uid][0], stop_before_pixels=True)
+            self._acquisitions[series_uid] = acquisition_of(header)
+        models = self._catalog.pipelines[pipeline].models
+        contracts = (self._catalog.contract(model) for model in models)
+        return verdict(contracts, self._acquisitions[series_uid])
 
 
 def _now() -> datetime:

@@ -4,17 +4,21 @@ Wiring between two edges: `inference` turns pixels into label maps with the mode
 contracts, and `results` encodes findings (numbered, coded segments and their measurements)
 as SEG and SR. Neither knows the other, and nothing here knows a particular model: the stages,
 their models, which labels become segments, what is measured and where each finding lies all
-come from the pipeline (`domain.pipelines`) and the models' contracts.
+come from the pipeline (`domain.pipelines`) and the models' contracts. So do the bounds each
+finding is checked against (`domain.plausibility`): a finding outside them, or from a series
+whose facts could not be checked against the models' domain, is flagged for review or
+withheld, as the site's setting says.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from scipy import ndimage
 
 from appliance.config import InferenceSettings
 from appliance.domain.concepts import CodedConcept
@@ -25,6 +29,7 @@ from appliance.domain.findings import (
     Search,
     Segment,
     VolumeMeasurement,
+    Withheld,
 )
 from appliance.domain.pipelines import (
     Findings,
@@ -34,6 +39,7 @@ from appliance.domain.pipelines import (
     Stage,
     State,
 )
+from appliance.domain.plausibility import Handling, Observed, Plausible, review_reasons
 from appliance.inference.backend import InferenceBackend, OnnxRuntimeBackend
 from appliance.inference.catalog import Catalog
 from appliance.inference.contract import Label, ModelContract
@@ -91,7 +97,8 @@ class FramesRun:
 
 
 def algorithm(contract: ModelContract) -> Algorithm:
-    return Algorithm(contract.name, contract.version, contract.synthetic)
+    limits = contract.domain.describe() if contract.domain else ""
+    return Algorithm(contract.name, contract.version, contract.synthetic, limits)
 
 
 def identity(pipeline: Pipeline, catalog: Catalog, source_uids: Sequence[str]) -> RunIdentity:
@@ -102,10 +109,16 @@ def identity(pipeline: Pipeline, catalog: Catalog, source_uids: Sequence[str]) -
 
 
 def run_volume(
-    pipeline: Pipeline, catalog: Catalog, paths: Sequence[Path], backend: InferenceBackend
+    pipeline: Pipeline,
+    catalog: Catalog,
+    paths: Sequence[Path],
+    backend: InferenceBackend,
+    handling: Handling = Handling.FLAG,
+    unchecked: Sequence[str] = (),
 ) -> VolumeRun:
     """Every stage over one CT series, in order; a region stage looks only inside the voxels
-    of its upstream stage's labels, and keeps only what lies there."""
+    of its upstream stage's labels, and keeps only what lies there. `unchecked` are the facts
+    of the models' domain the series did not state: every finding is for review."""
     volume = load_series(paths)
     maps: dict[str, NDArray[np.uint8]] = {}
     for stage in pipeline.stages:
@@ -117,7 +130,11 @@ def run_volume(
         labels = segment_in_region(volume, region, backend, contract, stage.region.margin_mm)
         maps[stage.name] = confine_to_region(labels, region)
     run = identity(pipeline, catalog, volume.geometry.sop_instance_uids)
-    findings = volume_findings(run, pipeline, catalog, maps, volume.geometry.spacing)
+    findings = volume_findings(
+        run, pipeline, catalog, maps, volume.geometry.spacing, volume.hu, unchecked
+    )
+    if handling is Handling.WITHHOLD:
+        findings = without_review(findings)
     return VolumeRun(volume, findings, maps)
 
 
@@ -137,14 +154,18 @@ def volume_findings(
     catalog: Catalog,
     maps: dict[str, NDArray[np.uint8]],
     spacing: tuple[float, float, float],
+    hu: NDArray[np.floating] | None = None,
+    unchecked: Sequence[str] = (),
 ) -> CTFindings:
     """Segments for each stage's findings, later stages painted over earlier ones (segments
     do not overlap, so one map serves LABELMAP and BINARY alike), and their measurements;
-    volumes are counted once everything is painted, since a voxel has one segment."""
+    volumes are counted once everything is painted, since a voxel has one segment. Each
+    segment is then checked against its label's plausible bounds (the densities from `hu`)."""
     labels = np.zeros(next(iter(maps.values())).shape, dtype=np.uint8)
     segments: list[Segment] = []
     diameters: dict[int, float] = {}
     measured: list[tuple[int, Stage]] = []
+    coded: dict[int, Label] = {}
     for stage in pipeline.stages:
         contract = catalog.contract(stage.model)
         wanted = [
@@ -165,6 +186,7 @@ def volume_findings(
                         site(where), stage.name, label.type_modifier, label.colour,
                     )
                 )  # fmt: skip
+                coded[number] = label
                 measured.append((number, stage))
             continue
         classes = maps[stage.name]
@@ -184,9 +206,16 @@ def volume_findings(
                 )
             )  # fmt: skip
             diameters[number] = lesion.longest_axial_diameter_mm
+            coded[number] = kind
             measured.append((number, stage))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=len(segments) + 1)
+    doubts = tuple(f"domain not established: {why}" for why in unchecked)
+    boxes = ndimage.find_objects(labels, len(segments))
+    for index, segment in enumerate(segments):
+        bounds = coded[segment.number].plausible
+        seen = _observed(labels, segment.number, boxes[index], counts, voxel_ml, hu, bounds)
+        segments[index] = replace(segment, review=(*doubts, *review_reasons(bounds, seen)))
     measurements = tuple(
         VolumeMeasurement(
             number,
@@ -202,6 +231,61 @@ def volume_findings(
         if stage.findings is Findings.PER_COMPONENT
     )
     return CTFindings(run, labels, tuple(segments), measurements, searches)
+
+
+def _observed(
+    labels: NDArray[np.uint8],
+    number: int,
+    box: tuple[slice, ...] | None,
+    counts: NDArray[np.intp],
+    voxel_ml: float,
+    hu: NDArray[np.floating] | None,
+    bounds: Plausible | None,
+) -> Observed:
+    """What the plausibility check of one painted segment reads, within its bounding box;
+    densities and parts only where its bounds name them."""
+    volume_ml = float(counts[number]) * voxel_ml
+    if bounds is None or box is None:  # no bounds, or painted over by a later stage
+        return Observed(volume_ml=volume_ml)
+    where = labels[box] == number
+    parts = None
+    if bounds.max_parts is not None:
+        numbered, _ = ndimage.label(where, structure=np.ones((3, 3, 3), dtype=bool))
+        sizes = np.bincount(numbered.ravel())[1:]
+        parts = int((sizes >= 0.1 * sizes.sum()).sum())
+    return Observed(
+        volume_ml=volume_ml,
+        mean_hu=float(hu[box][where].mean()) if hu is not None and bounds.mean_hu else None,
+        parts=parts,
+        cut_by_field_of_view=box[0].start == 0 or box[0].stop == labels.shape[0],
+    )
+
+
+def without_review(findings: CTFindings) -> CTFindings:
+    """The findings with every low-confidence segment withheld: the rest renumbered from 1,
+    their voxels and measurements kept; the withheld ones named, with their reasons."""
+    kept = [segment for segment in findings.segments if not segment.review]
+    if len(kept) == len(findings.segments):
+        return findings
+    renumber = np.zeros(len(findings.segments) + 1, dtype=np.uint8)
+    for new, segment in enumerate(kept, start=1):
+        renumber[segment.number] = new
+    return replace(
+        findings,
+        labels=renumber[findings.labels],
+        segments=tuple(replace(segment, number=int(renumber[segment.number])) for segment in kept),
+        measurements=tuple(
+            replace(measured, segment=int(renumber[measured.segment]))
+            for measured in findings.measurements
+            if renumber[measured.segment]
+        ),
+        withheld=findings.withheld
+        + tuple(
+            Withheld(segment.label, segment.review)
+            for segment in findings.segments
+            if segment.review
+        ),
+    )
 
 
 def _search_site(pipeline: Pipeline, catalog: Catalog, stage: Stage) -> CodedConcept | None:
@@ -244,9 +328,16 @@ def _site(
 
 
 def run_frames(
-    pipeline: Pipeline, catalog: Catalog, path: Path, backend: InferenceBackend
+    pipeline: Pipeline,
+    catalog: Catalog,
+    path: Path,
+    backend: InferenceBackend,
+    handling: Handling = Handling.FLAG,
+    unchecked: Sequence[str] = (),
 ) -> FramesRun:
-    """The frames stage over one cine or single-frame image."""
+    """The frames stage over one cine or single-frame image. Each frame's outline is checked
+    against its label's bounds (share of the frame, the model's confidence); frames the model
+    is confident lack the structure are named, so the report can say so per frame."""
     (stage,) = pipeline.stages
     contract = catalog.contract(stage.model)
     source = dcmread(path, stop_before_pixels=True)
@@ -259,9 +350,20 @@ def run_frames(
         run.uid("segment", label.name), algorithm(contract), stage.finding_site,
         type_modifier=label.type_modifier, colour=label.colour,
     )  # fmt: skip
-    present = tuple(
-        FrameArea(frame.index + 1, frame.area_mm2, frame.area_px)
-        for frame in frames
-        if frame.present
-    )
-    return FramesRun(source, UltrasoundFindings(run, masks, segment, present))
+    doubts = tuple(f"domain not established: {why}" for why in unchecked)
+    segment = replace(segment, review=doubts)
+    present, withheld = [], []
+    for frame in frames:
+        if not frame.present:
+            continue
+        seen = Observed(area_fraction=frame.area_fraction, confidence=frame.confidence)
+        review = (*doubts, *review_reasons(label.plausible, seen))
+        area = FrameArea(frame.index + 1, frame.area_mm2, frame.area_px, review)
+        if review and handling is Handling.WITHHOLD:
+            masks[frame.index] = False
+            withheld.append(Withheld(f"{segment.label} frame {area.frame}", review))
+        else:
+            present.append(area)
+    absent = () if doubts else tuple(frame.index + 1 for frame in frames if frame.absent)
+    findings = UltrasoundFindings(run, masks, segment, tuple(present), absent, tuple(withheld))
+    return FramesRun(source, findings)

@@ -92,7 +92,7 @@ def _by_series(
 ) -> dict[str, str]:
     """Per series, the pipelines that would run on it: `ct`, or `ct + shadow ct_v2`."""
     taken: dict[str, list[str]] = {}
-    for matched in route(series, rules, states):
+    for matched in route(series, rules, states).routes:
         name = f"shadow {matched.rule.pipeline}" if matched.shadow else matched.rule.pipeline
         for facts in matched.series:
             taken.setdefault(facts.series_instance_uid, []).append(name)

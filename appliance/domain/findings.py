@@ -25,6 +25,7 @@ class Algorithm:
     name: str
     version: int
     synthetic: bool  # trained on phantoms: never for clinical use
+    limits: str = ""  # what it was made for, in words (its declared domain)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,16 @@ class Segment:
     stage: str = ""  # the pipeline stage that found it
     type_modifier: CodedConcept | None = None  # laterality, for example
     colour: tuple[int, int, int] | None = None  # recommended display colour, RGB
+    review: tuple[str, ...] = ()  # why it is low confidence; empty: a plain finding
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """A finding of low confidence that the site's setting keeps from delivery: what it was
+    and why, for the summary and the job's record."""
+
+    label: str
+    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -80,3 +91,4 @@ class FrameArea:
     frame: int  # 1-based frame number in the source
     area_mm2: float | None  # None when the source gives no pixel size
     area_px: int
+    review: tuple[str, ...] = ()  # why this frame's outline is low confidence

@@ -6,7 +6,9 @@ condition a rule leaves empty matches anything. The first matching rule whose pi
 enabled takes a series; a rule whose pipeline is disabled is passed over, so the next may take
 it; every matching rule whose pipeline is in shadow runs beside, its results kept and never
 delivered. A series no rule takes is left alone (and said so in the job's record). Urgent jobs
-go to the workers first; normal ones are promoted after a bounded wait.
+go to the workers first; normal ones are promoted after a bounded wait. A pipeline whose models
+were not made for a series (their declared domain, `domain.applicability`) declines it with the
+reason, and the next matching rule may take it.
 """
 
 import fnmatch
@@ -69,6 +71,21 @@ class Route:
     shadow: bool = False  # results kept for review, never delivered
 
 
+@dataclass(frozen=True)
+class Declined:
+    """A series a rule matched whose pipeline's models were not made for it."""
+
+    rule: RouteRule
+    series: SeriesFacts
+    reason: str
+
+
+@dataclass(frozen=True)
+class Routing:
+    routes: list[Route]
+    declined: list[Declined]
+
+
 def _any_or(allowed: frozenset[str], value: str) -> bool:
     return not allowed or value in {item.upper() for item in allowed}
 
@@ -77,32 +94,44 @@ def _enabled(_pipeline: str) -> State:
     return State.ENABLED
 
 
+def _fits(_pipeline: str, _series: SeriesFacts) -> str | None:
+    return None
+
+
 def route(
     series: Sequence[SeriesFacts],
     rules: Sequence[RouteRule],
     state_of: Callable[[str], State] = _enabled,
-) -> list[Route]:
+    declines: Callable[[str, SeriesFacts], str | None] = _fits,
+) -> Routing:
     """Group the series by the rules that take them, in rule order: per series the first
     matching rule whose pipeline is enabled, and every matching rule whose pipeline is in
-    shadow. `state_of` gives a pipeline's state; it is asked only of matching rules."""
+    shadow. `state_of` gives a pipeline's state, and `declines` why a pipeline's models were
+    not made for a series (None: they were); both are asked only of rules that would take it."""
     taken: dict[tuple[str, bool], list[SeriesFacts]] = {}
+    declined: list[Declined] = []
     for facts in series:
         enabled_taken = False
         for rule in rules:
             if not rule.matches(facts):
                 continue
             state = state_of(rule.pipeline)
-            if state is State.SHADOW:
-                taken.setdefault((rule.name, True), []).append(facts)
-            elif state is State.ENABLED and not enabled_taken:
-                taken.setdefault((rule.name, False), []).append(facts)
-                enabled_taken = True
-    return [
+            shadow = state is State.SHADOW
+            if not shadow and (state is not State.ENABLED or enabled_taken):
+                continue
+            reason = declines(rule.pipeline, facts)
+            if reason is not None:
+                declined.append(Declined(rule, facts, reason))
+                continue
+            taken.setdefault((rule.name, shadow), []).append(facts)
+            enabled_taken = enabled_taken or not shadow
+    routes = [
         Route(rule, tuple(taken[(rule.name, shadow)]), shadow)
         for rule in rules
         for shadow in (False, True)
         if (rule.name, shadow) in taken
     ]
+    return Routing(routes, declined)
 
 
 def priority_of(routes: Sequence[Route]) -> Priority:

@@ -14,8 +14,10 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from appliance.domain.applicability import Domain
 from appliance.domain.concepts import CodedConcept
 from appliance.domain.pipelines import ModelRef
+from appliance.domain.plausibility import Plausible
 
 CONTRACT_FILE = "contract.yaml"
 
@@ -49,6 +51,9 @@ class Label(_Strict):
     type_modifier: CodedConcept | None = None  # laterality, for example
     colour: tuple[Channel, Channel, Channel] | None = Field(
         default=None, description="Recommended display colour, RGB."
+    )
+    plausible: Plausible | None = Field(
+        default=None, description="Published bounds; a finding outside them is for review."
     )
 
 
@@ -231,6 +236,11 @@ class ModelContract(_Strict):
         default=None, description="A whole-volume model's recipe (deepbet's, for example)."
     )
     labels: list[Label] = Field(min_length=1)
+    domain: Domain | None = Field(
+        default=None,
+        description="What the model was made for: series outside it never reach it; a "
+        "series that does not state a fact it names gets findings for review.",
+    )
     card: str = "card.md"
 
     @model_validator(mode="after")

@@ -24,6 +24,9 @@ from appliance.inference.contract import ModelContract
 
 BATCH = 16
 MIN_AREA_PX = 40  # in the model's patch; smaller predictions are noise
+# A frame is called empty with confidence when not even its MIN_AREA_PX likeliest pixels
+# reach this probability of the target; between that and a finding, the frame is uncertain.
+ABSENT_BELOW = 0.3
 _CENTIMETRE = 3  # Physical Units X/Y Direction (0018,6024): 3 = cm
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # Larger cines are refused before any decoding: 1,000 frames of 1024 x 768 fit (786 MB).
@@ -46,6 +49,9 @@ class FrameFinding:
     present: bool
     area_mm2: float | None
     area_px: int
+    confidence: float  # present: mean probability over the outline; else 1 - the evidence
+    absent: bool  # confidently empty: no pixel group near the target's probability
+    area_fraction: float  # of the frame (the model's patch)
 
 
 def _pixel_size(dataset: Dataset) -> tuple[float, float] | None:
@@ -132,9 +138,13 @@ def segment_cine(
             [ndimage.zoom(frame.astype(np.float32), zoom_in, order=1) for frame in chunk]
         )
         logits = backend.infer(contract.ref, (batch * scale)[:, None].astype(np.float32))
+        probabilities = _target_probability(logits)
         for offset, predicted in enumerate(logits.argmax(1) > 0):
             index = start + offset
+            target = probabilities[offset]
             present = int(predicted.sum()) >= MIN_AREA_PX
+            evidence = float(np.partition(target.ravel(), -MIN_AREA_PX)[-MIN_AREA_PX])
+            confidence = float(target[predicted].mean()) if present else 1.0 - evidence
             if present:
                 back = ndimage.zoom(
                     predicted.astype(np.uint8), (rows / patch[0], columns / patch[1]), order=0
@@ -146,5 +156,18 @@ def segment_cine(
                 if cine.pixel_size_mm and present
                 else None
             )
-            findings.append(FrameFinding(index, present, area_mm2, area_px))
+            findings.append(
+                FrameFinding(
+                    index, present, area_mm2, area_px, confidence,
+                    absent=not present and evidence < ABSENT_BELOW,
+                    area_fraction=float(predicted.sum()) / predicted.size if present else 0.0,
+                )
+            )  # fmt: skip
     return findings, masks
+
+
+def _target_probability(logits: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Per pixel the probability of any foreground class (softmax over the channels)."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probability: NDArray[np.float32] = shifted[:, 1:].sum(axis=1) / shifted.sum(axis=1)
+    return probability

@@ -148,7 +148,7 @@ def write_us_cine(cine: UltrasoundCine, path: Path, study_uid: str | None = None
         Patient(),
     )
     frames, rows, columns = cine.frames.shape
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL"]
     ds.SeriesDescription = "Liver cine (phantom)"
     ds.InstanceNumber = 1
     ds.NumberOfFrames = frames

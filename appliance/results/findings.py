@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from appliance.domain.findings import FrameArea, RunIdentity, Search, Segment, VolumeMeasurement
+from appliance.domain.findings import (
+    FrameArea,
+    RunIdentity,
+    Search,
+    Segment,
+    VolumeMeasurement,
+    Withheld,
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,7 @@ class CTFindings:
     segments: tuple[Segment, ...]
     measurements: tuple[VolumeMeasurement, ...]
     searches: tuple[Search, ...] = ()  # the stages that looked for separate findings
+    withheld: tuple[Withheld, ...] = ()  # low-confidence findings kept from delivery
 
 
 @dataclass(frozen=True)
@@ -26,3 +34,5 @@ class UltrasoundFindings:
     masks: NDArray[np.bool_]  # (frames, rows, columns) on the source frames
     segment: Segment
     present: tuple[FrameArea, ...]  # the frames where the structure is present
+    absent: tuple[int, ...] = ()  # frames (1-based) the model is confident lack it
+    withheld: tuple[Withheld, ...] = ()  # low-confidence frames kept from delivery

@@ -3,8 +3,11 @@
 Every measurement group references its segment in the run's SEG (Referenced Segment for a
 CT volume, Referenced Segmentation Frame for an ultrasound frame) and carries the segment's
 tracking identifier and UID. The observer is the device: the appliance and the models' names
-and versions, never a person. A plain-language summary, made from a fixed template, sits in
-the report's Qualitative Evaluations container for a radiologist to read at a glance.
+and versions, never a person. A finding of low confidence carries Certainty of Finding
+(DCM 111012) = Uncertain (SCT 64957009) in its group; frames the model is confident lack the
+structure each get a group saying it is absent. A plain-language summary, made from a fixed
+template, sits in the report's Qualitative Evaluations container for a radiologist to read at
+a glance.
 """
 
 from collections.abc import Sequence
@@ -50,6 +53,13 @@ def _tracking(segment: Segment) -> hd.sr.TrackingIdentifier:
 
 def _finding_sites(segment: Segment) -> list[hd.sr.FindingSite] | None:
     return [hd.sr.FindingSite(coded(segment.finding_site))] if segment.finding_site else None
+
+
+def _certainty(review: tuple[str, ...]) -> list[hd.sr.QualitativeEvaluation] | None:
+    """Uncertain, for a finding the appliance cannot stand behind; nothing for the rest."""
+    if not review:
+        return None
+    return [hd.sr.QualitativeEvaluation(codes.DCM.CertaintyOfFinding, codes.SCT.Uncertain)]
 
 
 def _frame_reference_only(
@@ -142,6 +152,7 @@ def ct_report(
                 finding_type=coded(segment.type),
                 finding_sites=_finding_sites(segment),
                 measurements=measurements,
+                qualitative_evaluations=_certainty(segment.review),
                 algorithm_id=hd.sr.AlgorithmIdentification(
                     segment.algorithm.name, str(segment.algorithm.version)
                 ),
@@ -172,7 +183,8 @@ def ultrasound_report(
     description: str,
 ) -> hd.sr.Comprehensive3DSR:
     """One planar group per frame where the structure is present, with its area, referencing
-    that frame of `seg`; with no such frame (and no SEG), one group saying it is absent."""
+    that frame of `seg`; one group per frame the model is confident lacks it, saying it is
+    absent there; with neither, one group saying its presence is indeterminate."""
     identity = findings.identity
     segment = findings.segment
     groups: list[
@@ -204,14 +216,29 @@ def ultrasound_report(
             ),
             finding_type=coded(segment.type),
             measurements=[measured],
+            qualitative_evaluations=_certainty(area.review),
         )
         groups.append(_frame_reference_only(group))
+    for frame in findings.absent:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=identity.uid("frame", str(frame)),
+                    identifier=f"{segment.tracking_id} frame {frame}",
+                ),
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=coded(segment.type), value=codes.SCT.Absent)
+                ],
+            )
+        )
     if not groups:
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking(segment),
                 qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(name=coded(segment.type), value=codes.SCT.Absent)
+                    hd.sr.QualitativeEvaluation(
+                        name=coded(segment.type), value=codes.SCT.Indeterminate
+                    )
                 ],
             )
         )

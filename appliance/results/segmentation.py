@@ -55,7 +55,7 @@ def coded(code: CodedConcept) -> hd.sr.CodedConcept:
 def _description(segment: Segment) -> hd.seg.SegmentDescription:
     description = hd.seg.SegmentDescription(
         segment_number=segment.number,
-        segment_label=segment.label,
+        segment_label=f"{segment.label} (low confidence)" if segment.review else segment.label,
         segmented_property_category=coded(segment.category),
         segmented_property_type=coded(segment.type),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -69,6 +69,10 @@ def _description(segment: Segment) -> hd.seg.SegmentDescription:
         anatomic_regions=[coded(segment.finding_site)] if segment.finding_site else None,
         display_color=hd.color.CIELabColor.from_rgb(*segment.colour) if segment.colour else None,
     )
+    if segment.review:  # Segment Description (ST) says why, for viewers that show it
+        description.SegmentDescription = ("Low confidence, review: " + "; ".join(segment.review))[
+            :1024
+        ]
     if segment.type_modifier is not None:  # highdicom has no argument for it (PS3.3 C.8.20.2)
         (item,) = description.SegmentedPropertyTypeCodeSequence
         item.SegmentedPropertyTypeModifierCodeSequence = [coded(segment.type_modifier)]

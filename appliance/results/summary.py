@@ -1,27 +1,38 @@
 """The plain-language summary at the top of a report: a fixed template, no free generation, so
-the same findings always read the same way.
-
-Typical adult organ volumes are mean +/- 2 SD of the published values collected in the
-project's MODELS.md (liver 1281 +/- 219 mL, spleen 195 +/- 78 mL); organs without a cited
-range are listed without one.
+the same findings always read the same way. It says what it is first: which models made it and
+what they were made for, that it is for review, and which findings are of low confidence (or
+were withheld) and why; then what was found.
 """
 
+from appliance.domain.findings import Withheld
 from appliance.results.findings import CTFindings, UltrasoundFindings
-
-# SNOMED CT code of the organ -> (low, high) typical adult volume in mL.
-TYPICAL_ADULT_ML = {
-    "10200004": (843.0, 1719.0),  # liver
-    "78961009": (39.0, 351.0),  # spleen
-}
 
 
 def _provenance(findings: CTFindings | UltrasoundFindings) -> str:
-    models = findings.identity.models
-    text = "Automated analysis by " + ", ".join(f"{m.name} v{m.version}" for m in models)
-    text += "; not reviewed by a person."
-    if any(model.synthetic for model in models):
+    """Which models, each group of them with the domain they were made for, and what the
+    report is: for review, by nobody yet."""
+    by_limits: dict[str, list[str]] = {}
+    for model in findings.identity.models:
+        by_limits.setdefault(model.limits, []).append(f"{model.name} v{model.version}")
+    text = "Automated analysis by " + "; ".join(
+        ", ".join(names) + (f" (made for {limits})" if limits else "")
+        for limits, names in by_limits.items()
+    )
+    text += ", for review by a radiologist; not reviewed by a person."
+    if any(model.synthetic for model in findings.identity.models):
         text += " Reference models trained on synthetic phantoms: not for clinical use."
     return text
+
+
+def _reasons(reasons: tuple[str, ...]) -> str:
+    return "; ".join(reasons)
+
+
+def _withheld(withheld: tuple[Withheld, ...]) -> list[str]:
+    if not withheld:
+        return []
+    held = ", ".join(f"{item.label} ({_reasons(item.reasons)})" for item in withheld)
+    return [f"Withheld as low confidence: {held}."]
 
 
 def ct_summary(findings: CTFindings) -> str:
@@ -34,19 +45,16 @@ def ct_summary(findings: CTFindings) -> str:
         segment = segments[measured.segment]
         if measured.longest_axial_diameter_mm is None:
             text = f"{segment.label} {measured.volume_ml:.0f} mL"
-            typical = TYPICAL_ADULT_ML.get(segment.type.value)
-            if typical:
-                low, high = typical
-                verdict = (
-                    "within" if low <= measured.volume_ml <= high
-                    else "below" if measured.volume_ml < low
-                    else "above"
-                )  # fmt: skip
-                text += f" ({verdict} the typical adult range {low:.0f} to {high:.0f} mL)"
+            if segment.review:
+                text += f" (low confidence, review: {_reasons(segment.review)})"
             volumes.append(text)
         else:
             separate.append((measured.longest_axial_diameter_mm, measured.volume_ml, segment))
+    doubtful = [segment for segment in findings.segments if segment.review]
     lines = [_provenance(findings)]
+    if doubtful:
+        lines.append(f"{len(doubtful)} of {len(findings.segments)} findings are of low confidence.")
+    lines += _withheld(findings.withheld)
     if volumes or not findings.searches:
         lines.append("Volumes: " + ("; ".join(volumes) if volumes else "none found") + ".")
     for search in findings.searches:
@@ -62,6 +70,11 @@ def ct_summary(findings: CTFindings) -> str:
             f"({largest.type.meaning.lower()}), {diameter:.0f} mm longest axial diameter, "
             f"{volume:.1f} mL."
         )
+        lines += [
+            f"{item.label.capitalize()} is of low confidence, review: {_reasons(item.review)}."
+            for _, _, item in found
+            if item.review
+        ]
     return " ".join(lines)
 
 
@@ -69,8 +82,11 @@ def ultrasound_summary(findings: UltrasoundFindings, frames: int) -> str:
     name = findings.segment.label
     present = findings.present
     lines = [_provenance(findings)]
+    if findings.segment.review:
+        lines.append(f"Every frame is of low confidence: {_reasons(findings.segment.review)}.")
+    lines += _withheld(findings.withheld)
     if not present:
-        lines.append(f"The {name} was not seen in any of the {frames} frames.")
+        lines.append(f"The {name} was not found in any of the {frames} frames.")
     else:
         largest = max(present, key=lambda area: area.area_px)
         size = (
@@ -82,4 +98,13 @@ def ultrasound_summary(findings: UltrasoundFindings, frames: int) -> str:
             f"The {name} is present in {len(present)} of {frames} frames; its largest "
             f"cross-section is {size}, in frame {largest.frame}."
         )
+        doubtful = [area for area in present if area.review]
+        if doubtful and not findings.segment.review:
+            lines.append(
+                f"Low confidence, review, in frames "
+                f"{', '.join(str(area.frame) for area in doubtful)}: "
+                f"{_reasons(tuple(dict.fromkeys(r for a in doubtful for r in a.review)))}."
+            )
+    if findings.absent:
+        lines.append(f"The model is confident it is absent from {len(findings.absent)} frames.")
     return " ".join(lines)

@@ -24,6 +24,7 @@ from appliance.inference.contract import ModelContract
 from appliance.inference.ct import normalise, sliding_window
 from appliance.inference.measurements import measure_lesions
 from appliance.phantoms.ct import Grid, LesionKind, Organ, generate_ct
+from appliance.training.domains import ABDOMINAL_CT
 from appliance.training.publish import export_onnx, publish
 from appliance.training.unet import UNet
 from appliance.training.volumes import TorchBackend, Volume, fit, resume
@@ -62,12 +63,15 @@ CONTRACT = ModelContract.model_validate({
         {"value": METASTASIS, "name": "metastasis",
          "category": {"scheme": "SCT", "value": "49755003",
                       "meaning": "Morphologically Abnormal Structure"},
-         "type": {"scheme": "SCT", "value": "14799000", "meaning": "Neoplasm, metastatic"}},
+         "type": {"scheme": "SCT", "value": "14799000", "meaning": "Neoplasm, metastatic"},
+         "plausible": {"mean_hu": [-20, 150]}},
         {"value": CYST, "name": "cyst",
          "category": {"scheme": "SCT", "value": "49755003",
                       "meaning": "Morphologically Abnormal Structure"},
-         "type": {"scheme": "SCT", "value": "441457006", "meaning": "Cyst"}},
+         "type": {"scheme": "SCT", "value": "441457006", "meaning": "Cyst"},
+         "plausible": {"mean_hu": [-20, 60]}},
     ],
+    "domain": ABDOMINAL_CT,
 })  # fmt: skip
 
 TARGETS = {"lesions_over_10mm_detected": 0.90, "lesion_dice": 0.70}

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from appliance.inference.contract import ModelContract
 from appliance.inference.ct import normalise, sliding_window
 from appliance.phantoms.ct import Grid, Organ, generate_ct
+from appliance.training.domains import ABDOMINAL_CT
 from appliance.training.publish import export_onnx, publish
 from appliance.training.unet import UNet
 from appliance.training.volumes import TorchBackend, fit, resume
@@ -39,6 +40,18 @@ _CODES = {
     Organ.IVC: ("64131007", "Inferior vena cava"),
     Organ.VERTEBRAE: ("421060004", "Vertebral column"),
 }
+# Published adult bounds (MODELS.md): volumes as mean +/- 2 SD (liver 1281 +/- 219 mL,
+# spleen 195 +/- 78 mL); mean HU from unenhanced tissue to portal-venous enhancement with
+# room for noise and partial volume; one part per organ and vessel (the vertebrae are many).
+_PLAUSIBLE = {
+    Organ.LIVER: {"volume_ml": [843, 1719], "mean_hu": [30, 180], "max_parts": 1},
+    Organ.SPLEEN: {"volume_ml": [39, 351], "mean_hu": [25, 190], "max_parts": 1},
+    Organ.KIDNEY_LEFT: {"mean_hu": [10, 260], "max_parts": 1},
+    Organ.KIDNEY_RIGHT: {"mean_hu": [10, 260], "max_parts": 1},
+    Organ.AORTA: {"mean_hu": [30, 400], "max_parts": 1},
+    Organ.IVC: {"mean_hu": [30, 300], "max_parts": 1},
+    Organ.VERTEBRAE: {"mean_hu": [150, 1500]},
+}
 
 CONTRACT = ModelContract.model_validate({
     "name": "organ_ct", "version": 1, "modality": "CT", "synthetic": True,
@@ -48,9 +61,11 @@ CONTRACT = ModelContract.model_validate({
     "intensity": {"kind": "ct_window", "window": [-200.0, 400.0]},
     "labels": [
         {"value": int(organ), "name": organ.name.lower(), "category": _SCT_ANATOMY,
-         "type": {"scheme": "SCT", "value": code, "meaning": meaning}}
+         "type": {"scheme": "SCT", "value": code, "meaning": meaning},
+         "plausible": _PLAUSIBLE[organ]}
         for organ, (code, meaning) in _CODES.items()
     ],
+    "domain": ABDOMINAL_CT,
 })  # fmt: skip
 
 TARGETS = {

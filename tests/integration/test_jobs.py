@@ -2,11 +2,14 @@
 completes, the job runs the routed pipeline, and Orthanc ends up with the SEG and SR; a study
 with bad input fails with its reason and the next one goes through."""
 
+import shutil
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 
 from appliance.app.delivery import Deliverer
 from appliance.app.job_runner import JobRunner
@@ -113,3 +116,57 @@ def test_an_unreachable_triton_sends_the_job_back_until_it_returns(start, tmp_pa
         server.stop()
     # No destinations: with nothing to deliver, the job is done.
     assert runner.jobs.settle_deliveries(datetime.now(UTC)) == [(job, JobState.DONE)]
+
+
+def test_an_echo_is_declined_and_a_withheld_finding_never_reaches_the_pacs(
+    start, tmp_path: Path
+) -> None:
+    """The real echocardiogram cine in pydicom's package (Image Type EPICARDIAL) goes to no
+    model, with the reason in the job's record; a CT whose field of view cuts the liver gets
+    its other findings delivered and the liver held back, as `withhold` asks."""
+    echo = tmp_path / "echo" / "echo.dcm"
+    echo.parent.mkdir()
+    shutil.copyfile(get_testdata_file("examples_ybr_color.dcm", download=False) or "", echo)
+    ct = write_ct_series(generate_ct(13, Grid((20, 48, 48), (5.0, 7.0, 7.0))), tmp_path / "ct")
+
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        running = start(
+            inference={"repository": str(REPOSITORY), "threads": 2, "low_confidence": "withhold"},
+            delivery={
+                "outbox": str(tmp_path / "outbox"),
+                "destinations": [
+                    {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1",
+                     "port": pacs.dicom_port}
+                ],
+            },
+        )  # fmt: skip
+        for files, options in (([echo], ["-xy"]), (ct, [])):  # the echo is JPEG Baseline
+            sent = storescu(running.port, files, *options)
+            assert sent.returncode == 0, sent.stderr
+        runner = JobRunner(running.settings, running.engine)
+        deliverer = Deliverer(running.settings.delivery, running.engine)
+        declined = complete(running.settings, running.engine, str(dcmread(echo).StudyInstanceUID))
+        cut = complete(running.settings, running.engine, str(dcmread(ct[0]).StudyInstanceUID))
+
+        assert runner.run(declined) is JobState.DELIVERING
+        record = " ".join(detail for _, detail in runner.jobs.history(declined))
+        assert "running -> encoded: 0 results; US series" in record
+        assert "not given to pipeline us: outside its models' domain" in record
+        assert "EPICARDIAL is none of ABDOMINAL" in record
+
+        assert runner.run(cut) is JobState.DELIVERING
+        record = " ".join(detail for _, detail in runner.jobs.history(cut))
+        assert "low-confidence findings withheld" in record
+        assert deliverer.deliver_due(datetime.now(UTC)).delivered == 2
+        settled = dict(runner.jobs.settle_deliveries(datetime.now(UTC)))
+        assert settled == {declined: JobState.DONE, cut: JobState.DONE}
+        stored = [pacs.get(f"/instances/{i}/file") for i in pacs.get("/instances")]
+    results = {ds.Modality: ds for ds in (dcmread(BytesIO(data)) for data in stored)}
+    assert set(results) == {"SEG", "SR"}  # from the CT alone
+    labels = [str(item.SegmentLabel) for item in results["SEG"].SegmentSequence]
+    assert "liver" not in labels
+    assert not any(label.endswith("(low confidence)") for label in labels)
+    texts = [
+        str(element.value) for element in results["SR"].iterall() if element.keyword == "TextValue"
+    ]
+    assert any("Withheld as low confidence: liver (cut by the field of view" in t for t in texts)

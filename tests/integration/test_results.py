@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from appliance.app.pipelines import run_frames
+from appliance.app.pipelines import run_frames, without_review
 from appliance.domain.concepts import CodedConcept
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
@@ -218,3 +218,82 @@ def test_binary_frames_that_do_not_end_on_a_byte_pass_the_gate_intact(tmp_path: 
     seg.PixelData = seg.PixelData[:-2]  # the last frame cut short by more than the padding
     with pytest.raises(InvalidResult, match="pixel data"):
         check(seg, sources)
+
+
+def _groups(sr: Dataset) -> dict[str, list[tuple[str, str]]]:
+    """Per measurement group of a TID 1500 SR, by tracking identifier: its items as (concept
+    name, coded value meaning or text)."""
+    found: dict[str, list[tuple[str, str]]] = {}
+
+    def walk(items: list[Dataset]) -> None:
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning
+            if name == "Measurement Group":
+                contents = [
+                    (
+                        child.ConceptNameCodeSequence[0].CodeMeaning,
+                        child.ConceptCodeSequence[0].CodeMeaning
+                        if "ConceptCodeSequence" in child
+                        else str(child.get("TextValue", "")),
+                    )
+                    for child in item.ContentSequence
+                ]
+                found[dict(contents)["Tracking Identifier"]] = contents
+            elif "ContentSequence" in item:
+                walk(list(item.ContentSequence))
+
+    walk(list(sr.ContentSequence))
+    return found
+
+
+def _summary(sr: Dataset) -> str:
+    evaluations = [i for i in sr.ContentSequence if "ContentSequence" in i]
+    return next(
+        str(child.TextValue)
+        for item in evaluations
+        for child in item.ContentSequence
+        if child.ConceptNameCodeSequence[0].CodeMeaning == "Summary"
+    )
+
+
+def test_a_low_confidence_finding_is_marked_and_a_withheld_one_is_not_delivered(
+    validators: None, ct_case, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    sources, findings = ct_case
+    flagged = {s.tracking_id: s.review for s in findings.segments if s.review}
+    # 48 slices of 4 mm cut the liver: its volume is of the part imaged.
+    assert "liver" in flagged
+    assert "kidney_left" not in flagged
+    seg_result, sr_result = ct_results(sources, findings, SegmentationType.BINARY, EQUIPMENT)
+    seg = dcmread(BytesIO(seg_result.encoded))
+    labels = {str(item.SegmentLabel): item for item in seg.SegmentSequence}
+    assert "liver (low confidence)" in labels
+    assert "kidney left" in labels
+    assert str(labels["liver (low confidence)"].SegmentDescription).startswith(
+        "Low confidence, review: cut by the field of view"
+    )
+    assert "SegmentDescription" not in labels["kidney left"]
+    sr = dcmread(BytesIO(sr_result.encoded))
+    groups = _groups(sr)
+    certainty = ("Certainty of Finding", "Uncertain (qualifier value)")
+    assert certainty in groups["liver"]
+    assert certainty not in groups["kidney_left"]
+    assert "findings are of low confidence" in _summary(sr)
+    for index, result in enumerate((seg_result, sr_result)):
+        assert dciodvfy_findings(written(tmp_path, result.encoded, f"{index}.dcm")) == []
+
+    held = without_review(findings)
+    seg_result, sr_result = ct_results(sources, held, SegmentationType.BINARY, EQUIPMENT)
+    seg = dcmread(BytesIO(seg_result.encoded))
+    labels = {str(item.SegmentLabel) for item in seg.SegmentSequence}
+    assert not any(label.endswith("(low confidence)") for label in labels)
+    assert "liver" not in labels
+    assert [int(item.SegmentNumber) for item in seg.SegmentSequence] == list(
+        range(1, len(labels) + 1)
+    )
+    kept = {s.tracking_id for s in findings.segments} - set(flagged)
+    sr = dcmread(BytesIO(sr_result.encoded))
+    assert set(_groups(sr)) == kept
+    assert "Withheld as low confidence: liver (cut by the field of view" in _summary(sr)
+    for index, result in enumerate((seg_result, sr_result)):
+        assert dciodvfy_findings(written(tmp_path, result.encoded, f"held{index}.dcm")) == []

@@ -156,14 +156,14 @@ def test_routing_passes_a_disabled_pipeline_over_and_runs_a_shadow_one_beside() 
     ]
     states = {"ct_stroke": State.DISABLED, "ct_trial": State.SHADOW, "ct": State.ENABLED,
               "ct_organs": State.ENABLED}  # fmt: skip
-    routes = route([facts("1"), facts("2")], rules, states.__getitem__)
+    routes = route([facts("1"), facts("2")], rules, states.__getitem__).routes
     assert [(r.rule.name, r.shadow, len(r.series)) for r in routes] == [
         ("trial", True, 2),
         ("abdomen", False, 2),
     ]
     assert priority_of(routes) is Priority.NORMAL  # an urgent shadow route does not count
     states["ct_stroke"] = State.ENABLED
-    assert priority_of(route([facts("1")], rules, states.__getitem__)) is Priority.URGENT
+    assert priority_of(route([facts("1")], rules, states.__getitem__).routes) is Priority.URGENT
 
 
 def test_a_cascade_keeps_only_what_lies_mostly_in_its_region() -> None:

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+from appliance.domain.pipelines import State
 from appliance.domain.routing import (
     Priority,
     RouteRule,
@@ -40,7 +41,7 @@ def test_first_matching_rule_takes_each_series() -> None:
         facts("5", "US", US_MULTIFRAME, calling="OTHER"),  # wrong sender: no rule
         facts("6", "MR", "1.2.840.10008.5.1.4.1.1.4", "ABDOMEN"),  # wrong modality
     ]
-    routes = route(series, RULES)
+    routes = route(series, RULES).routes
     assert [(r.rule.name, [s.series_instance_uid for s in r.series]) for r in routes] == [
         ("stroke", ["2", "3"]),
         ("abdomen", ["1"]),
@@ -48,7 +49,35 @@ def test_first_matching_rule_takes_each_series() -> None:
     ]
     assert priority_of(routes) is Priority.URGENT
     assert priority_of(routes[1:]) is Priority.NORMAL
-    assert route([series[5]], RULES) == []
+    assert route([series[5]], RULES).routes == []
+
+
+def test_a_pipeline_declines_what_its_models_were_not_made_for_and_the_next_rule_may_take_it() -> (
+    None
+):
+    rules = [
+        RouteRule("cyst", "us", modalities=frozenset({"US"})),
+        RouteRule("echo", "us_echo", modalities=frozenset({"US"})),
+        RouteRule("trial", "us_trial", modalities=frozenset({"US"})),
+    ]
+    states = {"us": State.ENABLED, "us_echo": State.ENABLED, "us_trial": State.SHADOW}
+    asked: list[str] = []
+
+    def declines(pipeline: str, series: SeriesFacts) -> str | None:
+        asked.append(pipeline)
+        return "image type EPICARDIAL" if pipeline == "us" else None
+
+    routing = route([facts("1", "US", US_MULTIFRAME)], rules, states.__getitem__, declines)
+    assert [(r.rule.name, r.shadow) for r in routing.routes] == [("echo", False), ("trial", True)]
+    assert [(d.rule.name, d.reason) for d in routing.declined] == [
+        ("cyst", "image type EPICARDIAL")
+    ]
+    assert asked == ["us", "us_echo", "us_trial"]
+    states["us_echo"] = State.DISABLED  # a disabled pipeline is not asked
+    asked.clear()
+    routing = route([facts("1", "US", US_MULTIFRAME)], rules, states.__getitem__, declines)
+    assert [r.rule.name for r in routing.routes] == ["trial"]
+    assert asked == ["us", "us_trial"]
 
 
 def test_empty_conditions_match_anything_and_case_does_not_matter() -> None:

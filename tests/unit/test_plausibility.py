@@ -1,0 +1,42 @@
+"""A finding against its label's published bounds: every reason it needs review, or none."""
+
+from appliance.domain.plausibility import Observed, Plausible, review_reasons
+
+LIVER = Plausible(volume_ml=(843, 1719), mean_hu=(30, 180), max_parts=1)
+
+
+def test_a_plausible_finding_needs_no_review() -> None:
+    seen = Observed(volume_ml=1300, mean_hu=110, parts=1)
+    assert review_reasons(LIVER, seen) == ()
+    assert review_reasons(None, Observed(volume_ml=1e6)) == ()  # no bounds declared
+
+
+def test_every_failed_bound_is_a_reason() -> None:
+    seen = Observed(volume_ml=2578.4, mean_hu=-400, parts=3)
+    assert review_reasons(LIVER, seen) == (
+        "volume 2578 mL outside the plausible 843 to 1719 mL",
+        "mean density -400 HU outside the plausible 30 to 180 HU",
+        "in 3 separate parts (at most 1 expected)",
+    )
+
+
+def test_a_structure_cut_by_the_field_of_view_is_flagged_and_small_for_that_reason_only() -> None:
+    cut = Observed(volume_ml=400, mean_hu=100, parts=1, cut_by_field_of_view=True)
+    assert review_reasons(LIVER, cut) == (
+        "cut by the field of view: its volume is of the part imaged",
+    )
+    huge = Observed(volume_ml=3000, mean_hu=100, parts=1, cut_by_field_of_view=True)
+    assert len(review_reasons(LIVER, huge)) == 2  # too large even though cut
+    vessel = Plausible(mean_hu=(30, 400))  # no volume bounds: being cut is expected
+    assert (
+        review_reasons(vessel, Observed(volume_ml=80, mean_hu=150, cut_by_field_of_view=True)) == ()
+    )
+
+
+def test_frames_a_share_of_the_frame_and_the_models_confidence() -> None:
+    cyst = Plausible(area_fraction=(0.0, 0.15), min_confidence=0.75)
+    assert review_reasons(cyst, Observed(area_fraction=0.03, confidence=0.95)) == ()
+    assert review_reasons(cyst, Observed(area_fraction=0.4, confidence=0.6)) == (
+        "share of the frame 0.4 outside the plausible 0 to 0.15",
+        "model confidence 0.60 below 0.75",
+    )
