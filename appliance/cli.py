@@ -774,7 +774,7 @@ def _period(text: str) -> "timedelta":
     return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
-TRAINING_STEPS = {"us_frame": 450, "organ_ct": 4000, "lesion_ct": 9000}
+TRAINING_STEPS = {"us_frame": 800, "organ_ct": 3500, "lesion_ct": 10_000}
 
 
 @main.command()
@@ -806,7 +806,7 @@ def train(
     steps = steps or TRAINING_STEPS[model]
     checkpoint = checkpoint or Path("checkpoints") / f"{model}.pt"
     if model == "us_frame":
-        us_frame.train(output, seed=seed, steps=steps)
+        us_frame.train(output, checkpoint, seed=seed, steps=steps)
     elif model == "organ_ct":
         organ_ct.train(output, checkpoint, steps, seed)
     else:

@@ -210,7 +210,7 @@ def volume_findings(
             measured.append((number, stage))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=len(segments) + 1)
-    doubts = tuple(f"domain not established: {why}" for why in unchecked)
+    doubts = _doubts(unchecked)
     boxes = ndimage.find_objects(labels, len(segments))
     for index, segment in enumerate(segments):
         bounds = coded[segment.number].plausible
@@ -231,6 +231,12 @@ def volume_findings(
         if stage.findings is Findings.PER_COMPONENT
     )
     return CTFindings(run, labels, tuple(segments), measurements, searches)
+
+
+def _doubts(unchecked: Sequence[str]) -> tuple[str, ...]:
+    """The review reasons every finding of a series carries whose facts the models' domain
+    asks for but the series does not state."""
+    return tuple(f"domain not established: {why}" for why in unchecked)
 
 
 def _observed(
@@ -350,7 +356,7 @@ def run_frames(
         run.uid("segment", label.name), algorithm(contract), stage.finding_site,
         type_modifier=label.type_modifier, colour=label.colour,
     )  # fmt: skip
-    doubts = tuple(f"domain not established: {why}" for why in unchecked)
+    doubts = _doubts(unchecked)
     segment = replace(segment, review=doubts)
     present, withheld = [], []
     for frame in frames:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from appliance.domain.applicability import Domain
 from appliance.domain.concepts import CodedConcept
 from appliance.inference.backend import MODEL_FILE
 from appliance.inference.contract import (
@@ -326,6 +327,8 @@ def build_contract(
             name=name,
             version=version,
             modality=modality,
+            # What the folder says of its input: one modality; a scout is never a volume.
+            domain=Domain(modalities=[modality], excluded_image_types=["LOCALIZER"]),
             source=Source.NNUNET,
             synthetic=synthetic,
             input=TensorSpec(name="image", dtype="float32", shape=[-1, 1, *patch]),

@@ -4,6 +4,13 @@ Anatomy is built from smoothly deformed ellipsoids and tubes in patient coordina
 so any grid (spacing, matrix, extent) samples the same body. Image formation follows the
 calibration table in MODELS.md: tissue HU by contrast phase, a point-spread blur of about 0.6
 voxel (which also gives partial volume at edges) and spatially correlated noise of 5 to 20 HU.
+
+`varied=True` (what the reference models train on) randomises what real studies vary (domain
+randomisation): body habitus and where the organs sit, stronger shape deformation, a missing
+spleen or kidney, bowel loops with fluid and gas (some against the liver), lung bases at the
+top, an arterial phase and enhancement that differs between patients, arms in the field of
+view, metal with streaks; and the acquisition: blur along z as thick slices give it and in
+plane, a sharp or smooth kernel, noise of 5 to 30 HU with its own grain.
 """
 
 from dataclasses import dataclass
@@ -28,6 +35,7 @@ class Organ(IntEnum):
 
 class Phase(StrEnum):
     UNENHANCED = "unenhanced"
+    ARTERIAL = "arterial"  # late arterial: bright aorta and kidney cortex, liver barely enhanced
     PORTAL_VENOUS = "portal_venous"
 
 
@@ -41,6 +49,10 @@ _HU: dict[Phase, dict[str, float]] = {
     Phase.UNENHANCED: {
         "air": -1000, "fat": -90, "muscle": 45, "liver": 58, "spleen": 48, "kidney": 30,
         "blood": 55, "bone": 900, "cortex": 1300,
+    },
+    Phase.ARTERIAL: {
+        "air": -1000, "fat": -90, "muscle": 55, "liver": 78, "spleen": 105, "kidney": 190,
+        "blood": 300, "bone": 900, "cortex": 1300,
     },
     Phase.PORTAL_VENOUS: {
         "air": -1000, "fat": -90, "muscle": 60, "liver": 112, "spleen": 118, "kidney": 170,
@@ -134,19 +146,119 @@ def _radii_for_volume(
     return (shape[0] * scale, shape[1] * scale, shape[2] * scale)
 
 
+_ENHANCING = ("liver", "spleen", "kidney", "blood")
+
+
+class _Variation:
+    """Draws for `varied` phantoms, from their own stream; without one, the plain phantom's
+    values (no change)."""
+
+    def __init__(self, rng: np.random.Generator | None) -> None:
+        self.rng = rng
+
+    def uniform(self, low: float, high: float) -> float:
+        if self.rng is None:
+            return 0.0 if low < 0 < high else 1.0
+        return float(self.rng.uniform(low, high))
+
+    def chance(self, probability: float) -> bool:
+        return self.rng is not None and bool(self.rng.random() < probability)
+
+
+def _surroundings(
+    rng: np.random.Generator,
+    grid: Grid,
+    coordinates: tuple[NDArray[np.float32], ...],
+    hu: NDArray[np.float32],
+    organs: NDArray[np.uint8],
+    cavity: NDArray[np.bool_],
+    body: tuple[float, float],
+) -> None:
+    """What lies around the labelled organs in a varied phantom, painted in place: bowel
+    loops with fluid and gas, lung bases at the top, arms beside the body, metal."""
+    x, y, z = coordinates
+    free = cavity & (organs == 0)
+    z_top = float(z.max())
+    for index in range(int(rng.integers(3, 9))):
+        near_liver = index < 2  # the first loops lie against the liver, where gas misleads
+        centre = (
+            float(rng.uniform(-45, -5) if near_liver else rng.uniform(-70, 70)),
+            float(rng.uniform(-60, 10)),
+            float(
+                rng.uniform(z_top - 160, z_top - 60) if near_liver else rng.uniform(-z_top, z_top)
+            ),
+        )
+        radii = (float(rng.uniform(12, 25)), float(rng.uniform(10, 20)), float(rng.uniform(15, 40)))
+        loop = _ellipsoid(x, y, z, centre, radii) & free
+        hu[loop] = float(rng.uniform(10, 40))
+        gas = loop & (y < centre[1] - float(rng.uniform(-radii[1] * 0.3, radii[1] * 0.5)))
+        hu[gas] = -1000.0
+    if rng.random() < 0.6:  # lung bases behind the liver and spleen dome
+        base = z_top - float(rng.uniform(0, 40))
+        for side in (-1.0, 1.0):
+            lung = _ellipsoid(x, y, z, (side * 70.0, 30.0, base + 60.0), (60.0, 70.0, 80.0))
+            hu[lung & free] = float(rng.uniform(-900, -820))
+    if rng.random() < 0.3:  # arms beside the body, raised or not
+        for side in (-1.0, 1.0):
+            centre_x = side * (body[0] + float(rng.uniform(25, 60)))
+            arm = _extrude(((x - centre_x) / 45) ** 2 + (y / 50) ** 2 <= 1.0, grid)
+            bone = _extrude(((x - centre_x) / 12) ** 2 + (y / 12) ** 2 <= 1.0, grid)
+            hu[arm & (hu < -500)] = 50.0
+            hu[bone] = 800.0
+    if rng.random() < 0.12:  # metal (a clip or a screw) with streaks across its plane
+        k = int(rng.integers(0, grid.shape[0]))
+        j, i = (
+            int(rng.integers(grid.shape[1] // 4, 3 * grid.shape[1] // 4)),
+            int(rng.integers(grid.shape[2] // 4, 3 * grid.shape[2] // 4)),
+        )
+        rows, columns = np.mgrid[0 : grid.shape[1], 0 : grid.shape[2]]
+        angle = np.arctan2(rows - j, columns - i)
+        distance = np.hypot(rows - j, columns - i) + 1
+        streaks = 300 * np.cos(8 * angle + float(rng.uniform(0, np.pi))) / np.sqrt(distance)
+        for dk in range(-2, 3):
+            if 0 <= k + dk < grid.shape[0]:
+                hu[k + dk] += streaks.astype(np.float32) * (1 - abs(dk) / 3)
+        hu[max(k - 1, 0) : k + 2, j - 2 : j + 3, i - 2 : i + 3] = 3000.0
+
+
+def _acquisition(
+    rng: np.random.Generator, hu: NDArray[np.float32], noise_hu: float | None
+) -> tuple[NDArray[np.float32], NDArray[np.float32], float]:
+    """A varied acquisition: blur along z (thick slices) and in plane, a sharp or smooth
+    kernel, and noise of 5 to 30 HU with a grain of its own. Returns the image, the unscaled
+    noise and its standard deviation."""
+    hu = ndimage.gaussian_filter(
+        hu, (float(rng.uniform(0.2, 1.6)), *(float(rng.uniform(0, 0.6)),) * 2)
+    )
+    if rng.random() < 0.3:  # a sharp kernel: edges enhanced, noise finer and stronger
+        hu = hu + float(rng.uniform(0.3, 0.8)) * (hu - ndimage.gaussian_filter(hu, 1.0))
+    grain = float(rng.uniform(0.5, 1.8))
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, size=hu.shape).astype(np.float32), grain)
+    return hu, noise, float(rng.uniform(5, 30)) if noise_hu is None else noise_hu
+
+
 def generate_ct(
     seed: int,
     grid: Grid,
     phase: Phase | None = None,
     lesion_count: int | None = None,
     noise_hu: float | None = None,
+    varied: bool = False,
 ) -> CTPhantom:
-    """One abdominal CT phantom; every random choice comes from `seed`."""
+    """One abdominal CT phantom; every random choice comes from `seed` (and, when `varied`,
+    from a second stream of it, so the plain phantoms stay as they were)."""
     rng = np.random.default_rng(seed)
+    vary = _Variation(np.random.default_rng([seed, 17]) if varied else None)
     phase = phase or (Phase.PORTAL_VENOUS if rng.random() < 0.7 else Phase.UNENHANCED)
-    hu_table = _HU[phase]
+    if vary.rng is not None and phase is Phase.PORTAL_VENOUS and vary.rng.random() < 0.2:
+        phase = Phase.ARTERIAL
+    hu_table = {
+        tissue: value * (vary.uniform(0.85, 1.15) if tissue in _ENHANCING else 1.0)
+        for tissue, value in _HU[phase].items()
+    }
     x0, y0, z0 = grid.coordinates()
-    dx, dy, dz = _deformation(rng, grid, amplitude_mm=4.0)
+    x0, y0 = x0 - vary.uniform(-15, 15), y0 - vary.uniform(-15, 15)  # off the centre of the field
+    dx, dy, dz = _deformation(rng, grid, amplitude_mm=4.0 * vary.uniform(0.8, 2.2))
     x, y, z = x0 + dx, y0 + dy, z0 + dz
 
     organs = np.zeros(grid.shape, dtype=np.uint8)
@@ -154,6 +266,8 @@ def generate_ct(
 
     # Body: fat-wrapped muscle wall around an abdominal cavity (LPS: +y is posterior).
     half_width, half_depth = rng.uniform(150, 175), rng.uniform(105, 125)
+    half_width *= vary.uniform(0.85, 1.12)
+    half_depth *= vary.uniform(0.85, 1.15)
     body = _extrude((x0 / half_width) ** 2 + ((y0 - 5) / half_depth) ** 2 <= 1.0, grid)
     cavity = _extrude(
         (x0 / (half_width - 22)) ** 2 + ((y0 - 5) / (half_depth - 20)) ** 2 <= 1.0, grid
@@ -196,22 +310,36 @@ def generate_ct(
     # Liver: patient right (-x), upper abdomen, cut obliquely like a wedge.
     liver_ml = float(np.clip(rng.normal(1281, 219), 800, 1800))
     liver_r = _radii_for_volume((1.25, 1.0, 0.95), liver_ml * 1.35)
-    liver_center = (-55.0, -5.0, z_top - liver_r[2] * 0.9)
+    liver_center = (
+        -55.0 + vary.uniform(-12, 12),
+        -5.0 + vary.uniform(-12, 12),
+        z_top - liver_r[2] * 0.9 + vary.uniform(-25, 15),
+    )
     liver = _ellipsoid(x, y, z, liver_center, liver_r) & (x - 0.35 * (z - liver_center[2]) < 25)
     place(Organ.LIVER, liver & (organs == 0), "liver")
 
     # Spleen: patient left (+x), posterior.
     spleen_ml = float(np.clip(rng.normal(195, 78), 90, 400))
     spleen_r = _radii_for_volume((0.7, 1.0, 1.3), spleen_ml)
-    spleen_center = (half_width - 55.0, spine_y - 25.0, z_top - 60.0)
-    place(Organ.SPLEEN, _ellipsoid(x, y, z, spleen_center, spleen_r) & (organs == 0), "spleen")
+    spleen_center = (
+        half_width - 55.0 + vary.uniform(-12, 8),
+        spine_y - 25.0 + vary.uniform(-15, 10),
+        z_top - 60.0 + vary.uniform(-30, 20),
+    )
+    if not vary.chance(0.08):  # a splenectomy
+        place(Organ.SPLEEN, _ellipsoid(x, y, z, spleen_center, spleen_r) & (organs == 0), "spleen")
 
     # Kidneys: beside the spine, about 110 mm long.
     for organ, side in ((Organ.KIDNEY_LEFT, 1.0), (Organ.KIDNEY_RIGHT, -1.0)):
         length = float(np.clip(rng.normal(110, 10), 85, 135))
-        center = (side * 62.0, spine_y - 5.0, z_top - 120.0 - (10.0 if side < 0 else 0.0))
+        center = (
+            side * 62.0 + vary.uniform(-10, 10),
+            spine_y - 5.0 + vary.uniform(-8, 8),
+            z_top - 120.0 - (10.0 if side < 0 else 0.0) + vary.uniform(-25, 25),
+        )
         kidney = _ellipsoid(x, y, z, center, (26.0, 22.0, length / 2))
-        place(organ, kidney & (organs == 0), "kidney")
+        if not vary.chance(0.06):  # a nephrectomy
+            place(organ, kidney & (organs == 0), "kidney")
 
     # Liver lesions: metastases and cysts inside the liver.
     lesions = np.zeros(grid.shape, dtype=np.uint8)
@@ -233,12 +361,17 @@ def generate_ct(
         hu[mask] = rng.uniform(0, 15) if kind is LesionKind.CYST else hu_table["liver"] - contrast
         lesion_list.append(Lesion(kind, center, diameter, label))
 
+    if vary.rng is not None:
+        _surroundings(vary.rng, grid, (x0, y0, z0), hu, organs, cavity, (half_width, half_depth))
+
     # Image formation: texture, point-spread blur, correlated noise.
     hu += rng.normal(0, 4, size=grid.shape).astype(np.float32) * (organs > 0)
     sigma_psf = 0.6
     hu = ndimage.gaussian_filter(hu, sigma=sigma_psf)
     noise_sigma = float(rng.uniform(5, 20)) if noise_hu is None else noise_hu
     noise = ndimage.gaussian_filter(rng.normal(0, 1, size=grid.shape).astype(np.float32), 1.0)
+    if vary.rng is not None:
+        hu, noise, noise_sigma = _acquisition(vary.rng, hu, noise_hu)
     noise *= noise_sigma / max(float(noise.std()), 1e-6)
     hu += noise
     return CTPhantom(

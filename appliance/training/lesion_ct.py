@@ -38,15 +38,18 @@ class Stage(NamedTuple):
     end: int  # the step the stage trains to
     seeds: range  # its phantoms
     decay: bool  # whether its learning rate falls to zero on a cosine
+    varied: bool = False  # varied phantoms (domain randomisation, `generate_ct(varied=True)`)
 
 
 # Stages, each with a fresh optimiser. The first alone over-fitted its 30 phantoms (a lower
 # constant learning rate made held-out Dice worse); twice the phantoms in the second lifted
-# held-out Dice and detection; the third adds 30 more and lets the learning rate settle.
+# held-out Dice and detection; the third adds 30 more and lets the learning rate settle; the
+# fourth moves to varied phantoms (bowel gas beside the liver, noise to 30 HU, kernels, ...).
 SCHEDULE = (
     Stage(3_000, range(5_000, 5_030), decay=False),
     Stage(6_000, range(5_000, 5_060), decay=False),
     Stage(9_000, range(5_000, 5_090), decay=True),
+    Stage(10_000, range(5_100, 5_160), decay=True, varied=True),
 )
 TEST_SEEDS = range(300_000, 300_012)
 METASTASIS, CYST = 1, 2
@@ -84,9 +87,10 @@ class Metrics:
     lesions: int
 
 
-def _liver_crop(seed: int, grid: Grid) -> Volume:
+def _liver_crop(seed: int, grid: Grid, varied: bool = True) -> Volume:
     """The phantom's box around the liver (10 mm margin), normalised, with lesion classes."""
-    phantom = generate_ct(seed, grid, lesion_count=int(np.random.default_rng(seed).integers(2, 5)))
+    count = int(np.random.default_rng(seed).integers(2, 5))
+    phantom = generate_ct(seed, grid, lesion_count=count, varied=varied)
     classes = np.zeros(phantom.lesions.shape, dtype=np.int64)
     for lesion in phantom.lesion_list:
         kind = CYST if lesion.kind is LesionKind.CYST else METASTASIS
@@ -101,10 +105,10 @@ def _liver_crop(seed: int, grid: Grid) -> Volume:
     return image[box], classes[box]
 
 
-def liver_crops(seeds: range, grid: Grid = GRID) -> list[Volume]:
+def liver_crops(seeds: range, grid: Grid = GRID, varied: bool = True) -> list[Volume]:
     """`_liver_crop` of each seed, generated on every core."""
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        work = pool.map(partial(_liver_crop, grid=grid), seeds)
+        work = pool.map(partial(_liver_crop, grid=grid, varied=varied), seeds)
         return list(tqdm(work, total=len(seeds), desc="phantoms", unit="volume"))
 
 
@@ -147,7 +151,7 @@ def train(
         end = min(stage.end, steps)
         if done >= end:
             continue
-        crops = liver_crops(stage.seeds, grid)
+        crops = liver_crops(stage.seeds, grid, stage.varied)
         rng = np.random.default_rng(seed + done)
         fit(
             "lesion_ct",
@@ -174,7 +178,7 @@ def train(
         training=f"3D U-Net (4 levels, 8 base channels), {steps} AdamW steps of {batch} "
         f"{PATCH}^3 crops from the liver boxes of phantoms, in stages with a fresh optimiser "
         f"each: {_stages(schedule, steps)}; tested on "
-        f"{len(test_seeds)} phantoms ({metrics.lesions} lesions over {DETECTABLE_MM:g} mm). "
+        f"{len(test_seeds)} varied phantoms ({metrics.lesions} lesions over {DETECTABLE_MM:g} mm). "
         "Reproduce with `appliance train lesion_ct`.",
         metrics={
             "lesions_over_10mm_detected": metrics.lesions_over_10mm_detected,
@@ -195,6 +199,7 @@ def _stages(schedule: tuple[Stage, ...], steps: int) -> str:
     return ", ".join(
         f"steps {start}-{min(stage.end, steps)} on seeds "
         f"{stage.seeds.start}-{stage.seeds.stop - 1}"
+        + (" (varied phantoms)" if stage.varied else "")
         + (" with a cosine learning-rate decay" if stage.decay else "")
         for start, stage in _started(schedule)
         if start < steps

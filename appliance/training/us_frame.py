@@ -1,7 +1,9 @@
 """Train the reference ultrasound-frame model: a 2D U-Net that outlines a cyst-like structure.
 
-Frames come from `phantoms.ultrasound`; training, validation and test phantoms use disjoint
-seed ranges, so the reported metrics are on phantoms the model never saw.
+Frames come from `phantoms.ultrasound` with everything randomised (probe, gain, speckle, the
+target's shape, vessels, shadows, cines without a target); training and test phantoms use
+disjoint seed ranges, so the reported metrics are on phantoms the model never saw. Random
+flips and grey-level curves widen what it sees further.
 """
 
 import time
@@ -20,9 +22,11 @@ from appliance.phantoms.ultrasound import generate_cine
 from appliance.training.domains import ABDOMINAL_US
 from appliance.training.publish import export_onnx, publish
 from appliance.training.unet import UNet
+from appliance.training.volumes import CHECKPOINT_EVERY, resume
 
 PATCH = 256
-TRAIN_SEEDS = range(0, 400)
+TRAIN_SEEDS = range(0, 300)
+TRAIN_FRAMES_PER_CINE = 8
 TEST_SEEDS = range(100_000, 100_040)
 
 
@@ -39,7 +43,7 @@ def frames_from(
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     images, masks = [], []
     for seed in seeds:
-        cine = generate_cine(seed, frames=frames_per_cine, size=PATCH)
+        cine = generate_cine(seed, frames=frames_per_cine, size=PATCH, present_fraction=None)
         images.append(cine.frames.astype(np.float32) / 255.0)
         masks.append(cine.masks.astype(np.int64))
     return np.concatenate(images)[:, None], np.concatenate(masks)
@@ -79,25 +83,33 @@ def evaluate(model: nn.Module, images: NDArray[np.float32], masks: NDArray[np.in
     )
 
 
-def train(output: Path, seed: int = 20261124, steps: int = 600, batch: int = 8) -> Metrics:
-    """Train, evaluate on held-out phantoms and export `output/1/model.onnx`."""
+def train(
+    output: Path, checkpoint: Path, seed: int = 20261124, steps: int = 600, batch: int = 8
+) -> Metrics:
+    """Train (resuming from `checkpoint`, saved every `CHECKPOINT_EVERY` steps), evaluate on
+    held-out phantoms and export `output/1/model.onnx`."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    images, masks = frames_from(TRAIN_SEEDS[:120], frames_per_cine=10)
     model = UNet(dims=2, in_channels=1, classes=2, base=16, levels=4)
+    done = resume(model, checkpoint)
+    rng = np.random.default_rng(seed + done)
+    images, masks = frames_from(TRAIN_SEEDS, frames_per_cine=TRAIN_FRAMES_PER_CINE)
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps)
+    for _ in range(min(done, steps)):  # the learning rate where the run left it
+        optimiser.step()
+        schedule.step()
     cross_entropy = nn.CrossEntropyLoss()
     started = time.monotonic()
-    progress = tqdm(range(steps), desc="us_frame", unit="step")
+    progress = tqdm(range(done, steps), desc="us_frame", unit="step", initial=done, total=steps)
     model.train()
-    for _ in progress:
+    for step in progress:
         index = rng.integers(0, len(images), size=batch)
         x = torch.from_numpy(images[index])
         y = torch.from_numpy(masks[index])
         if rng.random() < 0.5:
             x, y = torch.flip(x, dims=[3]), torch.flip(y, dims=[2])
+        x = x.clamp(0, 1) ** float(np.exp(rng.normal(0, 0.3)))  # another grey-level curve
         logits = model(x)
         loss = cross_entropy(logits, y) + dice_loss(logits, y)
         optimiser.zero_grad()
@@ -105,6 +117,9 @@ def train(output: Path, seed: int = 20261124, steps: int = 600, batch: int = 8) 
         optimiser.step()
         schedule.step()
         progress.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "step": step + 1}, checkpoint)
     test_images, test_masks = frames_from(TEST_SEEDS, frames_per_cine=10)
     metrics = evaluate(model, test_images, test_masks)
     export_onnx(model, output / "1" / "model.onnx", CONTRACT)
@@ -132,7 +147,9 @@ CONTRACT = ModelContract.model_validate({
     "domain": ABDOMINAL_US,
 })  # fmt: skip
 
-TARGETS = {"dice": 0.90, "negative_frames_called_negative": 0.95}
+# Dice on varied phantoms, whose cysts can be 1 cm across with echoes inside and a shadow over
+# them; the plain phantoms of version 1 reached 0.99. The independent generator's bar is 0.75.
+TARGETS = {"dice": 0.85, "negative_frames_called_negative": 0.95}
 
 
 def publish_model(output: Path, metrics: Metrics, steps: int, seed: int) -> None:
@@ -145,8 +162,10 @@ def publish_model(output: Path, metrics: Metrics, steps: int, seed: int) -> None
         ),
         training=(
             f"2D U-Net (4 levels, 16 base channels), {steps} AdamW steps from seed {seed}, "
-            f"cross-entropy plus Dice loss, on {len(TRAIN_SEEDS[:120]) * 10} frames of 120 "
-            "phantom cines (appliance.phantoms.ultrasound, seeds 0 to 119). Tested on "
+            f"cross-entropy plus Dice loss, on {len(TRAIN_SEEDS) * TRAIN_FRAMES_PER_CINE} frames "
+            f"of {len(TRAIN_SEEDS)} randomised phantom cines (appliance.phantoms.ultrasound, "
+            f"seeds {TRAIN_SEEDS.start} to {TRAIN_SEEDS.stop - 1}), random flips and grey-level "
+            "curves. Tested on "
             f"{metrics.frames} frames of cines with seeds {TEST_SEEDS.start} to "
             f"{TEST_SEEDS.stop - 1}. Reproduce with `appliance train us_frame`."
         ),

@@ -99,3 +99,28 @@ def test_cine_target_present_in_some_frames_only() -> None:
             assert float(frame[mask].mean()) < 0.6 * float(frame[around].mean())
     again = generate_cine(11, frames=12, present_fraction=0.5)
     assert np.array_equal(cine.frames, again.frames)
+
+
+def test_varied_phantoms_vary_what_studies_vary_and_leave_plain_ones_alone() -> None:
+    grid = Grid(shape=(60, 100, 100), spacing=(4.0, 4.0, 4.0))
+    plain, varied = generate_ct(5, grid), generate_ct(5, grid, varied=True)
+    assert np.array_equal(varied.hu, generate_ct(5, grid, varied=True).hu)  # still seeded
+    assert not np.array_equal(plain.hu, varied.hu)
+    phantoms = [generate_ct(seed, grid, varied=True) for seed in range(1_000, 1_012)]
+    body = [ndimage.binary_erosion(p.hu > -300, iterations=2) for p in phantoms]
+    gas = [
+        int(((p.hu < -900) & ndimage.binary_fill_holes(b)).sum())
+        for p, b in zip(phantoms, body, strict=True)
+    ]
+    assert sum(count > 0 for count in gas) >= 6  # bowel gas (and lung) inside the body
+    assert len({p.phase for p in phantoms}) >= 2
+    livers = [p.organ_volume_ml(Organ.LIVER) for p in phantoms]
+    assert max(livers) - min(livers) > 300  # organs of many sizes
+
+
+def test_cines_vary_and_some_hold_no_target() -> None:
+    cines = [generate_cine(seed, frames=4, size=128, present_fraction=None) for seed in range(30)]
+    assert any(not cine.present.any() for cine in cines)
+    assert any(cine.present.all() for cine in cines)
+    spacings = {round(cine.pixel_spacing_mm, 2) for cine in cines}
+    assert len(spacings) > 20  # the probe's depth and sector differ

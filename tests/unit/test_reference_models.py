@@ -57,7 +57,7 @@ def test_us_frame_meets_its_targets() -> None:
             else:
                 negatives += 1
                 called_negative += int(not finding.present)
-    assert overlap / total >= 0.90
+    assert overlap / total >= 0.85  # the card's target on varied phantoms
     assert called_negative / negatives >= 0.95
 
 

@@ -1,0 +1,183 @@
+"""The reference models scored on the independent generators (`unseen_ct`, `unseen_ultrasound`)
+through the serving code: what CI asserts, and what the model cards report.
+
+    .venv/bin/python -m tests.support.unseen [--cards]
+
+prints the figures; with --cards it writes them into the cards of model_repository/.
+"""
+
+import argparse
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from appliance.app.pipelines import run_volume
+from appliance.inference.backend import OnnxRuntimeBackend
+from appliance.inference.catalog import load_catalog
+from appliance.inference.measurements import number_lesions
+from appliance.inference.ultrasound import Cine, segment_cine
+from appliance.phantoms.ct import CTPhantom, Grid, Phase
+from appliance.phantoms.dicom import write_ct_series
+from tests.support.unseen_ct import unseen_study
+from tests.support.unseen_ultrasound import PIXEL_MM, unseen_cine
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+CT_SEEDS = range(800_000, 800_004)
+US_SEEDS = range(700_000, 700_030)
+ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "ivc", "vertebrae")
+DETECTABLE_MM = 10.0
+
+
+@dataclass(frozen=True)
+class UltrasoundScores:
+    dice: float  # pooled over the frames that hold the target
+    false_positive_frames: float  # share of the frames without it where a target was found
+    frames: int
+
+
+@dataclass(frozen=True)
+class CTScores:
+    dice: dict[str, float]  # per organ, pooled over the studies that have it
+    lesions_detected: float  # of the lesions over 10 mm
+    false_lesions_per_study: float
+    studies: int
+
+
+def ultrasound_scores(
+    seeds: Iterable[int] = US_SEEDS, repository: Path = REPOSITORY
+) -> UltrasoundScores:
+    catalog = load_catalog(repository)
+    (model,) = catalog.pipelines["us"].models
+    contract = catalog.contract(model)
+    backend = OnnxRuntimeBackend(repository, threads=2)
+    overlap = total = 0.0
+    negatives = false_positives = frames = 0
+    for seed in seeds:
+        cine = unseen_cine(seed)
+        findings, masks = segment_cine(Cine(cine.frames, (PIXEL_MM, PIXEL_MM)), backend, contract)
+        for finding, predicted, truth in zip(findings, masks, cine.masks, strict=True):
+            frames += 1
+            if truth.any():
+                overlap += 2 * float((predicted & truth).sum())
+                total += float(predicted.sum() + truth.sum())
+            else:
+                negatives += 1
+                false_positives += int(finding.present)
+    return UltrasoundScores(overlap / max(total, 1.0), false_positives / max(negatives, 1), frames)
+
+
+def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) -> CTScores:
+    """The `ct` pipeline from DICOM files: organ Dice on the source grid, and per lesion over
+    10 mm whether any reported lesion touches it; a reported lesion touching none is false."""
+    catalog = load_catalog(repository)
+    pipeline = catalog.pipelines["ct"]
+    organs = {
+        label.name: label.value for label in catalog.contract(pipeline.stages[0].model).labels
+    }
+    backend = OnnxRuntimeBackend(repository, threads=2)
+    overlap = dict.fromkeys(ORGANS, 0.0)
+    total = dict.fromkeys(ORGANS, 0.0)
+    detected = detectable = false = studies = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in seeds:
+            study = unseen_study(seed)
+            phantom = CTPhantom(
+                study.hu, study.organs, np.zeros(study.hu.shape, np.uint8), (),
+                Grid(study.hu.shape, study.spacing), Phase.PORTAL_VENOUS,
+            )  # fmt: skip
+            paths = write_ct_series(phantom, Path(scratch) / str(seed))
+            run = run_volume(pipeline, catalog, paths, backend)
+            studies += 1
+            for name in ORGANS:
+                predicted, truth = (
+                    run.stages["organs"] == organs[name],
+                    study.organs == organs[name],
+                )
+                overlap[name] += 2 * float((predicted & truth).sum())
+                total[name] += float(predicted.sum() + truth.sum())
+            lesion_numbers = [s.number for s in run.findings.segments if s.stage != "organs"]
+            found = np.isin(run.findings.labels, lesion_numbers)
+            d, n, f = _lesions(found, run.findings.labels, study.lesions, study.spacing)
+            detected, detectable, false = detected + d, detectable + n, false + f
+    return CTScores(
+        {name: overlap[name] / total[name] for name in ORGANS if total[name]},
+        detected / max(detectable, 1),
+        false / max(studies, 1),
+        studies,
+    )
+
+
+def _lesions(
+    found: NDArray[np.bool_],
+    labels: NDArray[np.uint8],
+    truth: NDArray[np.uint16],
+    spacing: tuple[float, float, float],
+) -> tuple[int, int, int]:
+    """(detected, detectable, false) for one study."""
+    numbered, measured = number_lesions(truth > 0, spacing)
+    detectable = [
+        m.tracking_number for m in measured if m.longest_axial_diameter_mm > DETECTABLE_MM
+    ]
+    detected = sum(int(found[numbered == number].any()) for number in detectable)
+    false = sum(1 for number in np.unique(labels[found]) if not (truth[labels == number] > 0).any())
+    return detected, len(detectable), false
+
+
+def _card_section(title: str, rows: dict[str, float]) -> str:
+    lines = "\n".join(f"| {name} | {value:.3f} |" for name, value in rows.items())
+    return f"## {title}\n| metric | value |\n|---|---|\n{lines}\n"
+
+
+def _write_card(model: str, section: str) -> None:
+    card = REPOSITORY / model / "1" / "card.md"
+    text = card.read_text(encoding="utf-8")
+    text = re.sub(
+        r"\n## Measured on the independent test generator.*?(?=\n## |\Z)", "", text, flags=re.S
+    )
+    card.write_text(text.rstrip("\n") + "\n\n" + section, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cards", action="store_true", help="write the figures into the cards")
+    cards = parser.parse_args().cards
+    today = f"{datetime.now(UTC):%Y-%m-%d}"
+    us = ultrasound_scores()
+    print(us)
+    if cards:
+        _write_card(
+            "us_frame",
+            _card_section(
+                f"Measured on the independent test generator (tests/support/unseen_ultrasound.py, "
+                f"{us.frames} frames of cines {US_SEEDS.start} to {US_SEEDS.stop - 1}, {today})",
+                {"dice": us.dice, "false_positive_frames": us.false_positive_frames},
+            ),
+        )
+    ct = ct_scores()
+    print(ct)
+    if cards:
+        title = (
+            f"Measured on the independent test generator (tests/support/unseen_ct.py, {ct.studies} "
+            f"studies {CT_SEEDS.start} to {CT_SEEDS.stop - 1}, through the ct pipeline, {today})"
+        )
+        _write_card("organ_ct", _card_section(title, {f"dice_{k}": v for k, v in ct.dice.items()}))
+        _write_card(
+            "lesion_ct",
+            _card_section(
+                title,
+                {
+                    "lesions_over_10mm_detected": ct.lesions_detected,
+                    "false_lesions_per_study": ct.false_lesions_per_study,
+                },
+            ),
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The reference models on the independent generators in tests/support (never used in
+training): the thresholds a radiologist's trust needs, asserted on data the models never saw.
+The generators themselves are checked to make what they claim."""
+
+import numpy as np
+from scipy import ndimage
+
+from tests.support.unseen import ultrasound_scores
+from tests.support.unseen_ct import LIVER, unseen_study
+from tests.support.unseen_ultrasound import unseen_cine
+
+
+def test_the_independent_cine_generator_draws_dark_cysts_and_frames_without_one() -> None:
+    cines = [unseen_cine(seed) for seed in range(700_100, 700_110)]
+    frames = np.concatenate([cine.masks.any(axis=(1, 2)) for cine in cines])
+    assert 0.2 < frames.mean() < 0.9
+    for cine in cines:
+        for image, mask in zip(cine.frames, cine.masks, strict=True):
+            if mask.sum() > 200:
+                ring = ndimage.binary_dilation(mask, iterations=10) & ~ndimage.binary_dilation(
+                    mask, iterations=4
+                )
+                assert image[mask].mean() < 0.5 * image[ring & (image > 0)].mean()
+
+
+def test_the_independent_ct_generator_puts_lesions_in_the_liver() -> None:
+    study = unseen_study(800_100)
+    assert study.lesions.any()
+    assert np.all(study.organs[study.lesions > 0] == LIVER)
+    assert np.isin(np.arange(1, 8), study.organs).sum() >= 6  # an organ may be missing
+
+
+def test_the_cyst_model_holds_on_cines_it_never_saw() -> None:
+    scores = ultrasound_scores()
+    print(scores)
+    assert scores.dice >= 0.75, scores
+    assert scores.false_positive_frames <= 0.05, scores
