@@ -774,7 +774,7 @@ def _period(text: str) -> "timedelta":
     return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
-TRAINING_STEPS = {"us_frame": 800, "organ_ct": 3500, "lesion_ct": 10_000}
+TRAINING_STEPS = {"us_frame": 800, "organ_ct": 3500, "lesion_ct": 9_600}
 
 
 @main.command()

@@ -49,7 +49,7 @@ SCHEDULE = (
     Stage(3_000, range(5_000, 5_030), decay=False),
     Stage(6_000, range(5_000, 5_060), decay=False),
     Stage(9_000, range(5_000, 5_090), decay=True),
-    Stage(10_000, range(5_100, 5_160), decay=True, varied=True),
+    Stage(9_600, range(5_100, 5_160), decay=True, varied=True),
 )
 TEST_SEEDS = range(300_000, 300_012)
 METASTASIS, CYST = 1, 2

@@ -3,9 +3,10 @@ training): the thresholds a radiologist's trust needs, asserted on data the mode
 The generators themselves are checked to make what they claim."""
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
-from tests.support.unseen import ultrasound_scores
+from tests.support.unseen import CTScores, ct_scores, ultrasound_scores
 from tests.support.unseen_ct import LIVER, unseen_study
 from tests.support.unseen_ultrasound import unseen_cine
 
@@ -35,3 +36,17 @@ def test_the_cyst_model_holds_on_cines_it_never_saw() -> None:
     print(scores)
     assert scores.dice >= 0.75, scores
     assert scores.false_positive_frames <= 0.05, scores
+
+
+@pytest.fixture(scope="module")
+def ct() -> CTScores:
+    """The `ct` pipeline on four independent studies, from DICOM files."""
+    scores = ct_scores()
+    print(scores)
+    return scores
+
+
+def test_the_organ_model_holds_on_studies_it_never_saw(ct: CTScores) -> None:
+    bars = {"liver": 0.85, "spleen": 0.85, "kidney_left": 0.85, "kidney_right": 0.85,
+            "aorta": 0.75, "ivc": 0.75, "vertebrae": 0.75}  # fmt: skip
+    assert {organ: ct.dice[organ] for organ in bars if ct.dice[organ] < bars[organ]} == {}
