@@ -183,7 +183,7 @@ def _pink_noise(
             )
         )
     )
-    noise = np.fft.irfftn(spectrum / np.maximum(frequencies, 0.02), s=shape)
+    noise = np.fft.irfftn(spectrum / np.maximum(frequencies, 0.02), s=shape, axes=(0, 1, 2))
     return (noise * sigma / noise.std()).astype(np.float32)
 
 
