@@ -774,7 +774,9 @@ def _period(text: str) -> "timedelta":
     return timedelta(**{units[text[-1]]: int(text[:-1])})
 
 
-TRAINING_STEPS = {"us_frame": 800, "organ_ct": 3500, "lesion_ct": 9_600}
+# What the committed models were trained for. lesion_ct's varied stage (to 9,600) is declared
+# but not yet good enough to publish (bench/README.md): `--steps 9600` runs it.
+TRAINING_STEPS = {"us_frame": 800, "organ_ct": 3500, "lesion_ct": 9_000}
 
 
 @main.command()
