@@ -142,8 +142,7 @@ def train(
             checkpoint,
             rng,
             batch,
-            None,
-            decay,
+            decay_from=decay,
         )
         done = end
     metrics = evaluate(model, _phantoms(TEST_SEEDS))
