@@ -29,7 +29,7 @@ from appliance.app.delivery import Deliverer
 from appliance.app.pipelines import make_backend, pipeline_states, run_frames, run_volume
 from appliance.config import Settings
 from appliance.domain.applicability import Acquisition, Verdict
-from appliance.domain.jobs import DatabaseUnavailable, JobState, JobTimings
+from appliance.domain.jobs import DatabaseUnavailable, ForReview, JobState, JobTimings
 from appliance.domain.routing import SeriesFacts, route
 from appliance.inference.applicability import acquisition_of, verdict
 from appliance.inference.backend import (
@@ -174,7 +174,8 @@ class JobRunner:
                 f"pipeline {timings.pipeline:.2f} s, model compute {timings.model_compute:.2f} s",
             ]
         )
-        self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings)
+        review = ForReview(results.flagged, results.withheld)
+        self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings, review)
         study = work.study_instance_uid
         self._deliverer.queue(results.delivered, study, _now(), job_id)
         self._deliverer.queue(results.kept, study, _now(), job_id, shadow=True)

@@ -121,21 +121,47 @@ def run_volume(
     of the models' domain the series did not state: every finding is for review."""
     volume = load_series(paths)
     maps: dict[str, NDArray[np.uint8]] = {}
+    mirrored: dict[str, NDArray[np.uint8]] = {}
     for stage in pipeline.stages:
-        contract = catalog.contract(stage.model)
-        if stage.region is None:
-            maps[stage.name] = segment_ct(volume, backend, contract)
-            continue
-        region = region_mask(pipeline, catalog, stage, maps)
-        labels = segment_in_region(volume, region, backend, contract, stage.region.margin_mm)
-        maps[stage.name] = confine_to_region(labels, region)
+        maps[stage.name] = _segment_stage(volume, pipeline, catalog, stage, maps, backend)
+        if _checks_agreement(catalog, stage):
+            mirror = replace(volume, hu=volume.hu[:, :, ::-1])
+            flipped = {name: labels[:, :, ::-1] for name, labels in maps.items()}
+            second = _segment_stage(mirror, pipeline, catalog, stage, flipped, backend)
+            mirrored[stage.name] = second[:, :, ::-1]
     run = identity(pipeline, catalog, volume.geometry.sop_instance_uids)
     findings = volume_findings(
-        run, pipeline, catalog, maps, volume.geometry.spacing, volume.hu, unchecked
+        run, pipeline, catalog, maps, volume.geometry.spacing, volume.hu, unchecked, mirrored
     )
     if handling is Handling.WITHHOLD:
         findings = without_review(findings)
     return VolumeRun(volume, findings, maps)
+
+
+def _segment_stage(
+    volume: CTVolume,
+    pipeline: Pipeline,
+    catalog: Catalog,
+    stage: Stage,
+    maps: dict[str, NDArray[np.uint8]],
+    backend: InferenceBackend,
+) -> NDArray[np.uint8]:
+    """One stage's label map: the whole volume, or for a region stage what lies in its
+    region (`maps` holds the earlier stages' maps)."""
+    contract = catalog.contract(stage.model)
+    if stage.region is None:
+        return segment_ct(volume, backend, contract)
+    region = region_mask(pipeline, catalog, stage, maps)
+    labels = segment_in_region(volume, region, backend, contract, stage.region.margin_mm)
+    return confine_to_region(labels, region)
+
+
+def _checks_agreement(catalog: Catalog, stage: Stage) -> bool:
+    """Whether any label of the stage asks for a mirrored second pass to agree with it."""
+    return any(
+        label.plausible is not None and label.plausible.min_agreement is not None
+        for label in catalog.contract(stage.model).labels
+    )
 
 
 def region_mask(
@@ -156,16 +182,19 @@ def volume_findings(
     spacing: tuple[float, float, float],
     hu: NDArray[np.floating] | None = None,
     unchecked: Sequence[str] = (),
+    mirrored: dict[str, NDArray[np.uint8]] | None = None,
 ) -> CTFindings:
     """Segments for each stage's findings, later stages painted over earlier ones (segments
     do not overlap, so one map serves LABELMAP and BINARY alike), and their measurements;
     volumes are counted once everything is painted, since a voxel has one segment. Each
-    segment is then checked against its label's plausible bounds (the densities from `hu`)."""
+    segment is then checked against its label's plausible bounds (the densities from `hu`,
+    the agreement from the `mirrored` second passes of the stages that ask for one)."""
     labels = np.zeros(next(iter(maps.values())).shape, dtype=np.uint8)
     segments: list[Segment] = []
     diameters: dict[int, float] = {}
     measured: list[tuple[int, Stage]] = []
     coded: dict[int, Label] = {}
+    seconds: dict[int, NDArray[np.bool_]] = {}  # per segment, its kind in a mirrored pass
     for stage in pipeline.stages:
         contract = catalog.contract(stage.model)
         wanted = [
@@ -188,6 +217,8 @@ def volume_findings(
                 )  # fmt: skip
                 coded[number] = label
                 measured.append((number, stage))
+                if mirrored and stage.name in mirrored:
+                    seconds[number] = mirrored[stage.name] == label.value
             continue
         classes = maps[stage.name]
         kinds = {label.value: label for label in wanted}
@@ -208,13 +239,18 @@ def volume_findings(
             diameters[number] = lesion.longest_axial_diameter_mm
             coded[number] = kind
             measured.append((number, stage))
+            if mirrored and stage.name in mirrored:
+                seconds[number] = np.isin(mirrored[stage.name], list(kinds))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=len(segments) + 1)
     doubts = _doubts(unchecked)
     boxes = ndimage.find_objects(labels, len(segments))
     for index, segment in enumerate(segments):
         bounds = coded[segment.number].plausible
-        seen = _observed(labels, segment.number, boxes[index], counts, voxel_ml, hu, bounds)
+        seen = _observed(
+            labels, segment.number, boxes[index], counts, voxel_ml, hu, bounds,
+            seconds.get(segment.number),
+        )  # fmt: skip
         segments[index] = replace(segment, review=(*doubts, *review_reasons(bounds, seen)))
     measurements = tuple(
         VolumeMeasurement(
@@ -247,9 +283,11 @@ def _observed(
     voxel_ml: float,
     hu: NDArray[np.floating] | None,
     bounds: Plausible | None,
+    second: NDArray[np.bool_] | None = None,
 ) -> Observed:
     """What the plausibility check of one painted segment reads, within its bounding box;
-    densities and parts only where its bounds name them."""
+    densities and parts only where its bounds name them, and its agreement with `second`
+    (the same kind found by a mirrored pass) within a voxel or two of that box."""
     volume_ml = float(counts[number]) * voxel_ml
     if bounds is None or box is None:  # no bounds, or painted over by a later stage
         return Observed(volume_ml=volume_ml)
@@ -264,7 +302,20 @@ def _observed(
         mean_hu=float(hu[box][where].mean()) if hu is not None and bounds.mean_hu else None,
         parts=parts,
         cut_by_field_of_view=box[0].start == 0 or box[0].stop == labels.shape[0],
+        agreement=_agreement(labels, number, box, second) if second is not None else None,
     )
+
+
+def _agreement(
+    labels: NDArray[np.uint8], number: int, box: tuple[slice, ...], second: NDArray[np.bool_]
+) -> float:
+    """Dice between a segment and `second` around it (its box grown by two voxels)."""
+    around = tuple(
+        slice(max(part.start - 2, 0), min(part.stop + 2, size))
+        for part, size in zip(box, labels.shape, strict=True)
+    )
+    where, other = labels[around] == number, second[around]
+    return 2 * float((where & other).sum()) / max(float(where.sum() + other.sum()), 1.0)
 
 
 def without_review(findings: CTFindings) -> CTFindings:

@@ -57,6 +57,16 @@ class JobTimings:
         return sum(self.inference.values())
 
 
+@dataclass(frozen=True)
+class ForReview:
+    """A job's findings of low confidence (`domain.plausibility`): delivered flagged for
+    review, or withheld. Recorded with its timings, so the dashboard and the metrics show
+    which jobs a radiologist must look at twice."""
+
+    flagged: int = 0
+    withheld: int = 0
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached (restarting, failing over): the attempt never began,
     and the task is tried again shortly."""

@@ -48,6 +48,8 @@ class Totals:
     instance_bytes: int
     failures_by_event: dict[str, int]
     results_delivered: int
+    findings_flagged: int = 0
+    findings_withheld: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ class JobRow:
     updated_at: datetime
     reason: str | None
     total_seconds: float | None  # last instance received -> last result stored
+    flagged: int = 0  # findings delivered flagged "low confidence, review"
+    withheld: int = 0  # findings of low confidence not delivered
 
 
 @dataclass(frozen=True)

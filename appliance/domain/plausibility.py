@@ -35,6 +35,9 @@ class Plausible:
     max_parts: int | None = None  # separate parts of at least a tenth of the whole
     area_fraction: Range | None = None  # of the frame's pixels, frames stages
     min_confidence: float | None = None  # the model's mean probability over the structure
+    # Dice between the structure and what a second, mirrored pass of its model finds there
+    # (test-time augmentation): a finding that comes and goes with a flip is not one to state.
+    min_agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Observed:
     cut_by_field_of_view: bool = False  # it touches the first or last slice
     area_fraction: float | None = None
     confidence: float | None = None
+    agreement: float | None = None
 
 
 def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
@@ -77,4 +81,13 @@ def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
         and seen.confidence < bounds.min_confidence
     ):
         reasons.append(f"model confidence {seen.confidence:.2f} below {bounds.min_confidence:.2f}")
+    if (
+        bounds.min_agreement is not None
+        and seen.agreement is not None
+        and seen.agreement < bounds.min_agreement
+    ):
+        reasons.append(
+            f"a mirrored pass of the model agrees {seen.agreement:.2f}, "
+            f"below {bounds.min_agreement:.2f}"
+        )
     return tuple(reasons)

@@ -165,6 +165,71 @@ class _Variation:
         return self.rng is not None and bool(self.rng.random() < probability)
 
 
+class _Looks:
+    """How the liver, its lesions and the noise look in a varied phantom, from a stream of
+    their own (none: the plain phantom's spheres of one density in an even liver): parenchyma
+    uneven by perfusion, lobulated lesions, metastases of 20 to 80 HU contrast and some with an
+    enhancing rim, and the blotchy noise of iterative reconstruction."""
+
+    def __init__(self, rng: np.random.Generator | None) -> None:
+        self.rng = rng
+
+    def parenchyma(self, grid: Grid, hu: NDArray[np.float32], liver: NDArray[np.bool_]) -> None:
+        """Smooth patches of perfusion, 10 to 25 mm across and up to 12 HU either way."""
+        if self.rng is None:
+            return
+        width = [float(self.rng.uniform(10, 25)) / s for s in grid.spacing]
+        field = ndimage.gaussian_filter(self.rng.normal(size=grid.shape).astype(np.float32), width)
+        field *= float(self.rng.uniform(0, 12)) / max(float(field.std()), 1e-6)
+        hu[liver] += field[liver]
+
+    def shape(
+        self,
+        coordinates: tuple[NDArray[np.float32], ...],
+        centre: tuple[float, float, float],
+        diameter: float,
+    ) -> NDArray[np.bool_]:
+        """A sphere, or in a varied phantom now and then a lobulated one (lobes beside it)."""
+        x, y, z = coordinates
+        mask = _ellipsoid(x, y, z, centre, (diameter / 2,) * 3)
+        if self.rng is None or self.rng.random() < 0.5:
+            return mask
+        for _ in range(int(self.rng.integers(1, 3))):
+            offset = self.rng.normal(size=3)
+            offset *= diameter * 0.35 / max(float(np.linalg.norm(offset)), 1e-6)
+            lobe = tuple(c + o for c, o in zip(centre, offset, strict=True))
+            mask |= _ellipsoid(x, y, z, lobe, (diameter * self.rng.uniform(0.2, 0.35),) * 3)
+        return mask
+
+    def metastasis(
+        self, grid: Grid, hu: NDArray[np.float32], mask: NDArray[np.bool_], liver_hu: float
+    ) -> None:
+        """A varied metastasis: its contrast redrawn from 20 to 80 HU, and one in three with
+        a rim 1.5 to 3.5 mm thick enhancing up to 25 HU above the liver."""
+        if self.rng is None:
+            return
+        hu[mask] = liver_hu - float(self.rng.uniform(20, 80))
+        if self.rng.random() < 1 / 3:
+            (tight,) = ndimage.find_objects(mask.astype(np.uint8))
+            box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in tight)
+            depth = ndimage.distance_transform_edt(mask[box], sampling=grid.spacing)
+            rim = mask[box] & (depth <= float(self.rng.uniform(1.5, 3.5)))
+            hu[box][rim] = liver_hu + float(self.rng.uniform(0, 25))
+
+    def blotches(self, noise: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Noise, in two varied phantoms in five with a coarse part mixed in: iterative
+        reconstruction leaves blotches several millimetres across."""
+        if self.rng is None or self.rng.random() >= 0.4:
+            return noise
+        coarse = ndimage.gaussian_filter(
+            self.rng.normal(size=noise.shape).astype(np.float32), float(self.rng.uniform(2.5, 6))
+        )
+        share = float(self.rng.uniform(0.3, 0.8))
+        unit = noise / max(float(noise.std()), 1e-6)
+        mixed = (1 - share) * unit + share * coarse / max(float(coarse.std()), 1e-6)
+        return np.asarray(mixed, dtype=np.float32)
+
+
 def _surroundings(
     rng: np.random.Generator,
     grid: Grid,
@@ -341,7 +406,10 @@ def generate_ct(
         if not vary.chance(0.06):  # a nephrectomy
             place(organ, kidney & (organs == 0), "kidney")
 
-    # Liver lesions: metastases and cysts inside the liver.
+    # Liver lesions: metastases and cysts inside the liver. Varied phantoms draw how they look
+    # from a third stream, so that the anatomy of both kinds stays as it was.
+    looks = _Looks(np.random.default_rng([seed, 23]) if varied else None)
+    looks.parenchyma(grid, hu, organs == Organ.LIVER)
     lesions = np.zeros(grid.shape, dtype=np.uint8)
     lesion_list: list[Lesion] = []
     count = int(rng.integers(0, 5)) if lesion_count is None else lesion_count
@@ -353,12 +421,15 @@ def generate_ct(
         diameter = float(rng.uniform(6, 30))
         index = liver_points[rng.integers(len(liver_points))]
         center = (float(x0[0, 0, index[2]]), float(y0[0, index[1], 0]), float(z0[index[0], 0, 0]))
-        mask = _ellipsoid(x0, y0, z0, center, (diameter / 2,) * 3) & (organs == Organ.LIVER)
+        shape = looks.shape((x0, y0, z0), center, diameter)
+        mask = shape & (organs == Organ.LIVER)
         if not mask.any():
             continue
         lesions[mask] = label
         contrast = rng.uniform(30, 70)
         hu[mask] = rng.uniform(0, 15) if kind is LesionKind.CYST else hu_table["liver"] - contrast
+        if kind is LesionKind.METASTASIS:
+            looks.metastasis(grid, hu, mask, hu_table["liver"])
         lesion_list.append(Lesion(kind, center, diameter, label))
 
     if vary.rng is not None:
@@ -372,6 +443,7 @@ def generate_ct(
     noise = ndimage.gaussian_filter(rng.normal(0, 1, size=grid.shape).astype(np.float32), 1.0)
     if vary.rng is not None:
         hu, noise, noise_sigma = _acquisition(vary.rng, hu, noise_hu)
+        noise = looks.blotches(noise)
     noise *= noise_sigma / max(float(noise.std()), 1e-6)
     hu += noise
     return CTPhantom(

@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
 from appliance.domain.delivery import DeliveryState
-from appliance.domain.jobs import JobState, JobTimings, Stage, UnknownJob, check_transition
+from appliance.domain.jobs import (
+    ForReview,
+    JobState,
+    JobTimings,
+    Stage,
+    UnknownJob,
+    check_transition,
+)
 from appliance.domain.routing import Priority, SeriesFacts
 from appliance.store.audit_trail import record_event, record_timing
 from appliance.store.db import session_factory
@@ -91,9 +98,10 @@ class JobLedger:
         reason: str | None = None,
         attempt: int | None = None,
         timings: JobTimings | None = None,
+        review: ForReview | None = None,
     ) -> None:
         """Move a job; with `attempt`, only if that attempt still holds it (else LostJob).
-        `timings` go with the move to ENCODED."""
+        `timings` and the findings `review` counts go with the move to ENCODED."""
         with self._sessions.begin() as session:
             job = session.get_one(Job, job_id, with_for_update=True)
             lost = job.attempts != attempt or job.state in _NOT_THIS_ATTEMPTS
@@ -104,6 +112,8 @@ class JobLedger:
                 record_timing(session, job_id, Stage.ENCODING, timings.encoding, now)
                 for model, seconds in timings.inference.items():
                     record_timing(session, job_id, Stage.INFERENCE, seconds, now, model)
+            if review is not None:
+                job.flagged, job.withheld = review.flagged, review.withheld
             self._move(session, job, self._study_uid(session, job), target, now, reason)
 
     def retry(self, job_id: int, now: datetime, actor: str) -> None:

@@ -123,7 +123,16 @@ class DashboardQueries:
                 session,
                 select(func.count(Delivery.id)).where(Delivery.state == DeliveryState.DELIVERED),
             )
-        return Totals(int(instances), int(size), {t: int(n) for t, n in failures}, delivered)
+            flagged, withheld = session.execute(
+                select(
+                    func.coalesce(func.sum(Job.flagged), 0),
+                    func.coalesce(func.sum(Job.withheld), 0),
+                )
+            ).one()
+        return Totals(
+            int(instances), int(size), {t: int(n) for t, n in failures}, delivered,
+            int(flagged), int(withheld),
+        )  # fmt: skip
 
     def jobs(self, state: str | None = None, limit: int = 100) -> list[JobRow]:
         with self._sessions() as session:
@@ -242,7 +251,7 @@ def _total_seconds() -> ScalarSelect[float]:
 def _job_row(job: Job, study_uid: str, total_seconds: float | None) -> JobRow:
     return JobRow(
         job.id, study_uid, job.study_version, job.state, job.priority, job.attempts,
-        job.created_at, job.updated_at, job.reason, total_seconds,
+        job.created_at, job.updated_at, job.reason, total_seconds, job.flagged, job.withheld,
     )  # fmt: skip
 
 

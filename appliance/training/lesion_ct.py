@@ -49,7 +49,7 @@ SCHEDULE = (
     Stage(3_000, range(5_000, 5_030), decay=False),
     Stage(6_000, range(5_000, 5_060), decay=False),
     Stage(9_000, range(5_000, 5_090), decay=True),
-    Stage(9_600, range(5_100, 5_160), decay=True, varied=True),
+    Stage(10_500, range(5_100, 5_160), decay=True, varied=True),
 )
 TEST_SEEDS = range(300_000, 300_012)
 METASTASIS, CYST = 1, 2
@@ -67,12 +67,12 @@ CONTRACT = ModelContract.model_validate({
          "category": {"scheme": "SCT", "value": "49755003",
                       "meaning": "Morphologically Abnormal Structure"},
          "type": {"scheme": "SCT", "value": "14799000", "meaning": "Neoplasm, metastatic"},
-         "plausible": {"mean_hu": [-20, 150]}},
+         "plausible": {"mean_hu": [-20, 150], "min_agreement": 0.5}},
         {"value": CYST, "name": "cyst",
          "category": {"scheme": "SCT", "value": "49755003",
                       "meaning": "Morphologically Abnormal Structure"},
          "type": {"scheme": "SCT", "value": "441457006", "meaning": "Cyst"},
-         "plausible": {"mean_hu": [-20, 60]}},
+         "plausible": {"mean_hu": [-20, 60], "min_agreement": 0.5}},
     ],
     "domain": ABDOMINAL_CT,
 })  # fmt: skip

@@ -44,6 +44,14 @@ class DatabaseCollector(Collector):
             "appliance_results_delivered", "Result objects stored at a destination.",
             value=totals.results_delivered,
         )  # fmt: skip
+        review = CounterMetricFamily(
+            "appliance_findings_for_review",
+            "Findings of low confidence: delivered flagged for review, or withheld.",
+            labels=["handling"],
+        )
+        review.add_metric(["flagged"], totals.findings_flagged)
+        review.add_metric(["withheld"], totals.findings_withheld)
+        yield review
         failures = CounterMetricFamily(
             "appliance_failures", "Audited failures by event type.", labels=["event"]
         )

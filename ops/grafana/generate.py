@@ -51,6 +51,9 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
       ("max(appliance_spool_disk_watermark_ratio)", "watermark")], 12),
     ("Deliveries by state", "timeseries", "short",
      [("sum by (state) (appliance_deliveries)", "{{state}}")], 12),
+    ("Findings of low confidence per hour", "timeseries", "short",
+     [("sum by (handling) (increase(appliance_findings_for_review_total[1h]))",
+       "{{handling}}")], 12),
 ]  # fmt: skip
 
 

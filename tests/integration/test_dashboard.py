@@ -149,6 +149,24 @@ def test_an_operator_retries_a_failed_job_under_their_name(dashboard: Any, tmp_p
     assert otto.post("/jobs/999999/retry").status_code == 404
 
 
+def test_a_job_with_findings_of_low_confidence_says_so_in_the_tables_and_the_metrics(
+    dashboard: Any, tmp_path: Path
+) -> None:
+    job_id, _ = failed_job(dashboard, tmp_path)
+    vera = client_for(dashboard.app, "vera")
+    assert "for review" not in vera.get("/jobs").text
+    with Session(dashboard.engine) as session, session.begin():
+        job = session.get_one(Job, job_id)
+        job.flagged, job.withheld = 2, 1  # as the job runner records an encoded attempt
+    for page in ("/jobs", f"/jobs/{job_id}"):
+        text = vera.get(page).text
+        assert "2 for review" in text, page
+        assert "1 withheld" in text, page
+    metrics = vera.get("/metrics").text
+    assert 'appliance_findings_for_review_total{handling="flagged"} 2.0' in metrics
+    assert 'appliance_findings_for_review_total{handling="withheld"} 1.0' in metrics
+
+
 def test_patient_identifiers_are_masked_until_an_admin_reveals_them(
     dashboard: Any, tmp_path: Path
 ) -> None:

@@ -19,6 +19,7 @@ from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
+from appliance.store.queries import DashboardQueries
 from appliance.store.study_ledger import StudyLedger
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import AE_TITLE, running_orthanc
@@ -157,6 +158,10 @@ def test_an_echo_is_declined_and_a_withheld_finding_never_reaches_the_pacs(
         assert runner.run(cut) is JobState.DELIVERING
         record = " ".join(detail for _, detail in runner.jobs.history(cut))
         assert "low-confidence findings withheld" in record
+        row = DashboardQueries(running.engine).job(cut)
+        assert row is not None
+        assert row.job.withheld >= 1
+        assert row.job.flagged == 0
         assert deliverer.deliver_due(datetime.now(UTC)).delivered == 2
         settled = dict(runner.jobs.settle_deliveries(datetime.now(UTC)))
         assert settled == {declined: JobState.DONE, cut: JobState.DONE}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from appliance.app.pipelines import identity, volume_findings
 from appliance.domain.pipelines import (
     Findings,
     Governance,
@@ -184,3 +185,33 @@ def test_a_cascade_keeps_only_what_lies_mostly_in_its_region() -> None:
     filled = region.copy()
     filled[5, 5, 5] = True
     assert not ((confined > 0) & ~filled).any()
+
+
+def test_a_lesion_a_mirrored_pass_does_not_find_is_flagged_and_one_it_finds_is_not() -> None:
+    """The reference lesion labels ask a mirrored second pass to agree (Dice >= 0.5) with each
+    lesion; the agreement is taken around each lesion, so a neighbour does not count."""
+    catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines["ct"]
+    organ_map = np.zeros((20, 40, 40), dtype=np.uint8)
+    organ_map[2:18, 2:38, 2:38] = 1  # liver
+    lesion_map = np.zeros_like(organ_map)
+    lesion_map[5:10, 5:12, 5:12] = 1  # the mirrored pass finds it, a voxel smaller
+    lesion_map[5:10, 25:32, 25:32] = 1  # the mirrored pass finds nothing here
+    lesion_map[12:16, 5:9, 20:24] = 2  # found three voxels over: a quarter overlaps
+    second = np.zeros_like(organ_map)
+    second[5:10, 5:11, 5:11] = 1
+    second[12:16, 5:9, 23:27] = 2  # counted up to two voxels beyond the lesion's box
+    maps = {"organs": organ_map, "lesion": lesion_map}
+    run = identity(pipeline, catalog, ["1.2.3"])
+    findings = volume_findings(
+        run, pipeline, catalog, maps, (2.0, 2.0, 2.0), np.full(organ_map.shape, 40.0),
+        mirrored={"lesion": second},
+    )  # fmt: skip
+    reviews = {s.tracking_id: s.review for s in findings.segments if s.stage == "lesion"}
+    assert reviews == {
+        "lesion 1": (),
+        "lesion 2": ("a mirrored pass of the model agrees 0.00, below 0.50",),
+        "lesion 3": ("a mirrored pass of the model agrees 0.29, below 0.50",),
+    }
+    without = volume_findings(run, pipeline, catalog, maps, (2.0, 2.0, 2.0))
+    assert not any(s.review for s in without.segments if s.stage == "lesion")

@@ -40,3 +40,12 @@ def test_frames_a_share_of_the_frame_and_the_models_confidence() -> None:
         "share of the frame 0.4 outside the plausible 0 to 0.15",
         "model confidence 0.60 below 0.75",
     )
+
+
+def test_a_finding_a_mirrored_pass_disagrees_with_needs_review() -> None:
+    lesion = Plausible(min_agreement=0.5)
+    assert review_reasons(lesion, Observed(volume_ml=2, agreement=0.8)) == ()
+    assert review_reasons(lesion, Observed(volume_ml=2)) == ()  # not measured: nothing to say
+    assert review_reasons(lesion, Observed(volume_ml=2, agreement=0.2)) == (
+        "a mirrored pass of the model agrees 0.20, below 0.50",
+    )
