@@ -110,7 +110,33 @@ class ListenerSettings(_Section):
         description="Trusted senders. The default trusts dcmtk's storescu on this machine only.",
     )
     max_associations: int = Field(
-        default=16, ge=1, le=1000, description="Concurrent associations accepted per process."
+        default=16,
+        ge=1,
+        le=1000,
+        description="Concurrent associations accepted per process; only associations the "
+        "policy accepted count, so strangers cannot take a trusted peer's place.",
+    )
+    max_connections_per_host: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="Open connections one host may hold, counted before anything is read: a "
+        "slow or hostile client cannot hold more.",
+    )
+    max_negotiating: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description="Connections from hosts not known to be trusted that may be negotiating "
+        "at once; when they run out, the one negotiating longest is cut off (a real sender's "
+        "request takes milliseconds). With every peer's hosts listed, trusted hosts never "
+        "wait on these and other hosts are refused at connect.",
+    )
+    max_instance_bytes: int = Field(
+        default=2 << 30,
+        ge=1 << 20,
+        description="Largest data set taken, in bytes; a larger one is read to its end without "
+        "being kept and refused (Out of Resources).",
     )
     associations_per_minute_per_host: int = Field(
         default=600,
@@ -132,7 +158,12 @@ class ListenerSettings(_Section):
         default=DuplicatePolicy.KEEP_FIRST,
         description="Handling of an already stored SOP Instance.",
     )
-    acse_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for ACSE.")
+    acse_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a new connection has for its TLS handshake and association "
+        "request together (the ARTIM timer), however slowly its bytes come.",
+    )
     dimse_timeout: float = Field(
         default=60.0,
         gt=0,

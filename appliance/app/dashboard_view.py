@@ -47,10 +47,17 @@ class AccountsView:
 
 
 class MonitoringView:
-    def __init__(self, settings: Settings, engine: Engine, backend: InferenceBackend) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        backend: InferenceBackend,
+        listening: Callable[[], bool] | None = None,
+    ) -> None:
         self._settings = settings
         self._engine = engine
         self._backend = backend
+        self._listening = listening
         self._queries = DashboardQueries(engine)
         self._governor = Governor(settings.inference.repository, engine)
         self._queue = make_app(settings.queue)  # one app for every readiness probe
@@ -70,12 +77,20 @@ class MonitoringView:
         return self._queries.totals()
 
     def readiness(self) -> list[monitoring.Check]:
-        return [
+        checks = [
             health.database(self._engine),
             health.broker(self._queue),
             health.spool_disk(self._spool),
             health.inference(self._backend, self._governor.catalog(), self._governor.governance()),
         ]
+        if self._listening is not None:
+            accepting = self._listening()
+            checks.append(
+                monitoring.Check(
+                    "listener", accepting, "accepting" if accepting else "not accepting"
+                )
+            )
+        return checks
 
     def destinations(self) -> list[monitoring.Check]:
         return self._monitor.checks()
@@ -173,13 +188,17 @@ class ModelsView:
 
 
 def dashboard_ports(
-    settings: Settings, engine: Engine, backend: InferenceBackend | None = None
+    settings: Settings,
+    engine: Engine,
+    backend: InferenceBackend | None = None,
+    listening: Callable[[], bool] | None = None,
 ) -> Ports:
-    """Every port of the dashboard, on `engine` and the configured inference backend."""
+    """Every port of the dashboard, on `engine` and the configured inference backend;
+    `listening` says whether this process's DICOM listener accepts, where it runs one."""
     backend = backend or make_backend(settings.inference)
     return Ports(
         accounts=AccountsView(engine, timedelta(hours=settings.dashboard.session_hours)),
-        monitoring=MonitoringView(settings, engine, backend),
+        monitoring=MonitoringView(settings, engine, backend, listening),
         jobs=JobsView(engine),
         studies=StudiesView(settings, engine),
         audit=AuditView(engine),
@@ -200,7 +219,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def dashboard_server(settings: Settings, engine: Engine) -> DashboardServer:
+def dashboard_server(
+    settings: Settings, engine: Engine, listening: Callable[[], bool] | None = None
+) -> DashboardServer:
     """The dashboard's web server on `dashboard.host:dashboard.port`, not yet started."""
-    app = create_app(settings.dashboard, dashboard_ports(settings, engine))
+    app = create_app(settings.dashboard, dashboard_ports(settings, engine, listening=listening))
     return DashboardServer(app, settings.dashboard.host, settings.dashboard.port)

@@ -100,7 +100,11 @@ def _listener_process(settings: Settings) -> None:
     _stop_on_signals(stop)
     engine = open_database(settings.database.url, migrate=False)
     listener = start_listener(settings, engine, reuse_port=True)
-    stop.wait()
+    while not stop.wait(SUPERVISE_INTERVAL_SECONDS):
+        if not listener.alive():  # deaf: exit, and the parent starts a fresh process
+            LOG.error("the listener stopped accepting: exiting for a restart")
+            listener.stop()
+            raise SystemExit(1)
     listener.stop()
 
 
@@ -156,8 +160,18 @@ class ListenerGroup:
         process.start()
         return process
 
+    def alive(self) -> bool:
+        """Whether every listener accepts: the one in this process, or each process."""
+        if self._listener is not None:
+            return self._listener.alive()
+        return bool(self._processes) and all(p.is_alive() for p in self._processes)
+
     def supervise(self) -> None:
-        """Restart listener processes that died."""
+        """Restart a listener that stopped accepting, and listener processes that died."""
+        if self._listener is not None and not self._listener.alive():
+            LOG.error("the listener stopped accepting: starting it again")
+            self._listener.stop()
+            self._listener = start_listener(self._settings, self._engine)
         for index, process in enumerate(self._processes):
             if not process.is_alive():
                 LOG.error("%s exited with %s: restarting", process.name, process.exitcode)
@@ -192,19 +206,19 @@ def run(settings: Settings, roles: Roles) -> None:
     stop = threading.Event()
     _stop_on_signals(stop)
     web = None
+    group = ListenerGroup(settings, engine) if roles.listen else None
     if roles.dashboard:
         # Imported by a process that serves the dashboard only: the web stack would cost
         # every listener, sweeper and worker process some 13 MiB it never uses.
         from appliance.app.dashboard_view import dashboard_server
 
-        web = dashboard_server(settings, engine)
+        web = dashboard_server(settings, engine, group.alive if group is not None else None)
         web.start()
         if AccountLedger(engine).count() == 0:
             LOG.warning("no dashboard accounts yet: add one with `appliance users add NAME`")
     worker = WorkerProcess(settings) if roles.work else None
     if worker is not None:
         worker.start()
-    group = ListenerGroup(settings, engine) if roles.listen else None
     if group is not None:
         group.start()
     sweeper = None

@@ -56,6 +56,7 @@ class StoreRequest:
     context_sop_class_uid: str  # the context's abstract syntax
     sop_class_uid: str  # Affected SOP Class UID of the command
     sop_instance_uid: str  # Affected SOP Instance UID of the command
+    oversized: int = 0  # bytes of a data set beyond the maximum, received and dropped
 
 
 StoreHandler = Callable[[StoreRequest], Status]
@@ -68,9 +69,14 @@ class DimseTimeout(TimeoutError):
     """A DIMSE message stopped arriving part way: no fragment within the DIMSE timeout."""
 
 
+# The longest A-ASSOCIATE-RQ read: 128 presentation contexts, each with a dozen transfer
+# syntaxes of full-length UIDs, need about 100 KiB.
+MAX_REQUEST_LENGTH = 256 * 1024
+
+
 def read_request(sock: socket.socket) -> A_ASSOCIATE:
     """Read the A-ASSOCIATE-RQ that opens an association."""
-    kind, body = ul.read_pdu(sock, MAX_PDU_LENGTH)
+    kind, body = ul.read_pdu(sock, MAX_REQUEST_LENGTH)
     if kind is not ul.PduType.ASSOCIATE_RQ:
         raise ul.ProtocolError(
             f"expected A-ASSOCIATE-RQ, got {kind.name}", ul.AbortReason.UNEXPECTED_PDU
@@ -125,6 +131,7 @@ class _Message:
     command: Command | None = None
     command_bytes: bytearray = field(default_factory=bytearray)
     data_set: bytearray = field(default_factory=bytearray)
+    dropped: int = 0  # bytes received after the data set outgrew the maximum; none kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +143,24 @@ class Timeouts:
     dimse: float
 
 
+# The largest data set held by default: a data set grows in memory until it is whole, so one
+# that never ends must not grow without bound.
+MAX_DATA_SET_BYTES = 2 << 30
+
+
 def serve(
-    sock: socket.socket, negotiated: Negotiated, on_store: StoreHandler, timeouts: Timeouts
+    sock: socket.socket,
+    negotiated: Negotiated,
+    on_store: StoreHandler,
+    timeouts: Timeouts,
+    max_data_set: int = MAX_DATA_SET_BYTES,
 ) -> str:
     """Run the data phase until release or abort; returns how the association ended. On an
     A-RELEASE-RQ it returns RELEASED and leaves the A-RELEASE-RP to the caller, who frees the
     association's slot first: a sender that reconnects at once finds it free. Raises
-    DimseTimeout when a message in progress stalls, TimeoutError when the association idles."""
+    DimseTimeout when a message in progress stalls, TimeoutError when the association idles.
+    A data set beyond `max_data_set` bytes is read to its end but not kept: its C-STORE is
+    answered with the handler's verdict on an oversized request."""
     message: _Message | None = None
     sock.settimeout(timeouts.network)
     while True:
@@ -173,13 +191,13 @@ def serve(
                 raise ul.ProtocolError(
                     "P-DATA interleaves two messages", ul.AbortReason.UNEXPECTED_PDU
                 )
-            if _add_fragment(message, value):
+            if _add_fragment(message, value, max_data_set):
                 _respond(sock, negotiated, context, message, on_store)
                 message = None
                 sock.settimeout(timeouts.network)
 
 
-def _add_fragment(message: _Message, value: ul.PresentationDataValue) -> bool:
+def _add_fragment(message: _Message, value: ul.PresentationDataValue, max_data_set: int) -> bool:
     """Add one PDV; True when the message is whole."""
     if value.is_command:
         if message.command is not None:
@@ -198,7 +216,11 @@ def _add_fragment(message: _Message, value: ul.PresentationDataValue) -> bool:
         raise ul.ProtocolError(
             "data set fragment without a command announcing it", ul.AbortReason.UNEXPECTED_PDU
         )
-    message.data_set += value.data
+    if message.dropped or len(message.data_set) + len(value.data) > max_data_set:
+        message.dropped += len(message.data_set) + len(value.data)
+        message.data_set = bytearray()
+    else:
+        message.data_set += value.data
     return value.is_last
 
 
@@ -222,6 +244,7 @@ def _respond(
                 abstract,
                 command.affected_sop_class_uid,
                 command.affected_sop_instance_uid,
+                message.dropped,
             )
         )
     else:

@@ -94,12 +94,19 @@ class PresentationDataValue:
     data: memoryview
 
 
+# The first allocation for a PDU body; it doubles as bytes arrive, so an announced length
+# costs memory only once the peer has sent about half of it.
+_FIRST_CHUNK = 64 * 1024
+
+
 def receive_exactly(sock: socket.socket, size: int) -> bytearray:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+    buffer = bytearray(min(size, _FIRST_CHUNK))
     received = 0
     while received < size:
-        count = sock.recv_into(view[received:], size - received)
+        if received == len(buffer):
+            buffer.extend(bytes(min(len(buffer), size - len(buffer))))
+        with memoryview(buffer) as view:
+            count = sock.recv_into(view[received:], len(buffer) - received)
         if count == 0:
             raise PeerClosed("connection closed by peer")
         received += count

@@ -14,6 +14,9 @@ class RefusalReason(StrEnum):
     CALLING_AE_NOT_RECOGNISED = "calling AE title not recognised"
     HOST_NOT_ALLOWED = "calling AE title not allowed from this host"
     RATE_LIMITED = "too many associations from this host"
+    HOST_NOT_TRUSTED = "no trusted peer calls from this host"
+    HOST_CONNECTIONS = "too many open connections from this host"
+    NEGOTIATING = "too many associations being negotiated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,14 @@ class TrustedPeer:
 class AssociationPolicy:
     called_ae_title: str
     peers: tuple[TrustedPeer, ...]
+
+    def host_known(self, host: str) -> bool | None:
+        """Whether a trusted peer may call from `host`, known from the address alone: True or
+        False when every peer names its hosts, None when one takes any address (then only
+        its AE title, read from the association request, can tell)."""
+        if any(not peer.hosts for peer in self.peers):
+            return None
+        return any(peer.allows_host(host) for peer in self.peers)
 
     def refusal(self, calling_ae: str, called_ae: str, host: str) -> RefusalReason | None:
         """Return why the association must be refused, or None to accept it."""

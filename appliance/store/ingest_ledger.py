@@ -148,23 +148,26 @@ class DatabaseIngestLedger:
                 at,
                 action=EventAction.EXECUTE,
                 outcome=EventOutcome.MINOR_FAILURE,
-                detail=f"{reason} (called AE {peer.called_ae})",
+                detail=f"{reason} (called AE {peer.called_ae})" if peer.called_ae else reason,
             )
 
     def contexts_refused(
-        self, association_id: int, peer: AssociationPeer, reasons: list[str], at: datetime
+        self, association_id: int, peer: AssociationPeer, sop_classes: list[str], at: datetime
     ) -> None:
+        """One row for the association, however many contexts it offered in vain."""
+        shown = ", ".join(sop_classes[:20]) + (
+            f" and {len(sop_classes) - 20} more" if len(sop_classes) > 20 else ""
+        )
         with self._transaction() as session:
-            for reason in reasons:
-                _peer_event(
-                    session,
-                    AuditEventType.CONTEXT_REFUSED,
-                    peer,
-                    at,
-                    outcome=EventOutcome.MINOR_FAILURE,
-                    association_id=association_id,
-                    detail=reason,
-                )
+            _peer_event(
+                session,
+                AuditEventType.CONTEXT_REFUSED,
+                peer,
+                at,
+                outcome=EventOutcome.MINOR_FAILURE,
+                association_id=association_id,
+                detail=f"{len(sop_classes)} presentation contexts refused: {shown}",
+            )
 
     def association_ended(
         self,

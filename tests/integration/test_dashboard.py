@@ -29,7 +29,7 @@ from appliance.web.server import DashboardServer
 from tests.support.datasets import PATIENT_ID, PATIENT_NAME, new_series, write_series
 from tests.support.dcmtk import storescu
 from tests.support.services import free_port
-from tests.support.waiting import wait_for_http
+from tests.support.waiting import wait_for, wait_for_http
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -103,6 +103,20 @@ def test_every_route_but_health_refuses_a_stranger(dashboard: Any) -> None:
                     assert answer.headers["location"] == "/login"
     assert stranger.get("/healthz").status_code == 200
     assert stranger.get("/readyz").json()["checks"]["database"]["ok"] is True
+
+
+def test_readiness_says_whether_the_listener_accepts(dashboard: Any) -> None:
+    """Where the dashboard shares its process with the listener, /readyz carries the accept
+    loop's liveness: a listener that stopped accepting makes the appliance not ready."""
+    listener = dashboard.listener
+    ports = dashboard_ports(dashboard.settings, dashboard.engine, listening=listener.alive)
+    stranger = client_for(create_app(dashboard.settings.dashboard, ports))
+    assert stranger.get("/readyz").json()["checks"]["listener"]["ok"] is True
+    listener.stop()
+    wait_for(lambda: not listener.alive(), 5)
+    answer = stranger.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["checks"]["listener"]["ok"] is False
 
 
 def test_a_wrong_password_is_refused_and_audited_without_the_password(dashboard: Any) -> None:
