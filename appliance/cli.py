@@ -6,18 +6,19 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import yaml
 
 from appliance.config import Settings, SettingsError, load_settings
 
+T = TypeVar("T")
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from datetime import timedelta
 
     from appliance.app.catalog import Governor
     from appliance.app.delivery import Deliverer
@@ -219,17 +220,111 @@ def users_password(ctx: click.Context, username: str, password_stdin: bool) -> N
 @users.command("token")
 @click.argument("username")
 @click.option("--name", required=True, help="What the token is for, e.g. prometheus.")
+@click.option(
+    "--scope",
+    type=click.Choice(["all", "metrics"]),
+    default="all",
+    show_default=True,
+    help="metrics: the token opens /metrics only (for Prometheus).",
+)
+@click.option(
+    "--expires-days",
+    type=click.IntRange(1, 3650),
+    default=None,
+    help="Days until the token stops working (default: until revoked).",
+)
 @click.pass_context
-def users_token(ctx: click.Context, username: str, name: str) -> None:
+def users_token(
+    ctx: click.Context, username: str, name: str, scope: str, expires_days: int | None
+) -> None:
     """Create an API token acting as USERNAME (for scripts and Prometheus); printed once."""
+    from appliance.domain.accounts import Scope
+
+    now = datetime.now(UTC)
+    expires = now + timedelta(days=expires_days) if expires_days else None
+    token = _account_change(
+        lambda ledger: ledger.create_token(username, name, now, _console(), expires, Scope(scope))
+    )
+    click.echo(token)
+
+
+@users.command("list")
+@click.pass_context
+def users_list(ctx: click.Context) -> None:
+    """Accounts with their roles, and whether each is disabled."""
+    for row in _accounts(ctx).accounts():
+        state = "disabled" if row.disabled else "enabled"
+        click.echo(f"{row.username}\t{row.role.label}\t{state}\tcreated {row.created_at:%Y-%m-%d}")
+
+
+def _switch(disabled: bool, help_text: str) -> None:
+    """`users disable` and `users enable`: one account's switch, either way."""
+    word = "disabled" if disabled else "enabled"
+
+    @users.command(word.removesuffix("d"), help=help_text)
+    @click.argument("username")
+    def command(username: str) -> None:
+        _account_change(
+            lambda ledger: ledger.set_disabled(username, disabled, datetime.now(UTC), _console())
+        )
+        click.echo(f"account {username} {word}")
+
+
+_switch(True, "Disable an account: its sessions and tokens stop working at once.")
+_switch(False, "Enable a disabled account again.")
+
+
+@users.command("role")
+@click.argument("username")
+@click.argument("role")
+@click.pass_context
+def users_role(ctx: click.Context, username: str, role: str) -> None:
+    """Give an account another role (viewer, operator or admin)."""
+    from appliance.domain.accounts import Role
+
+    _account_change(
+        lambda ledger: ledger.set_role(username, Role.parse(role), datetime.now(UTC), _console())
+    )
+    click.echo(f"account {username} is now {role.lower()}")
+
+
+@users.command("delete")
+@click.argument("username")
+@click.pass_context
+def users_delete(ctx: click.Context, username: str) -> None:
+    """Delete an account with its sessions and tokens (the audit trail keeps its name)."""
+    _account_change(lambda ledger: ledger.delete(username, datetime.now(UTC), _console()))
+    click.echo(f"account {username} deleted")
+
+
+@users.command("tokens")
+@click.pass_context
+def users_tokens(ctx: click.Context) -> None:
+    """API tokens: number, account, name, scope, expiry and whether revoked."""
+    for row in _accounts(ctx).tokens():
+        expiry = f"expires {row.expires_at:%Y-%m-%d}" if row.expires_at else "no expiry"
+        state = "revoked" if row.revoked else "active"
+        click.echo(f"{row.id}\t{row.username}\t{row.name}\t{row.scope}\t{expiry}\t{state}")
+
+
+@users.command("revoke-token")
+@click.argument("token_id", type=int)
+@click.pass_context
+def users_revoke_token(ctx: click.Context, token_id: int) -> None:
+    """Revoke one API token (its number from `users tokens`)."""
+    _account_change(lambda ledger: ledger.revoke_token(token_id, datetime.now(UTC), _console()))
+    click.echo(f"API token {token_id} revoked")
+
+
+def _account_change(change: "Callable[[AccountLedger], T]") -> T:
+    """Run an account change; an unknown account or role ends the command with its reason."""
     from appliance.store.account_ledger import UnknownAccount
 
     try:
-        token = _accounts(ctx).create_token(username, name, datetime.now(UTC), _console())
-    except UnknownAccount as exc:
+        return change(_accounts(click.get_current_context()))
+    except (UnknownAccount, ValueError) as exc:
         click.echo(f"appliance: {exc}", err=True)
         sys.exit(EXIT_BAD_SETTINGS)
-    click.echo(token)
 
 
 @main.group()

@@ -37,6 +37,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from appliance.domain.accounts import LoginPolicy
 from appliance.domain.assembly import CompletionPolicy
 from appliance.domain.findings import SegmentationType
 from appliance.domain.plausibility import Handling
@@ -461,10 +462,49 @@ class DashboardSettings(_Section):
     host: str = Field(default="127.0.0.1", description="Address the dashboard listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Its TCP port.")
     session_hours: float = Field(default=12.0, gt=0, le=720, description="A login lasts this long.")
+    session_idle_minutes: float = Field(
+        default=30.0, gt=0, le=1440, description="A login left unused this long ends."
+    )
     secure_cookies: bool = Field(
         default=False,
         description="Send the session cookie over HTTPS only; set it behind a TLS proxy.",
     )
+    login_failures_per_account: int = Field(
+        default=5,
+        ge=1,
+        description="Failed logins to one account name (known or not) that lock it for "
+        "login_lockout_minutes.",
+    )
+    login_failures_per_host: int = Field(
+        default=20,
+        ge=1,
+        description="Failed logins from one address that lock it for login_lockout_minutes.",
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0, description="How long a locked name or address is refused."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses of reverse proxies whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed; from anyone else they are ignored.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        description="Host header values answered (the names the dashboard is reached by); "
+        "any other is refused, against DNS rebinding. '*' allows all.",
+    )
+    max_request_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest request body taken (413 beyond)."
+    )
+
+    def login_policy(self) -> LoginPolicy:
+        return LoginPolicy(
+            lifetime=timedelta(hours=self.session_hours),
+            idle=timedelta(minutes=self.session_idle_minutes),
+            failures_per_account=self.login_failures_per_account,
+            failures_per_host=self.login_failures_per_host,
+            lockout=timedelta(minutes=self.login_lockout_minutes),
+        )
 
 
 class LoggingSettings(_Section):

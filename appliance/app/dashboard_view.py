@@ -4,7 +4,7 @@ meets the others; each port answers with domain rows and translates the ledgers'
 the dashboard's (NotFound, Conflict)."""
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import Engine
 
@@ -16,7 +16,7 @@ from appliance.app.pipelines import make_backend
 from appliance.config import Settings
 from appliance.dicom.spool import Spool
 from appliance.domain import monitoring
-from appliance.domain.accounts import CredentialKind, User
+from appliance.domain.accounts import CredentialKind, LoginPolicy, LoginRefused, User
 from appliance.domain.assembly import StudyState, UnknownStudy
 from appliance.domain.jobs import InvalidJobTransition, UnknownJob
 from appliance.domain.pipelines import ModelRef, State
@@ -32,15 +32,16 @@ from appliance.web.server import DashboardServer
 
 
 class AccountsView:
-    def __init__(self, engine: Engine, session_lifetime: timedelta) -> None:
+    def __init__(self, engine: Engine, policy: LoginPolicy) -> None:
         self._accounts = AccountLedger(engine)
-        self._lifetime = session_lifetime
+        self._policy = policy
 
-    def login(self, username: str, password: str, host: str | None) -> str | None:
-        return self._accounts.login(username, password, _now(), self._lifetime, host)
+    def login(self, username: str, password: str, host: str | None) -> str | LoginRefused:
+        return self._accounts.login(username, password, _now(), self._policy, host)
 
     def user(self, secret: str, kind: CredentialKind) -> User | None:
-        return self._accounts.user(secret, kind, _now())
+        idle = self._policy.idle if kind is CredentialKind.SESSION else None
+        return self._accounts.user(secret, kind, _now(), idle)
 
     def logout(self, secret: str) -> None:
         self._accounts.logout(secret, _now())
@@ -197,7 +198,7 @@ def dashboard_ports(
     `listening` says whether this process's DICOM listener accepts, where it runs one."""
     backend = backend or make_backend(settings.inference)
     return Ports(
-        accounts=AccountsView(engine, timedelta(hours=settings.dashboard.session_hours)),
+        accounts=AccountsView(engine, settings.dashboard.login_policy()),
         monitoring=MonitoringView(settings, engine, backend, listening),
         jobs=JobsView(engine),
         studies=StudiesView(settings, engine),
@@ -224,4 +225,5 @@ def dashboard_server(
 ) -> DashboardServer:
     """The dashboard's web server on `dashboard.host:dashboard.port`, not yet started."""
     app = create_app(settings.dashboard, dashboard_ports(settings, engine, listening=listening))
-    return DashboardServer(app, settings.dashboard.host, settings.dashboard.port)
+    dashboard = settings.dashboard
+    return DashboardServer(app, dashboard.host, dashboard.port, dashboard.trusted_proxies)

@@ -1,28 +1,37 @@
 """Dashboard accounts and their credentials (login sessions, API tokens), each change audited.
 
 A login failure is audited with the name that was tried and nothing else: a mistyped password
-never lands in the log.
+never lands in the log. The audit trail is also what throttles guessing: failed logins are
+counted from it per name and per source address (`LoginPolicy`).
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from appliance.domain.accounts import (
     CredentialKind,
+    LoginPolicy,
+    LoginRefused,
     Role,
+    Scope,
     User,
     digest,
     hash_password,
     new_secret,
-    verify_password,
+    verify_password_or_decoy,
 )
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
 from appliance.store.audit_trail import record_event
 from appliance.store.db import session_factory
-from appliance.store.models import Account, Credential
+from appliance.store.models import Account, AuditEvent, Credential
+
+# A session's last use is written at most this often: not a database write per page.
+_TOUCH_EVERY = timedelta(minutes=1)
+_LOGIN_REFUSED = "dashboard login refused"
 
 
 class AccountExists(ValueError):
@@ -31,6 +40,25 @@ class AccountExists(ValueError):
 
 class UnknownAccount(LookupError):
     pass
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    username: str
+    role: Role
+    disabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: int
+    username: str
+    name: str
+    scope: Scope
+    created_at: datetime
+    expires_at: datetime | None
+    revoked: bool
 
 
 class AccountLedger:
@@ -63,42 +91,94 @@ class AccountLedger:
             session.execute(
                 update(Credential).where(Credential.account_id == account.id).values(revoked=True)
             )
-            record_event(
+            self._changed(
                 session,
-                AuditEventType.ACCOUNT_CHANGED,
-                occurred_at=now,
-                actor=actor,
-                action=EventAction.UPDATE,
-                detail=f"password of {username} changed; its sessions and tokens revoked",
+                now,
+                actor,
+                f"password of {username} changed; its sessions and tokens revoked",
             )
 
     def login(
-        self, username: str, password: str, now: datetime, lifetime: timedelta, host: str | None
-    ) -> str | None:
-        """A new session secret, or None when the name or password is wrong."""
+        self, username: str, password: str, now: datetime, policy: LoginPolicy, host: str | None
+    ) -> str | LoginRefused:
+        """A new session secret, or why not. A name or address over its failures is refused
+        without its password being checked (the refusal that locks it is audited, the ones
+        after are not: a flood does not fill the table); an unknown or disabled name costs
+        what a known one does."""
+        name = username[:64]
         with self._sessions.begin() as session:
+            if self._locked(session, name, host, now, policy):
+                return LoginRefused.LOCKED
             account = session.scalar(select(Account).where(Account.username == username))
-            valid = (
-                account is not None
-                and not account.disabled
-                and verify_password(password, account.password_hash)
+            usable = account is not None and not account.disabled
+            valid = verify_password_or_decoy(
+                password, account.password_hash if account is not None and usable else None
             )
+            detail = "dashboard login" if valid else _LOGIN_REFUSED
+            if not valid and self._locked(session, name, host, now, policy, pending=1):
+                minutes = policy.lockout.total_seconds() / 60
+                detail += f"; further logins refused for {minutes:g} min: too many failures"
             record_event(
                 session,
                 AuditEventType.USER_LOGIN,
                 occurred_at=now,
-                actor=username[:64],
+                actor=name,
                 actor_host=host,
                 action=EventAction.EXECUTE,
                 outcome=EventOutcome.SUCCESS if valid else EventOutcome.MINOR_FAILURE,
-                detail="dashboard login" if valid else "dashboard login refused",
+                detail=detail,
             )
             if not valid or account is None:
-                return None
-            return self._issue(session, account, CredentialKind.SESSION, None, now, now + lifetime)
+                return LoginRefused.WRONG
+            expires = now + policy.lifetime
+            return self._issue(session, account, CredentialKind.SESSION, None, now, expires)
 
-    def create_token(self, username: str, name: str, now: datetime, actor: str) -> str:
-        """A named API token for scripts and Prometheus; it lasts until revoked."""
+    @staticmethod
+    def _locked(
+        session: Session,
+        name: str,
+        host: str | None,
+        now: datetime,
+        policy: LoginPolicy,
+        pending: int = 0,
+    ) -> bool:
+        """Whether failed logins (counting `pending` not yet written) reach the limit for the
+        name, since its last success, or for the address, within the lockout window."""
+        since = now - policy.lockout
+        failed = (
+            select(func.count(AuditEvent.id))
+            .where(AuditEvent.event_type == AuditEventType.USER_LOGIN.value)
+            .where(AuditEvent.outcome != EventOutcome.SUCCESS.value)
+            .where(AuditEvent.occurred_at >= since)
+        )
+        succeeded = session.scalar(
+            select(func.max(AuditEvent.occurred_at))
+            .where(AuditEvent.event_type == AuditEventType.USER_LOGIN.value)
+            .where(AuditEvent.outcome == EventOutcome.SUCCESS.value)
+            .where(AuditEvent.actor == name)
+        )
+        by_name = failed.where(AuditEvent.actor == name)
+        if succeeded is not None:
+            by_name = by_name.where(AuditEvent.occurred_at > succeeded)
+        if int(session.scalar(by_name) or 0) + pending >= policy.failures_per_account:
+            return True
+        if host is None:
+            return False
+        by_host = failed.where(AuditEvent.actor_host == host)
+        return int(session.scalar(by_host) or 0) + pending >= policy.failures_per_host
+
+    def create_token(
+        self,
+        username: str,
+        name: str,
+        now: datetime,
+        actor: str,
+        expires: datetime | None = None,
+        scope: Scope = Scope.ALL,
+    ) -> str:
+        """A named API token for scripts and Prometheus, until `expires` or revoked; with
+        `Scope.METRICS` it opens /metrics and nothing else."""
+        until = f", expires {expires:%Y-%m-%d %H:%M} UTC" if expires else ", no expiry"
         with self._sessions.begin() as session:
             account = self._account(session, username)
             record_event(
@@ -106,15 +186,18 @@ class AccountLedger:
                 AuditEventType.ACCOUNT_CHANGED,
                 occurred_at=now,
                 actor=actor,
-                detail=f"API token {name!r} created for {username}",
+                detail=f"API token {name!r} created for {username} (scope {scope}{until})",
             )
-            return self._issue(session, account, CredentialKind.TOKEN, name, now, None)
+            return self._issue(session, account, CredentialKind.TOKEN, name, now, expires, scope)
 
-    def user(self, secret: str, kind: CredentialKind, now: datetime) -> User | None:
-        """The account a session cookie or token belongs to, while it is valid."""
-        with self._sessions() as session:
-            row = session.execute(
-                select(Account.username, Account.role, Credential.expires_at)
+    def user(
+        self, secret: str, kind: CredentialKind, now: datetime, idle: timedelta | None = None
+    ) -> User | None:
+        """The account a session cookie or token belongs to, while it is valid: not revoked,
+        not expired, its account enabled, and (with `idle`) used within `idle`."""
+        with self._sessions.begin() as session:
+            found = session.execute(
+                select(Credential, Account.username, Account.role)
                 .join(Account, Account.id == Credential.account_id)
                 .where(
                     Credential.digest == digest(secret),
@@ -123,9 +206,87 @@ class AccountLedger:
                     Account.disabled.is_(False),
                 )
             ).first()
-        if row is None or (row.expires_at is not None and row.expires_at <= now):
-            return None
-        return User(row.username, Role(row.role))
+            if found is None:
+                return None
+            credential, username, role = found
+            if credential.expires_at is not None and credential.expires_at <= now:
+                return None
+            last = credential.last_used_at or credential.created_at
+            if idle is not None and now - last > idle:
+                credential.revoked = True  # left idle: signed out
+                return None
+            if now - last >= _TOUCH_EVERY:
+                credential.last_used_at = now
+            return User(username, Role(role), Scope(credential.scope))
+
+    def accounts(self) -> list[AccountRow]:
+        with self._sessions() as session:
+            return [
+                AccountRow(a.username, Role(a.role), a.disabled, a.created_at)
+                for a in session.scalars(select(Account).order_by(Account.username))
+            ]
+
+    def set_disabled(self, username: str, disabled: bool, now: datetime, actor: str) -> None:
+        """Disable an account (its sessions and tokens stop working at once) or enable it."""
+        with self._sessions.begin() as session:
+            self._account(session, username).disabled = disabled
+            self._changed(
+                session, now, actor, f"account {username} {'disabled' if disabled else 'enabled'}"
+            )
+
+    def set_role(self, username: str, role: Role, now: datetime, actor: str) -> None:
+        with self._sessions.begin() as session:
+            account = self._account(session, username)
+            before = Role(account.role)
+            account.role = int(role)
+            self._changed(
+                session, now, actor, f"role of {username}: {before.label} -> {role.label}"
+            )
+
+    def delete(self, username: str, now: datetime, actor: str) -> None:
+        """Delete an account with its sessions and tokens; the audit trail keeps its name."""
+        with self._sessions.begin() as session:
+            account = self._account(session, username)
+            session.execute(delete(Credential).where(Credential.account_id == account.id))
+            session.delete(account)
+            self._changed(session, now, actor, f"account {username} deleted")
+
+    def tokens(self) -> list[TokenRow]:
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Credential, Account.username)
+                .join(Account, Account.id == Credential.account_id)
+                .where(Credential.kind == CredentialKind.TOKEN.value)
+                .order_by(Credential.id)
+            ).all()
+        return [
+            TokenRow(c.id, username, c.name or "", Scope(c.scope), c.created_at, c.expires_at,
+                     c.revoked)
+            for c, username in rows
+        ]  # fmt: skip
+
+    def revoke_token(self, token_id: int, now: datetime, actor: str) -> None:
+        with self._sessions.begin() as session:
+            credential = session.get(Credential, token_id)
+            if credential is None or credential.kind != CredentialKind.TOKEN.value:
+                raise UnknownAccount(f"no API token {token_id}")
+            credential.revoked = True
+            account = session.get_one(Account, credential.account_id)
+            self._changed(
+                session, now, actor,
+                f"API token {token_id} ({credential.name!r}) of {account.username} revoked",
+            )  # fmt: skip
+
+    @staticmethod
+    def _changed(session: Session, now: datetime, actor: str, detail: str) -> None:
+        record_event(
+            session,
+            AuditEventType.ACCOUNT_CHANGED,
+            occurred_at=now,
+            actor=actor,
+            action=EventAction.UPDATE,
+            detail=detail,
+        )
 
     def logout(self, secret: str, now: datetime) -> None:
         with self._sessions.begin() as session:
@@ -164,6 +325,7 @@ class AccountLedger:
         name: str | None,
         now: datetime,
         expires: datetime | None,
+        scope: Scope = Scope.ALL,
     ) -> str:
         secret = new_secret()
         session.add(
@@ -175,6 +337,8 @@ class AccountLedger:
                 created_at=now,
                 expires_at=expires,
                 revoked=False,
+                scope=scope.value,
+                last_used_at=now,
             )
         )
         return secret

@@ -19,8 +19,9 @@ from fastapi.templating import Jinja2Templates
 from appliance import __version__
 from appliance.config import DashboardSettings
 from appliance.web import metrics
-from appliance.web.auth import Forbidden, NotSignedIn
+from appliance.web.auth import Forbidden, NotSignedIn, OutOfScope
 from appliance.web.dependencies import Viewer, page
+from appliance.web.limits import BodyLimit
 from appliance.web.ports import Conflict, NotFound, Ports
 from appliance.web.routers import audit, health, jobs, models, overview, session, studies
 
@@ -37,24 +38,43 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+# Reached by address, not by name: kubelet probes and Prometheus scrapes send the pod's IP as
+# Host. None of them answers a browser anything a rebinding page could use.
+ANY_HOST_PATHS = ("/healthz", "/readyz", "/metrics")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 async def guard(request: Request, call_next: Endpoint) -> Response:
-    """Refuse a cross-site form post (the session cookie is SameSite=Strict already, this holds
-    for older browsers too) and a NUL byte in the path or query (no database column takes
-    one), and set the security headers on every answer."""
+    """Refuse a Host not on the allow-list (DNS rebinding), a cross-site form post (the
+    session cookie is SameSite=Strict already, this holds for older browsers too) and a NUL
+    byte in the path or query (no database column takes one), and set the security headers
+    on every answer."""
     origin = request.headers.get("origin")
     cross_site = origin is not None and urlsplit(origin).netloc != request.headers.get("host")
     target = request.scope.get("raw_path", b"") + b"?" + request.scope.get("query_string", b"")
-    if request.method not in SAFE_METHODS and cross_site:
-        answer: Response = JSONResponse({"detail": "cross-site request refused"}, 403)
+    settings: DashboardSettings = request.app.state.settings
+    if request.url.path not in ANY_HOST_PATHS and not _host_allowed(
+        request.headers.get("host", ""), settings
+    ):
+        answer: Response = JSONResponse({"detail": "host not allowed"}, 400)
+    elif request.method not in SAFE_METHODS and cross_site:
+        answer = JSONResponse({"detail": "cross-site request refused"}, 403)
     elif b"%00" in target or b"\x00" in target:
         answer = JSONResponse({"detail": "NUL byte in the request"}, 400)
     else:
         answer = await call_next(request)
     answer.headers.update(SECURITY_HEADERS)
     return answer
+
+
+def _host_allowed(host: str, settings: DashboardSettings) -> bool:
+    """Whether the Host header (its port aside) names the dashboard: the allow-list, or the
+    address it listens on."""
+    allowed = [*settings.allowed_hosts, settings.host]
+    if "*" in allowed:
+        return True
+    name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return name.lower() in (entry.lower() for entry in allowed)
 
 
 def not_signed_in(request: Request, exc: Exception) -> Response:
@@ -72,6 +92,10 @@ def forbidden(request: Request, exc: Exception) -> Response:
     refused = page(request, "refused.html", exc.user, needed=exc.needed.label)
     refused.status_code = 403
     return refused
+
+
+def out_of_scope(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"detail": str(exc)}, status_code=403)
 
 
 def not_found(request: Request, exc: Exception) -> Response:
@@ -95,7 +119,9 @@ def create_app(settings: DashboardSettings, ports: Ports) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=TEMPLATES)
     app.state.metrics = metrics.registry(metrics.DatabaseCollector(ports.monitoring))
     app.middleware("http")(guard)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_exception_handler(NotSignedIn, not_signed_in)
+    app.add_exception_handler(OutOfScope, out_of_scope)
     app.add_exception_handler(Forbidden, forbidden)
     app.add_exception_handler(NotFound, not_found)
     app.add_exception_handler(Conflict, conflict)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from fastapi import Depends, Request
 
-from appliance.domain.accounts import CredentialKind, Role, User
+from appliance.domain.accounts import CredentialKind, Role, Scope, User
 from appliance.web.ports import Accounts
 
 LOG = logging.getLogger(__name__)
@@ -22,6 +22,10 @@ class NotSignedIn(Exception):
     def __init__(self, machine: bool) -> None:
         super().__init__("sign in first")
         self.machine = machine
+
+
+class OutOfScope(Exception):
+    """A credential used beyond its scope (a metrics-only token anywhere but /metrics)."""
 
 
 class Forbidden(Exception):
@@ -47,6 +51,11 @@ def current_user(request: Request) -> User:
         user = accounts.user(cookie, CredentialKind.SESSION)
     if user is None:
         raise NotSignedIn(is_machine_path(request.url.path))
+    if user.scope is Scope.METRICS and request.url.path != "/metrics":
+        LOG.warning(
+            "refused: a metrics-only token of %s used on %s", user.username, request.url.path
+        )
+        raise OutOfScope(f"this token opens /metrics only, not {request.url.path}")
     return user
 
 

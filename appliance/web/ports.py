@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from appliance.domain.accounts import CredentialKind, User
+from appliance.domain.accounts import CredentialKind, LoginRefused, User
 from appliance.domain.monitoring import (
     Check,
     EventRow,
@@ -55,7 +55,7 @@ class SpoolDisk:
 
 
 class Accounts(Protocol):
-    def login(self, username: str, password: str, host: str | None) -> str | None: ...
+    def login(self, username: str, password: str, host: str | None) -> str | LoginRefused: ...
     def user(self, secret: str, kind: CredentialKind) -> User | None: ...
     def logout(self, secret: str) -> None: ...
 

@@ -2,6 +2,7 @@
 
 import logging
 import threading
+from collections.abc import Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -10,10 +11,20 @@ LOG = logging.getLogger(__name__)
 
 
 class DashboardServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, trusted_proxies: Sequence[str] = ()
+    ) -> None:
+        # X-Forwarded-* are believed from the configured proxies only (uvicorn's default
+        # believes anyone on 127.0.0.1, which is every local user); logging is the appliance's.
         config = uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False
-        )  # the appliance's own logging
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies) or None,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="dashboard", daemon=True)
         self.address = f"http://{host}:{port}"

@@ -27,6 +27,8 @@ def _base(directory: Path) -> dict[str, dict[str, Any]]:
         "database": {"url": f"sqlite:///{directory}/appliance.db"},
         "queue": {"broker_url": f"sqla+sqlite:///{directory}/broker.db"},
         "delivery": {"outbox": str(directory / "outbox")},
+        # Starlette's TestClient sends Host: testserver
+        "dashboard": {"allowed_hosts": ["testserver", "127.0.0.1", "localhost"]},
     }
 
 

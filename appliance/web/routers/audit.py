@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 from datetime import UTC, datetime
 
 from fastapi import APIRouter, HTTPException, Request
@@ -13,7 +14,11 @@ from appliance.web.dependencies import Viewer, Wired, page
 from appliance.web.ports import EventFilter, Ports
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# A formula can also start after a separator, where a spreadsheet told to split on it would
+# begin a new cell: a trigger character there gets the same quote mark.
+_AFTER_SEPARATOR = re.compile(r"([,;|\t\r\n])(?=[=+\-@])")
 LIMIT = 1000
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
 
 router = APIRouter()
 
@@ -21,6 +26,7 @@ router = APIRouter()
 def spreadsheet_safe(cell: str) -> str:
     """A cell a spreadsheet shows as text, never runs as a formula (CSV injection): actors and
     details can hold what a stranger typed, such as the user name of a failed login."""
+    cell = _AFTER_SEPARATOR.sub(r"\1'", cell)
     return "'" + cell if cell.startswith(FORMULA_PREFIXES) else cell
 
 
@@ -29,9 +35,12 @@ def _date(text: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise HTTPException(422, f"not a date: {text!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise HTTPException(422, f"not a date: {text[:40]!r}") from exc
+    if not EARLIEST <= parsed < LATEST:
+        raise HTTPException(422, f"date out of range: {text[:40]!r}")
+    return parsed
 
 
 def _events(request: Request, ports: Ports) -> list[EventRow]:
@@ -56,7 +65,7 @@ def audit_page(request: Request, user: Viewer, ports: Wired) -> HTMLResponse:
 def audit_csv(request: Request, user: Viewer, ports: Wired) -> Response:
     rows = _events(request, ports)
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL)
     writer.writerow(["occurred_at", "event_type", "outcome", "actor", "study_instance_uid",
                      "job_id", "detail"])  # fmt: skip
     for e in rows:

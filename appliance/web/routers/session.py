@@ -7,6 +7,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.config import DashboardSettings
+from appliance.domain.accounts import LoginRefused
 from appliance.web.auth import COOKIE
 from appliance.web.dependencies import Viewer, Wired, page
 
@@ -30,21 +31,31 @@ def login(
 ) -> Response:
     host = request.client.host if request.client else None
     secret = ports.accounts.login(username, password, host)
-    if secret is None:
+    if secret is LoginRefused.LOCKED:
+        response = page(
+            request, "login.html", None, error="Too many failed logins: try again later."
+        )
+        response.status_code = 429
+        response.headers["Retry-After"] = str(int(settings(request).login_lockout_minutes * 60))
+        return response
+    if isinstance(secret, LoginRefused):
         response = page(request, "login.html", None, error="Wrong name or password.")
         response.status_code = 401
         return response
-    settings: DashboardSettings = request.app.state.settings
     signed_in = RedirectResponse("/", status_code=303)
     signed_in.set_cookie(
         COOKIE,
         secret,
-        max_age=int(settings.session_hours * 3600),
+        max_age=int(settings(request).session_hours * 3600),
         httponly=True,
         samesite="strict",
-        secure=settings.secure_cookies,
+        secure=settings(request).secure_cookies,
     )
     return signed_in
+
+
+def settings(request: Request) -> DashboardSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
 
 
 @router.post("/logout")
