@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import yaml
 
-from appliance.config import Settings, SettingsError, load_settings
+from appliance.config import Settings, SettingsError, load_settings, mask_credentials
 
 T = TypeVar("T")
 
@@ -1038,7 +1038,8 @@ def config() -> None:
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the settings and print them as resolved."""
-    click.echo(yaml.safe_dump(_settings(ctx).model_dump(mode="json"), sort_keys=False), nl=False)
+    shown = yaml.safe_dump(_settings(ctx).model_dump(mode="json"), sort_keys=False)
+    click.echo(mask_credentials(shown), nl=False)  # secret fields print as ********** already
     click.echo("# settings are valid", err=True)
 
 

@@ -12,6 +12,7 @@ Settings import `domain` only: every edge can be configured without pulling in a
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from enum import StrEnum
@@ -516,6 +517,15 @@ class LoggingSettings(_Section):
     format: LogFormat = Field(
         default=LogFormat.TEXT, description="text for people, json for log collectors."
     )
+
+
+MASK = "<masked>"
+_URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://[^/\s:@]+:)[^@\s/]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """`text` with the password of every URL in it (scheme://user:password@host) masked."""
+    return _URL_CREDENTIALS.sub(rf"\1{MASK}@", text)
 
 
 class SettingsError(Exception):

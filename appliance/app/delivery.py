@@ -29,7 +29,7 @@ from appliance.dicom.sender import (
     echo,
     outgoing,
 )
-from appliance.dicom.spool import write_durably
+from appliance.dicom.spool import private_directory, write_durably
 from appliance.dicom.stow import StowSession
 from appliance.dicom.tls import client_context
 from appliance.domain.delivery import (
@@ -63,8 +63,7 @@ class Deliverer:
         self._settings = settings
         self._ledger = OutboxLedger(engine)
         self._root = settings.outbox
-        self._staging = self._root / ".staging"
-        self._staging.mkdir(parents=True, exist_ok=True)
+        self._staging = private_directory(private_directory(self._root) / ".staging")
         self._policy = RetryPolicy(
             initial=timedelta(seconds=settings.retry_initial_seconds),
             maximum=timedelta(seconds=settings.retry_max_seconds),

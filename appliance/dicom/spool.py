@@ -19,8 +19,9 @@ from appliance.domain.ingest import StoredFile
 from appliance.domain.instance import InstanceRecord
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
-_DIRECTORY_MODE = 0o750
-_FILE_MODE = 0o640
+# Patient data: the appliance's user alone reads it, whatever the umask it was started with.
+_DIRECTORY_MODE = 0o700
+_FILE_MODE = 0o600
 
 
 _META_GROUP_LENGTH_END = len(PREAMBLE) + 12  # (0002,0000) UL: tag, VR, length, value
@@ -47,6 +48,13 @@ class DiskUsage:
     @property
     def percent(self) -> float:
         return 100.0 * self.used_bytes / self.total_bytes if self.total_bytes else 100.0
+
+
+def private_directory(path: Path) -> Path:
+    """`path` and any missing parents made, and `path` itself (new or old) left 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
+    path.chmod(_DIRECTORY_MODE)
+    return path
 
 
 def _fsync_directory(path: Path) -> None:
@@ -123,8 +131,7 @@ class Spool:
     def __init__(self, root: Path, watermark_percent: float) -> None:
         self.root = root
         self.watermark_percent = watermark_percent
-        self._staging = root / ".incoming"
-        self._staging.mkdir(parents=True, exist_ok=True, mode=_DIRECTORY_MODE)
+        self._staging = private_directory(private_directory(root) / ".incoming")
 
     def usage(self) -> DiskUsage:
         usage = shutil.disk_usage(self.root)

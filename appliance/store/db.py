@@ -6,6 +6,7 @@ concurrent writers (several listener processes) queue on the busy timeout instea
 lock upgrades.
 """
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,21 @@ def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite(Path(parsed.database))
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
         _configure_sqlite(engine)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _private_sqlite(path: Path) -> None:
+    """The database file (and its WAL and shared-memory files, which SQLite creates with the
+    database's own mode) readable by the appliance's user only, whatever the umask."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if part.exists():
+            part.chmod(0o600)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

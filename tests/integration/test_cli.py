@@ -31,6 +31,20 @@ def test_config_check_prints_resolved_settings() -> None:
     assert resolved["listener"]["peers"]
 
 
+def test_config_check_masks_the_passwords_in_urls(tmp_path: Path) -> None:
+    config = tmp_path / "settings.yaml"
+    config.write_text(
+        "database: {url: 'postgresql+psycopg://appliance:db-s3cret@db/appliance'}\n"
+        "queue: {broker_url: 'amqp://appliance:mq-s3cret@mq:5672//'}\n"
+    )
+    result = run_cli(config, "config", "check")
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["database"]["url"] == "postgresql+psycopg://appliance:<masked>@db/appliance"
+    assert resolved["queue"]["broker_url"] == "amqp://appliance:<masked>@mq:5672//"
+
+
 @pytest.mark.usefixtures("dcmtk")
 def test_studies_commands(start, tmp_path: Path, db_url: str) -> None:
     running = start()

@@ -18,7 +18,6 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from appliance.app.dashboard_view import dashboard_ports
-from appliance.domain.accounts import Role
 from appliance.domain.jobs import JobState
 from appliance.store.account_ledger import AccountLedger
 from appliance.store.job_ledger import JobLedger
@@ -26,39 +25,17 @@ from appliance.store.models import AuditEvent, Job
 from appliance.store.study_ledger import StudyLedger
 from appliance.web.app import create_app
 from appliance.web.server import DashboardServer
+from tests.support.dashboard import client_for, dashboard, events
 from tests.support.datasets import PATIENT_ID, PATIENT_NAME, new_series, write_series
 from tests.support.dcmtk import storescu
 from tests.support.services import free_port
 from tests.support.waiting import wait_for, wait_for_http
 
+__all__ = ["dashboard"]  # the fixture, from tests.support
 pytestmark = pytest.mark.usefixtures("dcmtk")
-REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 PUBLIC = {"/healthz", "/readyz", "/login"}
-PASSWORD = "correct horse battery"
+
 FUZZ_EXAMPLES = 30  # per operation and per run; every run draws new cases
-
-
-@pytest.fixture
-def dashboard(start, tmp_path: Path) -> Any:  # type: ignore[no-untyped-def]
-    running = start(
-        inference={"repository": str(REPOSITORY), "threads": 1},
-        queue={"broker_url": f"sqla+sqlite:///{tmp_path}/broker.db"},
-    )
-    accounts = AccountLedger(running.engine)
-    for name, role in (("vera", Role.VIEWER), ("otto", Role.OPERATOR), ("ada", Role.ADMIN)):
-        accounts.add(name, PASSWORD, role, datetime.now(UTC), "test")
-    running.app = create_app(
-        running.settings.dashboard, dashboard_ports(running.settings, running.engine)
-    )
-    return running
-
-
-def client_for(app: Any, username: str | None = None) -> TestClient:
-    client = TestClient(app, follow_redirects=False)
-    if username is not None:
-        answer = client.post("/login", data={"username": username, "password": PASSWORD})
-        assert answer.status_code == 303, answer.text
-    return client
 
 
 def failed_job(running: Any, tmp_path: Path) -> tuple[int, str]:
@@ -74,11 +51,6 @@ def failed_job(running: Any, tmp_path: Path) -> tuple[int, str]:
     )
     jobs.move(job_id, JobState.FAILED, datetime.now(UTC), "test failure", attempt=1)
     return job_id, uid
-
-
-def events(engine: Engine, event_type: str) -> list[AuditEvent]:
-    with Session(engine) as session:
-        return list(session.scalars(select(AuditEvent).where(AuditEvent.event_type == event_type)))
 
 
 def api_routes(app: Any) -> list[RouteContext]:
@@ -215,9 +187,9 @@ def test_metrics_and_csv_for_a_token_and_an_export_audited(dashboard: Any, tmp_p
     csv = machine.get("/audit.csv", params={"event_type": "job_state"})
     assert csv.status_code == 200
     lines = csv.text.strip().splitlines()
-    assert lines[0].startswith("occurred_at,event_type")
+    assert lines[0].startswith('"occurred_at","event_type"')
     assert len(lines) == 3  # header, running and failed
-    assert all(",job_state," in line for line in lines[1:])
+    assert all(',"job_state",' in line for line in lines[1:])
     assert events(dashboard.engine, "audit_exported")[0].actor == "vera"
 
 

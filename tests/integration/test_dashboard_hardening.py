@@ -20,12 +20,12 @@ from appliance.domain.accounts import Scope
 from appliance.store.account_ledger import AccountLedger
 from appliance.web.app import create_app
 from appliance.web.server import DashboardServer
-from tests.integration.test_dashboard import PASSWORD, client_for, dashboard, events
 from tests.support.cli import run_cli
+from tests.support.dashboard import PASSWORD, client_for, dashboard, events
 from tests.support.services import free_port
 from tests.support.waiting import wait_for_http
 
-__all__ = ["dashboard"]  # the fixture, shared with test_dashboard
+__all__ = ["dashboard"]  # the fixture, from tests.support
 
 
 def app_with(running: Any, **changes: object) -> Any:
