@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from celery.signals import worker_ready
 from kombu.exceptions import KombuError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -70,6 +71,7 @@ def run_worker(settings: Settings) -> None:
         retry_seconds=settings.queue.retry_seconds,
     )
     pool = "solo" if settings.queue.worker_concurrency == 1 else "prefork"
+    worker_ready.connect(_no_restart_on_hangup, weak=False)
     app.worker_main(
         [
             "worker",
@@ -85,12 +87,22 @@ def run_worker(settings: Settings) -> None:
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM, SIGINT and SIGHUP (a closing terminal, tmux, some supervisors) all stop the
+    process through its orderly shutdown."""
+
     def handle(signum: int, _frame: FrameType | None) -> None:
         LOG.info("signal %d: stopping", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handle)
+
+
+def _no_restart_on_hangup(**_: object) -> None:
+    """Celery restarts a worker on SIGHUP by executing its command line again, which in a
+    child of `serve` is `serve`'s own: a second appliance. The parent stops its worker
+    instead, so the worker leaves SIGHUP alone once it is up."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _listener_process(settings: Settings) -> None:
@@ -199,35 +211,38 @@ class Roles:
 
 
 def run(settings: Settings, roles: Roles) -> None:
-    """Run the chosen roles until SIGTERM or SIGINT: listener, sweeper and dashboard in this
-    process, a worker (with `work`) in a child process, restarted if it dies."""
+    """Run the chosen roles until SIGTERM, SIGINT or SIGHUP: listener, sweeper and dashboard
+    in this process, a worker (with `work`) in a child process, restarted if it dies. If a
+    role fails to start, the roles already started are stopped and the error goes on up."""
     configure_logging(settings.logging)
     engine = open_database(settings.database.url, migrate=roles.migrate)
     stop = threading.Event()
     _stop_on_signals(stop)
-    web = None
+    web = worker = sweeper = None
     group = ListenerGroup(settings, engine) if roles.listen else None
-    if roles.dashboard:
-        # Imported by a process that serves the dashboard only: the web stack would cost
-        # every listener, sweeper and worker process some 13 MiB it never uses.
-        from appliance.app.dashboard_view import dashboard_server
-
-        web = dashboard_server(settings, engine, group.alive if group is not None else None)
-        web.start()
-        if AccountLedger(engine).count() == 0:
-            LOG.warning("no dashboard accounts yet: add one with `appliance users add NAME`")
-    worker = WorkerProcess(settings) if roles.work else None
-    if worker is not None:
-        worker.start()
-    if group is not None:
-        group.start()
-    sweeper = None
-    if roles.sweep:
-        sweeper = threading.Thread(
-            target=run_sweeper, args=(settings, engine, stop), name="sweeper", daemon=True
-        )
-        sweeper.start()
     try:
+        if roles.dashboard:
+            # Imported by a process that serves the dashboard only: the web stack would cost
+            # every listener, sweeper and worker process some 13 MiB it never uses.
+            from appliance.app.dashboard_view import dashboard_server
+
+            web = dashboard_server(settings, engine, group.alive if group is not None else None)
+            web.start()
+            if AccountLedger(engine).count() == 0:
+                LOG.warning("no dashboard accounts yet: add one with `appliance users add NAME`")
+        if roles.work:
+            requeued = JobLedger(engine).requeue_orphans(socket.gethostname(), datetime.now(UTC))
+            if requeued:
+                LOG.warning("%d jobs of workers that no longer run queued again", requeued)
+            worker = WorkerProcess(settings)
+            worker.start()
+        if group is not None:
+            group.start()
+        if roles.sweep:
+            sweeper = threading.Thread(
+                target=run_sweeper, args=(settings, engine, stop), name="sweeper", daemon=True
+            )
+            sweeper.start()
         while not stop.wait(SUPERVISE_INTERVAL_SECONDS):
             if group is not None:
                 group.supervise()
@@ -236,6 +251,7 @@ def run(settings: Settings, roles: Roles) -> None:
             if web is not None and not web.alive():
                 raise OSError(f"the dashboard stopped: is {web.address} taken?")
     finally:
+        stop.set()
         if web is not None:
             web.stop()
         if worker is not None:

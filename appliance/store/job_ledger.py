@@ -24,6 +24,7 @@ from appliance.domain.jobs import (
     check_transition,
 )
 from appliance.domain.routing import Priority, SeriesFacts
+from appliance.domain.workers import process_identity, still_running
 from appliance.store.audit_trail import record_event, record_timing
 from appliance.store.db import session_factory
 from appliance.store.models import AuditEvent, Delivery, Instance, Job, Series, StageTiming, Study
@@ -60,9 +61,12 @@ class JobLedger:
     def __init__(self, engine: Engine) -> None:
         self._sessions = session_factory(engine)
 
-    def claim(self, job_id: int, now: datetime, lease: timedelta) -> JobWork | None:
-        """Move a QUEUED job to RUNNING under a lease and return what it must work on; None
-        when the job is not queued (another worker has it, or it is finished)."""
+    def claim(
+        self, job_id: int, now: datetime, lease: timedelta, worker: str | None = None
+    ) -> JobWork | None:
+        """Move a QUEUED job to RUNNING under a lease, held by `worker` (this process by
+        default), and return what it must work on; None when the job is not queued (another
+        worker has it, or it is finished)."""
         with self._sessions.begin() as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job is None or job.state != JobState.QUEUED:
@@ -70,6 +74,7 @@ class JobLedger:
             study = session.get_one(Study, job.study_id)
             job.attempts += 1
             job.lease_until = now + lease
+            job.claimed_by = worker or process_identity()
             if job.attempts == 1:  # from the study's completion to its first worker
                 record_timing(
                     session, job.id, Stage.DISPATCH, (now - job.created_at).total_seconds(), now
@@ -223,6 +228,28 @@ class JobLedger:
             if job is None:
                 raise UnknownJob(f"job {job_id} is not in the database")
             return JobState(job.state)
+
+    def requeue_orphans(self, host: str, now: datetime) -> int:
+        """RUNNING jobs held by worker processes of `host` that no longer run go back to
+        QUEUED at once, rather than after their lease: what a restart after a crash finds.
+        How many."""
+        with self._sessions.begin() as session:
+            jobs = session.scalars(
+                select(Job)
+                .where(Job.state == JobState.RUNNING, Job.claimed_by.is_not(None))
+                .with_for_update(skip_locked=True)
+            ).all()
+            orphans = [job for job in jobs if still_running(job.claimed_by or "", host) is False]
+            for job in orphans:
+                study_uid = session.scalar(
+                    select(Study.study_instance_uid).where(Study.id == job.study_id)
+                )
+                job.dispatched_at = None
+                self._move(
+                    session, job, str(study_uid), JobState.QUEUED, now,
+                    f"worker {job.claimed_by} no longer runs",
+                )  # fmt: skip
+            return len(orphans)
 
     def requeue_expired(self, now: datetime) -> list[int]:
         """RUNNING jobs whose lease ran out go back to QUEUED: their worker is gone."""

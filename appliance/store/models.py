@@ -157,6 +157,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, index=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # its worker
     # Findings of low confidence in the last encoded attempt: flagged for review, withheld.
     flagged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     withheld: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -1,9 +1,12 @@
 """Several listener processes share the port (SO_REUSEPORT) under a supervising parent."""
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -65,3 +68,77 @@ def test_two_processes_share_the_port_and_are_restarted(tmp_path: Path, db_url: 
     assert "listener-0 exited" in log or "listener-1 exited" in log
     assert parent.returncode == 0
     engine.dispose()
+
+
+def appliances(config: Path) -> list[psutil.Process]:
+    """Every process running with `config` on its command line (an appliance), and every
+    process below one (its children, spawned with a command line of their own)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(config) in " ".join(process.info["cmdline"] or []):
+                found += [process, *process.children(recursive=True)]
+    return [process for process in found if process.is_running()]
+
+
+def serve_in_own_session(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """`python -m appliance serve` as a terminal runs it: its own process group, which a
+    closing terminal sends SIGHUP as a whole."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--config", str(config), "serve"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def test_a_hangup_stops_serve_cleanly_and_leaves_no_appliance_behind(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Before: serve died without its shutdown, and its Celery worker, restarting on SIGHUP,
+    executed the command line again: a second, parentless appliance on the same ports."""
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        {"listener": {"port": port}, "database": {"url": db_url},
+         "dashboard": {"port": free_port()}},
+    )  # fmt: skip
+    appliance = serve_in_own_session(config, tmp_path / "serve.log")
+    try:
+        wait_for(lambda: echoscu(port).returncode == 0, 60, interval=0.3)
+        wait_for(lambda: len(appliances(config)) >= 2, 30)  # the worker child is up
+        time.sleep(3)  # and its Celery worker ready
+        family = appliances(config)
+        os.killpg(appliance.pid, signal.SIGHUP)
+        assert appliance.wait(timeout=60) == 0
+        wait_for(lambda: not any(p.is_running() for p in family), 30)
+        time.sleep(2)  # a re-executed appliance would be running again by now
+        assert appliances(config) == []
+        assert echoscu(port).returncode != 0
+    finally:
+        for process in appliances(config):
+            process.kill()
+    assert "stopped" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_port_already_taken_stops_every_role_started_and_exits_nonzero(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Before: "Address already in use", then a hang that ignored SIGTERM, its worker child
+    never stopped."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path,
+            {"listener": {"host": "127.0.0.1", "port": port}, "database": {"url": db_url},
+             "dashboard": {"port": free_port()}},
+        )  # fmt: skip
+        appliance = serve_in_own_session(config, tmp_path / "serve.log")
+        try:
+            assert appliance.wait(timeout=90) != 0
+            wait_for(lambda: appliances(config) == [], 30)
+        finally:
+            for process in appliances(config):
+                process.kill()
+    assert "Address already in use" in (tmp_path / "serve.log").read_text()

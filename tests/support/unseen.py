@@ -47,6 +47,7 @@ class CTScores:
     lesions_detected: float  # of the lesions over 10 mm
     false_lesions_per_study: float
     studies: int
+    false_lesions_stated_per_study: float = 0.0  # not flagged for review: stated as findings
 
 
 def ultrasound_scores(
@@ -83,7 +84,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
     backend = OnnxRuntimeBackend(repository, threads=2)
     overlap = dict.fromkeys(ORGANS, 0.0)
     total = dict.fromkeys(ORGANS, 0.0)
-    detected = detectable = false = studies = 0
+    detected = detectable = false = stated = studies = 0
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
             study = unseen_study(seed)
@@ -101,15 +102,18 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
                 )
                 overlap[name] += 2 * float((predicted & truth).sum())
                 total[name] += float(predicted.sum() + truth.sum())
-            lesion_numbers = [s.number for s in run.findings.segments if s.stage != "organs"]
-            found = np.isin(run.findings.labels, lesion_numbers)
+            lesions = [s for s in run.findings.segments if s.stage != "organs"]
+            found = np.isin(run.findings.labels, [s.number for s in lesions])
             d, n, f = _lesions(found, run.findings.labels, study.lesions, study.spacing)
             detected, detectable, false = detected + d, detectable + n, false + f
+            plain = np.isin(run.findings.labels, [s.number for s in lesions if not s.review])
+            stated += _lesions(plain, run.findings.labels, study.lesions, study.spacing)[2]
     return CTScores(
         {name: overlap[name] / total[name] for name in ORGANS if total[name]},
         detected / max(detectable, 1),
         false / max(studies, 1),
         studies,
+        stated / max(studies, 1),
     )
 
 
@@ -174,6 +178,7 @@ def main() -> None:
                 {
                     "lesions_over_10mm_detected": ct.lesions_detected,
                     "false_lesions_per_study": ct.false_lesions_per_study,
+                    "false_lesions_stated_per_study": ct.false_lesions_stated_per_study,
                 },
             ),
         )
