@@ -519,6 +519,26 @@ class LoggingSettings(_Section):
     )
 
 
+class AuditSettings(_Section):
+    """Audit events sent to the hospital's audit repository (IHE ATNA: DICOM audit messages
+    in RFC 5424 syslog over TLS, RFC 5425), besides the audit table."""
+
+    syslog_host: str | None = Field(
+        default=None, description="The audit repository's syslog collector; unset: none."
+    )
+    syslog_port: int = Field(default=6514, ge=1, le=65535, description="Its TLS syslog port.")
+    ca_certificates: Path | None = Field(
+        default=None, description="PEM CAs that sign the collector's certificate."
+    )
+    certificate: Path | None = Field(
+        default=None, description="PEM client certificate, where the collector asks for one."
+    )
+    private_key: Path | None = Field(default=None, description="Its PEM private key.")
+    source_id: str = Field(
+        default="APPLIANCE", max_length=64, description="AuditSourceID the messages carry."
+    )
+
+
 MASK = "<masked>"
 _URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://[^/\s:@]+:)[^@\s/]+@")
 
@@ -571,6 +591,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -20,6 +20,7 @@ from kombu.exceptions import KombuError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from appliance.app.audit_forwarding import AuditForwarder
 from appliance.app.completion import complete_studies
 from appliance.app.delivery import Deliverer, deliver_and_settle
 from appliance.app.dispatch import Dispatcher
@@ -37,15 +38,18 @@ from appliance.store.study_ledger import StudyLedger
 
 LOG = logging.getLogger(__name__)
 SUPERVISE_INTERVAL_SECONDS = 1.0
+AUDIT_FORWARD_SECONDS = 5.0
 
 
 def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
-    """Complete due studies, dispatch their jobs, and attempt due deliveries, until `stop`."""
+    """Complete due studies, dispatch their jobs, attempt due deliveries, and send the audit
+    trail on to the audit repository where one is configured, until `stop`."""
     studies = StudyLedger(engine, settings.study.completion_policy())
     dispatcher = Dispatcher(settings, engine)
     deliverer = Deliverer(settings.delivery, engine)
     jobs = JobLedger(engine)
-    delivered_at = 0.0
+    auditing = AuditForwarder(settings.audit, engine) if settings.audit.syslog_host else None
+    delivered_at = audited_at = 0.0
     while not stop.is_set():
         try:
             complete_studies(studies)
@@ -55,6 +59,12 @@ def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> No
                 delivered_at = time.monotonic()
         except (OSError, SQLAlchemyError, KombuError) as exc:
             LOG.error("sweep failed, trying again: %s", exc)  # a broker or database hiccup
+        if auditing is not None and time.monotonic() - audited_at >= AUDIT_FORWARD_SECONDS:
+            audited_at = time.monotonic()
+            try:
+                auditing.forward()
+            except (OSError, SQLAlchemyError) as exc:
+                LOG.error("audit repository not reached, trying again: %s", exc)
         stop.wait(settings.study.sweep_interval_seconds)
 
 

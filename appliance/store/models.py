@@ -278,6 +278,15 @@ class AuditEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
+class AuditExport(Base):
+    """How far the audit trail has been sent to one audit repository (IHE ATNA)."""
+
+    __tablename__ = "audit_exports"
+
+    collector: Mapped[str] = mapped_column(String(300), primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+
+
 class AuditEventImmutable(Exception):
     """Raised when code tries to change or delete an audit event."""
 

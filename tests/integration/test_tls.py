@@ -15,79 +15,16 @@ from appliance.results.validate import check
 from appliance.store.models import Association, AuditEvent
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import dcmtk_env, storescu
+from tests.support.pki import hospital_pki
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca(directory: Path, name: str) -> None:
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name}",
-        cwd=directory,
-    )
-
-
-def make_leaf(directory: Path, name: str, ca: str) -> None:
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/CN={name}",
-        cwd=directory,
-    )
-    (directory / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        f"{ca}.pem",
-        "-CAkey",
-        f"{ca}.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-extfile",
-        f"{name}.ext",
-        cwd=directory,
-    )
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Path:
-    directory = tmp_path / "pki"
-    directory.mkdir()
-    make_ca(directory, "hospital-ca")
-    make_ca(directory, "rogue-ca")
-    make_leaf(directory, "server", "hospital-ca")
-    make_leaf(directory, "pacs", "hospital-ca")
-    make_leaf(directory, "impostor", "rogue-ca")
-    return directory
+    leaves = {"server": "hospital-ca", "pacs": "hospital-ca", "impostor": "rogue-ca"}
+    return hospital_pki(tmp_path / "pki", leaves)
 
 
 def mutual_tls(pki: Path) -> dict[str, object]:
