@@ -68,9 +68,12 @@ def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> No
         stop.wait(settings.study.sweep_interval_seconds)
 
 
-def run_worker(settings: Settings) -> None:
-    """A Celery worker consuming both queues; blocks until it is stopped."""
+def run_worker(settings: Settings, parent: int | None = None) -> None:
+    """A Celery worker consuming both queues; blocks until it is stopped. As a child of
+    `serve` (process `parent`) it stops when `serve` is gone."""
     configure_logging(settings.logging)
+    if parent is not None:
+        _stop_with_parent(parent)
     engine = open_database(settings.database.url, migrate=False)
     app = make_app(settings.queue)
     deliverer = Deliverer(settings.delivery, engine)
@@ -108,6 +111,20 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signum, handle)
 
 
+def _stop_with_parent(parent: int) -> None:
+    """A child of `serve` (process `parent`) sends itself SIGTERM once `serve` is gone,
+    however it went (kill -9 included, even before the child got this far): an orphaned
+    worker or listener would go on beside the next appliance."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(SUPERVISE_INTERVAL_SECONDS)
+        LOG.error("the parent process is gone: stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _no_restart_on_hangup(**_: object) -> None:
     """Celery restarts a worker on SIGHUP by executing its command line again, which in a
     child of `serve` is `serve`'s own: a second appliance. The parent stops its worker
@@ -115,11 +132,12 @@ def _no_restart_on_hangup(**_: object) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
-def _listener_process(settings: Settings) -> None:
+def _listener_process(settings: Settings, parent: int) -> None:
     """Entry point of one listener process sharing the port with its siblings."""
     configure_logging(settings.logging)
     stop = threading.Event()
     _stop_on_signals(stop)
+    _stop_with_parent(parent)
     engine = open_database(settings.database.url, migrate=False)
     listener = start_listener(settings, engine, reuse_port=True)
     while not stop.wait(SUPERVISE_INTERVAL_SECONDS):
@@ -140,7 +158,7 @@ class WorkerProcess:
 
     def start(self) -> None:
         self._process = self._spawn.Process(
-            target=run_worker, args=(self._settings,), name="worker"
+            target=run_worker, args=(self._settings, os.getpid()), name="worker"
         )
         self._process.start()
 
@@ -177,7 +195,9 @@ class ListenerGroup:
 
     def _start_process(self, index: int) -> BaseProcess:
         process = self._spawn.Process(
-            target=_listener_process, args=(self._settings,), name=f"listener-{index}"
+            target=_listener_process,
+            args=(self._settings, os.getpid()),
+            name=f"listener-{index}",
         )
         process.start()
         return process

@@ -7,10 +7,15 @@ into whole messages, C-ECHO and C-STORE requests are dispatched, and each respon
 straight to the socket.
 """
 
+import contextlib
 import logging
+import mmap
 import socket
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.uid import UID
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
@@ -30,6 +35,7 @@ from appliance.dicom.dimse import (
     decode_command,
     encode_response,
 )
+from appliance.dicom.parse import Encoded
 from appliance.dicom.sop_classes import VERIFICATION
 from appliance.domain.status import Status
 
@@ -51,7 +57,7 @@ class Negotiated:
 class StoreRequest:
     """A whole C-STORE-RQ: its data set as received, on the presentation context it came."""
 
-    data_set: bytes
+    data_set: Encoded  # a large data set: its spilled file, mapped
     transfer_syntax_uid: str  # the context's
     context_sop_class_uid: str  # the context's abstract syntax
     sop_class_uid: str  # Affected SOP Class UID of the command
@@ -123,6 +129,23 @@ def accept(
     )
 
 
+# The largest data set held by default: one that never ends must not grow without bound.
+MAX_DATA_SET_BYTES = 2 << 30
+# Beyond this a data set goes to a file as it arrives, never held whole in memory.
+SPILL_AFTER_BYTES = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class DataSetLimits:
+    """How large a data set may grow, and from what size it is written to a file in
+    `spill_directory` (on the spool's file system) as its fragments arrive; without a
+    directory every data set stays in memory."""
+
+    maximum: int = MAX_DATA_SET_BYTES
+    spill_after: int = SPILL_AFTER_BYTES
+    spill_directory: Path | None = None
+
+
 @dataclass
 class _Message:
     """A DIMSE message being assembled from P-DATA values on one presentation context."""
@@ -131,7 +154,39 @@ class _Message:
     command: Command | None = None
     command_bytes: bytearray = field(default_factory=bytearray)
     data_set: bytearray = field(default_factory=bytearray)
+    spill: BinaryIO | None = None  # where a large data set goes instead of `data_set`
+    spill_path: Path | None = None
+    size: int = 0  # of the data set so far
     dropped: int = 0  # bytes received after the data set outgrew the maximum; none kept
+
+    def add(self, data: memoryview, limits: DataSetLimits) -> None:
+        """Keep a data set fragment, in memory or, once the data set is large, in its file."""
+        if self.dropped or self.size + len(data) > limits.maximum:
+            self.dropped = (self.dropped or self.size) + len(data)
+            self.discard()
+            return
+        spill_now = self.spill is None and self.size + len(data) > limits.spill_after
+        if spill_now and limits.spill_directory is not None:
+            descriptor, name = tempfile.mkstemp(suffix=".part", dir=limits.spill_directory)
+            self.spill = open(descriptor, "w+b")  # noqa: SIM115 - closed in discard
+            self.spill_path = Path(name)
+            self.spill.write(self.data_set)
+            self.data_set = bytearray()
+        if self.spill is not None:
+            self.spill.write(data)
+        else:
+            self.data_set += data
+        self.size += len(data)
+
+    def discard(self) -> None:
+        """Let the data set go: its memory, and its file if it has one."""
+        self.data_set = bytearray()
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
+        if self.spill_path is not None:
+            self.spill_path.unlink(missing_ok=True)
+            self.spill_path = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,61 +198,66 @@ class Timeouts:
     dimse: float
 
 
-# The largest data set held by default: a data set grows in memory until it is whole, so one
-# that never ends must not grow without bound.
-MAX_DATA_SET_BYTES = 2 << 30
-
-
 def serve(
     sock: socket.socket,
     negotiated: Negotiated,
     on_store: StoreHandler,
     timeouts: Timeouts,
-    max_data_set: int = MAX_DATA_SET_BYTES,
+    limits: DataSetLimits = DataSetLimits(),
 ) -> str:
     """Run the data phase until release or abort; returns how the association ended. On an
     A-RELEASE-RQ it returns RELEASED and leaves the A-RELEASE-RP to the caller, who frees the
     association's slot first: a sender that reconnects at once finds it free. Raises
     DimseTimeout when a message in progress stalls, TimeoutError when the association idles.
-    A data set beyond `max_data_set` bytes is read to its end but not kept: its C-STORE is
-    answered with the handler's verdict on an oversized request."""
+    A data set beyond `limits.maximum` bytes is read to its end but not kept: its C-STORE is
+    answered with the handler's verdict on an oversized request. A message cut off leaves
+    no file behind."""
     message: _Message | None = None
     sock.settimeout(timeouts.network)
-    while True:
-        try:
-            kind, body = ul.read_pdu(sock, MAX_PDU_LENGTH)
-        except TimeoutError as exc:
-            if message is not None:
-                stalled = f"no fragment of a DIMSE message for {timeouts.dimse:g} s"
-                raise DimseTimeout(stalled) from exc
-            raise
-        if kind is ul.PduType.RELEASE_RQ:
-            return RELEASED
-        if kind is ul.PduType.ABORT:
-            return "aborted by peer"
-        if kind is not ul.PduType.DATA_TF:
-            raise ul.ProtocolError(f"unexpected {kind.name}", ul.AbortReason.UNEXPECTED_PDU)
-        for value in ul.presentation_data_values(body):
-            context = negotiated.accepted.get(value.context_id)
-            if context is None:
-                raise ul.ProtocolError(
-                    f"P-DATA on unaccepted context {value.context_id}",
-                    ul.AbortReason.INVALID_PDU_PARAMETER_VALUE,
-                )
-            if message is None:
-                message = _Message(value.context_id)
-                sock.settimeout(timeouts.dimse)
-            elif message.context_id != value.context_id:
-                raise ul.ProtocolError(
-                    "P-DATA interleaves two messages", ul.AbortReason.UNEXPECTED_PDU
-                )
-            if _add_fragment(message, value, max_data_set):
-                _respond(sock, negotiated, context, message, on_store)
-                message = None
-                sock.settimeout(timeouts.network)
+    try:
+        while True:
+            try:
+                kind, body = ul.read_pdu(sock, MAX_PDU_LENGTH)
+            except TimeoutError as exc:
+                if message is not None:
+                    stalled = f"no fragment of a DIMSE message for {timeouts.dimse:g} s"
+                    raise DimseTimeout(stalled) from exc
+                raise
+            if kind is ul.PduType.RELEASE_RQ:
+                return RELEASED
+            if kind is ul.PduType.ABORT:
+                return "aborted by peer"
+            if kind is not ul.PduType.DATA_TF:
+                raise ul.ProtocolError(f"unexpected {kind.name}", ul.AbortReason.UNEXPECTED_PDU)
+            for value in ul.presentation_data_values(body):
+                context = negotiated.accepted.get(value.context_id)
+                if context is None:
+                    raise ul.ProtocolError(
+                        f"P-DATA on unaccepted context {value.context_id}",
+                        ul.AbortReason.INVALID_PDU_PARAMETER_VALUE,
+                    )
+                if message is None:
+                    message = _Message(value.context_id)
+                    sock.settimeout(timeouts.dimse)
+                elif message.context_id != value.context_id:
+                    raise ul.ProtocolError(
+                        "P-DATA interleaves two messages", ul.AbortReason.UNEXPECTED_PDU
+                    )
+                if _add_fragment(message, value, limits):
+                    try:
+                        _respond(sock, negotiated, context, message, on_store)
+                    finally:
+                        message.discard()
+                    message = None
+                    sock.settimeout(timeouts.network)
+    finally:
+        if message is not None:
+            message.discard()
 
 
-def _add_fragment(message: _Message, value: ul.PresentationDataValue, max_data_set: int) -> bool:
+def _add_fragment(
+    message: _Message, value: ul.PresentationDataValue, limits: DataSetLimits
+) -> bool:
     """Add one PDV; True when the message is whole."""
     if value.is_command:
         if message.command is not None:
@@ -216,11 +276,7 @@ def _add_fragment(message: _Message, value: ul.PresentationDataValue, max_data_s
         raise ul.ProtocolError(
             "data set fragment without a command announcing it", ul.AbortReason.UNEXPECTED_PDU
         )
-    if message.dropped or len(message.data_set) + len(value.data) > max_data_set:
-        message.dropped += len(message.data_set) + len(value.data)
-        message.data_set = bytearray()
-    else:
-        message.data_set += value.data
+    message.add(value.data, limits)
     return value.is_last
 
 
@@ -237,16 +293,17 @@ def _respond(
     if command.command_field == CommandField.C_ECHO_RQ and abstract == VERIFICATION:
         status = Status.SUCCESS
     elif command.command_field == CommandField.C_STORE_RQ and abstract != VERIFICATION:
-        status = on_store(
-            StoreRequest(
-                bytes(message.data_set),
-                str(context.transfer_syntax[0]),
-                abstract,
-                command.affected_sop_class_uid,
-                command.affected_sop_instance_uid,
-                message.dropped,
+        with _received(message) as data_set:
+            status = on_store(
+                StoreRequest(
+                    data_set,
+                    str(context.transfer_syntax[0]),
+                    abstract,
+                    command.affected_sop_class_uid,
+                    command.affected_sop_instance_uid,
+                    message.dropped,
+                )
             )
-        )
     else:
         LOG.warning("unsupported DIMSE command 0x%04X on %s", command.command_field, abstract)
         status = Status.UNRECOGNISED_OPERATION
@@ -254,3 +311,15 @@ def _respond(
         message.context_id, True, encode_response(command, status), negotiated.peer_max_pdu
     ):
         sock.sendall(pdu)
+
+
+@contextlib.contextmanager
+def _received(message: _Message) -> Iterator[Encoded]:
+    """The message's data set: its bytes, or its spilled file mapped read-only (the pages
+    are the file's, read as the handler reads them, never copied whole into memory)."""
+    if message.spill is None:
+        yield bytes(message.data_set)
+        return
+    message.spill.flush()
+    with mmap.mmap(message.spill.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        yield view

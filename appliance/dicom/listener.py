@@ -38,6 +38,7 @@ from appliance.dicom import upper_layer as ul
 from appliance.dicom.acceptor import (
     MAX_DATA_SET_BYTES,
     RELEASED,
+    DataSetLimits,
     DimseTimeout,
     Negotiated,
     StoreRequest,
@@ -588,9 +589,10 @@ class Listener:
 
         timeouts = Timeouts(self._options.network_timeout, self._options.dimse_timeout)
         try:
-            return serve(
-                connection, negotiated, on_store, timeouts, self._options.max_instance_bytes
+            limits = DataSetLimits(
+                self._options.max_instance_bytes, spill_directory=self._spool.staging
             )
+            return serve(connection, negotiated, on_store, timeouts, limits)
         except ul.ProtocolError as exc:
             LOG.warning("association %d: protocol error: %s", state.id, exc)
             return self._abort(connection, f"aborted: {exc}", exc.reason)

@@ -8,6 +8,7 @@ data and the last one exactly at its end. A transfer cut anywhere is caught with
 pixel data, at a small fraction of a full pydicom parse.
 """
 
+import mmap
 import struct
 import zlib
 
@@ -45,6 +46,9 @@ INSTANCE_NUMBER = 0x00200013
 IMAGES_IN_ACQUISITION = 0x00201002
 NUMBER_OF_FRAMES = 0x00280008
 
+# Encoded data set bytes: in memory, or a large data set's file mapped read-only.
+Encoded = bytes | mmap.mmap
+
 PIXEL_DATA_PRESENT = -1  # a key of `walk`'s result: the data set has pixel data
 
 _WANTED = frozenset(
@@ -70,7 +74,7 @@ class InvalidInstance(ValueError):
         self.status = status
 
 
-def inflate(data: bytes) -> bytes:
+def inflate(data: Encoded) -> bytes:
     """Undo the Deflated Explicit VR Little Endian transfer syntax (raw deflate, RFC 1951)."""
     try:
         return zlib.decompress(data, -zlib.MAX_WBITS)
@@ -78,7 +82,7 @@ def inflate(data: bytes) -> bytes:
         raise InvalidInstance(f"deflated data set does not inflate: {exc}") from exc
 
 
-def walk(data: bytes, implicit: bool, little: bool) -> dict[int, bytes]:
+def walk(data: Encoded, implicit: bool, little: bool) -> dict[int, bytes]:
     """Check that `data` is a whole encoding and return the wanted top-level values."""
     values: dict[int, bytes] = {}
     end = _walk(data, 0, implicit, little, values)
@@ -88,7 +92,7 @@ def walk(data: bytes, implicit: bool, little: bool) -> dict[int, bytes]:
 
 
 def _walk(
-    data: bytes, pos: int, implicit: bool, little: bool, values: dict[int, bytes] | None
+    data: Encoded, pos: int, implicit: bool, little: bool, values: dict[int, bytes] | None
 ) -> int:
     """Walk elements from `pos`; top level when `values` is given, else inside a sequence."""
     order = "<" if little else ">"
@@ -206,7 +210,7 @@ class _Text:
 
 
 def parse_instance(
-    encoded: bytes, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str
+    encoded: Encoded, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str
 ) -> InstanceRecord:
     """Read the record of a C-STORE data set; `sop_*` come from the C-STORE request."""
     if not encoded:

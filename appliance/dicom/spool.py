@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.dicom.association import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from appliance.dicom.parse import Encoded
 from appliance.domain.ingest import StoredFile
 from appliance.domain.instance import InstanceRecord
 
@@ -97,7 +98,7 @@ def encode_file_meta(record: InstanceRecord, source_ae_title: str) -> bytes:
     return _element(0x0002, 0x0000, b"UL", struct.pack("<L", len(body))) + body
 
 
-def write_durably(final: Path, staging: Path, root: Path, parts: Sequence[bytes]) -> None:
+def write_durably(final: Path, staging: Path, root: Path, parts: Sequence[Encoded]) -> None:
     """Write `parts` to `final` so that a crash leaves either nothing or the whole file: a
     temporary file in `staging` (same file system) is fsync'd and renamed into place, then the
     directory entry is fsync'd, and so are directories created below `root` on the way."""
@@ -147,7 +148,12 @@ class Spool:
             / f"{record.sop_instance_uid}.dcm"
         )
 
-    def store(self, record: InstanceRecord, file_meta: bytes, dataset: bytes) -> StoredFile:
+    @property
+    def staging(self) -> Path:
+        """Where files are written before they are renamed into place (same file system)."""
+        return self._staging
+
+    def store(self, record: InstanceRecord, file_meta: bytes, dataset: Encoded) -> StoredFile:
         """Write the instance durably; an existing file of the same instance is replaced."""
         if not self.has_room():
             raise SpoolFull(f"spool disk above {self.watermark_percent}% watermark")

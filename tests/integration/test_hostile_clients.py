@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from appliance.dicom import upper_layer as ul
+from appliance.dicom.spool import data_set_of
 from appliance.store.models import AuditEvent
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import echoscu, storescu
@@ -218,3 +219,24 @@ def test_the_accept_loop_survives_a_connection_it_cannot_handle(start, monkeypat
     assert listener.alive()
     listener.stop()
     wait_for(lambda: not listener.alive(), 5)
+
+
+def test_a_large_data_set_is_streamed_to_the_spool_never_held_whole(start, tmp_path: Path) -> None:
+    """A 17 MiB instance: past 8 MiB its fragments go to a file in the spool's staging
+    directory as they arrive, and parsing and storing read that file; the listener's own
+    allocations stay far below the instance's size (before: the data set grew in memory to
+    its full size, then was copied once more), and nothing is left in staging."""
+    running = start()
+    (sent,) = write_series(new_series(1, rows=3000, columns=3000), tmp_path / "large")
+    tracemalloc.start()
+    try:
+        assert storescu(running.port, [sent]).returncode == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sent.stat().st_size > 17 * 2**20
+    assert peak < 10 * 2**20, peak
+    spool = Path(running.settings.spool.path)
+    (stored,) = [p for p in spool.rglob("*.dcm")]
+    assert data_set_of(stored.read_bytes()) == data_set_of(sent.read_bytes())
+    assert list((spool / ".incoming").iterdir()) == []

@@ -91,11 +91,8 @@ def serve_in_own_session(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def test_a_hangup_stops_serve_cleanly_and_leaves_no_appliance_behind(
-    tmp_path: Path, db_url: str
-) -> None:
-    """Before: serve died without its shutdown, and its Celery worker, restarting on SIGHUP,
-    executed the command line again: a second, parentless appliance on the same ports."""
+def serving(tmp_path: Path, db_url: str) -> tuple[Path, int, subprocess.Popen[bytes]]:
+    """`serve` in its own session, once it answers C-ECHO and its worker child is up."""
     port = free_port()
     config = write_config(
         tmp_path,
@@ -103,10 +100,19 @@ def test_a_hangup_stops_serve_cleanly_and_leaves_no_appliance_behind(
          "dashboard": {"port": free_port()}},
     )  # fmt: skip
     appliance = serve_in_own_session(config, tmp_path / "serve.log")
+    wait_for(lambda: echoscu(port).returncode == 0, 60, interval=0.3)
+    wait_for(lambda: len(appliances(config)) >= 2, 30)
+    return config, port, appliance
+
+
+def test_a_hangup_stops_serve_cleanly_and_leaves_no_appliance_behind(
+    tmp_path: Path, db_url: str
+) -> None:
+    """Before: serve died without its shutdown, and its Celery worker, restarting on SIGHUP,
+    executed the command line again: a second, parentless appliance on the same ports."""
+    config, port, appliance = serving(tmp_path, db_url)
     try:
-        wait_for(lambda: echoscu(port).returncode == 0, 60, interval=0.3)
-        wait_for(lambda: len(appliances(config)) >= 2, 30)  # the worker child is up
-        time.sleep(3)  # and its Celery worker ready
+        time.sleep(3)  # its Celery worker ready
         family = appliances(config)
         os.killpg(appliance.pid, signal.SIGHUP)
         assert appliance.wait(timeout=60) == 0
@@ -142,3 +148,16 @@ def test_a_port_already_taken_stops_every_role_started_and_exits_nonzero(
             for process in appliances(config):
                 process.kill()
     assert "Address already in use" in (tmp_path / "serve.log").read_text()
+
+
+def test_the_children_of_a_killed_serve_stop_with_it(tmp_path: Path, db_url: str) -> None:
+    """kill -9 of serve leaves no orphaned worker consuming jobs beside the next appliance."""
+    config, _, appliance = serving(tmp_path, db_url)
+    try:
+        children = [p for p in appliances(config) if p.pid != appliance.pid]
+        appliance.kill()
+        appliance.wait(timeout=10)
+        wait_for(lambda: not any(p.is_running() and p.status() != "zombie" for p in children), 60)
+    finally:
+        for process in appliances(config):
+            process.kill()
