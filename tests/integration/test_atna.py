@@ -21,7 +21,7 @@ from appliance.config import AuditSettings
 from appliance.domain.accounts import LoginPolicy, Role
 from appliance.store.account_ledger import AccountLedger
 from tests.support.pki import hospital_pki
-from tests.support.services import free_port, missing_service
+from tests.support.services import ON_SQLITE_ONLY, free_port, missing_service
 from tests.support.waiting import wait_for
 
 FRAMED = re.compile(
@@ -113,6 +113,7 @@ def test_audit_events_reach_the_repository_once_each_over_tls(
     assert source.get("AuditSourceID") == "APPLIANCE"
 
 
+@ON_SQLITE_ONLY
 def test_a_collector_not_trusted_gets_nothing_and_the_events_wait(
     engine: Engine, pki: Path, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ from appliance.web.app import create_app
 from appliance.web.server import DashboardServer
 from tests.support.cli import run_cli
 from tests.support.dashboard import PASSWORD, client_for, dashboard, events
-from tests.support.services import free_port
+from tests.support.services import ON_SQLITE_ONLY, free_port
 from tests.support.waiting import wait_for_http
 
 __all__ = ["dashboard"]  # the fixture, from tests.support
@@ -64,6 +64,7 @@ def test_guessing_from_one_address_locks_the_address(dashboard: Any) -> None:
     assert login(guesser, "ada", PASSWORD) == 429
 
 
+@ON_SQLITE_ONLY
 def test_an_unknown_name_costs_one_password_hash_like_a_known_one(
     dashboard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -83,6 +84,7 @@ def test_an_unknown_name_costs_one_password_hash_like_a_known_one(
         assert len(calls) == 1, name
 
 
+@ON_SQLITE_ONLY
 def test_a_session_left_idle_ends(dashboard: Any) -> None:
     app = app_with(dashboard, session_idle_minutes=1 / 60)  # one second
     vera = client_for(app, "vera")
@@ -91,6 +93,7 @@ def test_a_session_left_idle_ends(dashboard: Any) -> None:
     assert vera.get("/").status_code == 303
 
 
+@ON_SQLITE_ONLY
 def test_forwarded_headers_are_believed_from_configured_proxies_only(dashboard: Any) -> None:
     for proxies, expected in (([], "127.0.0.1"), (["127.0.0.1"], "203.0.113.7")):
         port = free_port()
@@ -113,6 +116,7 @@ def test_forwarded_headers_are_believed_from_configured_proxies_only(dashboard: 
         assert tried[-1].actor_host == expected, proxies
 
 
+@ON_SQLITE_ONLY
 def test_a_host_not_allowed_and_a_body_too_large_are_refused(dashboard: Any) -> None:
     client = TestClient(dashboard.app, follow_redirects=False)
     assert client.get("/login", headers={"Host": "rebound.example"}).status_code == 400
@@ -124,6 +128,7 @@ def test_a_host_not_allowed_and_a_body_too_large_are_refused(dashboard: Any) -> 
     assert client.get("/healthz").status_code == 200
 
 
+@ON_SQLITE_ONLY
 def test_csv_cells_are_quoted_and_never_start_a_formula(dashboard: Any) -> None:
     stranger = TestClient(dashboard.app, follow_redirects=False)
     login(stranger, "a;=cmd|'/c calc'!A1", "wrong password!")
@@ -138,6 +143,7 @@ def test_csv_cells_are_quoted_and_never_start_a_formula(dashboard: Any) -> None:
 @pytest.mark.parametrize(
     "since", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00", "1969-12-31", "nope"]
 )
+@ON_SQLITE_ONLY
 def test_filters_out_of_range_answer_422(dashboard: Any, since: str) -> None:
     ada = client_for(dashboard.app, "ada")
     assert ada.get("/audit", params={"since": since}).status_code == 422
@@ -156,6 +162,7 @@ def test_a_metrics_token_opens_metrics_only_and_an_expired_token_nothing(dashboa
     assert late.get("/metrics").status_code == 401
 
 
+@ON_SQLITE_ONLY
 def test_accounts_and_tokens_are_managed_at_the_console_and_audited(
     dashboard: Any, tmp_path: Path
 ) -> None:

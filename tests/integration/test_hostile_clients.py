@@ -29,6 +29,7 @@ from appliance.store.models import AuditEvent
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.scu import associate
+from tests.support.services import ON_SQLITE_ONLY
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -78,6 +79,7 @@ def tricklers(port: int, sources: list[str], stop: threading.Event) -> Iterator[
             thread.join(timeout=5)
 
 
+@ON_SQLITE_ONLY
 def test_slow_strangers_cannot_keep_the_trusted_pacs_out(start) -> None:
     """Forty trickling connections from forty addresses against eight negotiation slots and
     two association slots: the trusted sender's echo and store still go through (before,
@@ -105,6 +107,7 @@ def test_a_host_no_peer_calls_from_is_refused_before_it_sends_a_byte(start) -> N
     assert refusals == ["no trusted peer calls from this host"]
 
 
+@ON_SQLITE_ONLY
 def test_the_association_request_has_one_deadline_however_slowly_it_comes(start) -> None:
     """A byte every 100 ms answers every read in time; the ARTIM deadline (1 s here) cuts
     the connection anyway and the audit says why."""
@@ -133,6 +136,7 @@ def seconds_until_closed(connection: socket.socket, limit: float) -> float:
     return time.monotonic() - started
 
 
+@ON_SQLITE_ONLY
 def test_a_host_holds_no_more_connections_than_its_cap(start) -> None:
     running = start(listener={**ANY_HOST, "max_connections_per_host": 2})
     with connect(running.port) as first, connect(running.port) as second:
@@ -165,6 +169,7 @@ def test_an_announced_length_is_not_allocated_before_it_arrives() -> None:
     assert peak < 256 * 1024
 
 
+@ON_SQLITE_ONLY
 def test_a_data_set_over_the_maximum_is_refused_and_not_kept(start, tmp_path: Path) -> None:
     running = start(listener={"max_instance_bytes": 1 << 20})
     big = write_series(new_series(1, rows=1024, columns=1024), tmp_path / "big")  # 2 MiB
@@ -201,6 +206,7 @@ def test_refused_presentation_contexts_make_one_row_per_association(start) -> No
     assert rows[0].startswith("3 presentation contexts refused: ")
 
 
+@ON_SQLITE_ONLY
 def test_the_accept_loop_survives_a_connection_it_cannot_handle(start, monkeypatch) -> None:
     running = start()
     listener = running.listener
@@ -221,6 +227,7 @@ def test_the_accept_loop_survives_a_connection_it_cannot_handle(start, monkeypat
     wait_for(lambda: not listener.alive(), 5)
 
 
+@ON_SQLITE_ONLY
 def test_a_large_data_set_is_streamed_to_the_spool_never_held_whole(start, tmp_path: Path) -> None:
     """A 17 MiB instance: past 8 MiB its fragments go to a file in the spool's staging
     directory as they arrive, and parsing and storing read that file; the listener's own

@@ -18,7 +18,7 @@ from appliance.store.db import create_db_engine, upgrade
 from appliance.store.models import Instance
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import dcmtk_env, echoscu, storescu_command
-from tests.support.services import free_port
+from tests.support.services import ON_SQLITE_ONLY, free_port
 from tests.support.settings import write_config
 from tests.support.waiting import wait_for
 
@@ -105,6 +105,7 @@ def serving(tmp_path: Path, db_url: str) -> tuple[Path, int, subprocess.Popen[by
     return config, port, appliance
 
 
+@ON_SQLITE_ONLY
 def test_a_hangup_stops_serve_cleanly_and_leaves_no_appliance_behind(
     tmp_path: Path, db_url: str
 ) -> None:
@@ -126,6 +127,7 @@ def test_a_hangup_stops_serve_cleanly_and_leaves_no_appliance_behind(
     assert "stopped" in (tmp_path / "serve.log").read_text()
 
 
+@ON_SQLITE_ONLY
 def test_a_port_already_taken_stops_every_role_started_and_exits_nonzero(
     tmp_path: Path, db_url: str
 ) -> None:
@@ -150,6 +152,7 @@ def test_a_port_already_taken_stops_every_role_started_and_exits_nonzero(
     assert "Address already in use" in (tmp_path / "serve.log").read_text()
 
 
+@ON_SQLITE_ONLY
 def test_the_children_of_a_killed_serve_stop_with_it(tmp_path: Path, db_url: str) -> None:
     """kill -9 of serve leaves no orphaned worker consuming jobs beside the next appliance."""
     config, _, appliance = serving(tmp_path, db_url)

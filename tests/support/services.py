@@ -8,6 +8,9 @@ import socket
 import pytest
 
 REQUIRE_SERVICES = os.environ.get("TESTS_REQUIRE_SERVICES") == "1"
+# For a test whose subject is not the database: one run on SQLite rather than one per
+# database, which keeps the suite inside its time budget.
+ON_SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def missing_service(reason: str) -> None:
