@@ -28,7 +28,7 @@ from appliance.web.server import DashboardServer
 from tests.support.dashboard import client_for, dashboard, events
 from tests.support.datasets import PATIENT_ID, PATIENT_NAME, new_series, write_series
 from tests.support.dcmtk import storescu
-from tests.support.services import free_port
+from tests.support.services import ON_SQLITE_ONLY, free_port
 from tests.support.waiting import wait_for, wait_for_http
 
 __all__ = ["dashboard"]  # the fixture, from tests.support
@@ -77,6 +77,7 @@ def test_every_route_but_health_refuses_a_stranger(dashboard: Any) -> None:
     assert stranger.get("/readyz").json()["checks"]["database"]["ok"] is True
 
 
+@ON_SQLITE_ONLY
 def test_readiness_says_whether_the_listener_accepts(dashboard: Any) -> None:
     """Where the dashboard shares its process with the listener, /readyz carries the accept
     loop's liveness: a listener that stopped accepting makes the appliance not ready."""

@@ -150,6 +150,7 @@ def test_filters_out_of_range_answer_422(dashboard: Any, since: str) -> None:
     assert ada.get("/audit.csv", params={"until": since}).status_code == 422
 
 
+@ON_SQLITE_ONLY
 def test_a_metrics_token_opens_metrics_only_and_an_expired_token_nothing(dashboard: Any) -> None:
     ledger = AccountLedger(dashboard.engine)
     now = datetime.now(UTC)

@@ -96,6 +96,7 @@ def test_slow_strangers_cannot_keep_the_trusted_pacs_out(start) -> None:
     assert any("too many associations being negotiated" in r for r in refusals)
 
 
+@ON_SQLITE_ONLY
 def test_a_host_no_peer_calls_from_is_refused_before_it_sends_a_byte(start) -> None:
     running = start(listener={"peers": [{"ae_title": "STORESCU", "hosts": ["127.0.0.1"]}]})
     with connect(running.port, "127.0.0.9") as stranger:
@@ -195,6 +196,7 @@ def test_a_flood_of_garbage_makes_one_audit_row_that_counts_the_rest(start) -> N
     assert echoscu(running.port).returncode == 0
 
 
+@ON_SQLITE_ONLY
 def test_refused_presentation_contexts_make_one_row_per_association(start) -> None:
     running = start()
     offered = [CTImageStorage, RTDoseStorage, EncapsulatedPDFStorage, RawDataStorage]
