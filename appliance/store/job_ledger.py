@@ -7,6 +7,7 @@ same transaction.
 """
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -234,40 +235,34 @@ class JobLedger:
         QUEUED at once, rather than after their lease: what a restart after a crash finds.
         How many."""
         with self._sessions.begin() as session:
-            jobs = session.scalars(
-                select(Job)
-                .where(Job.state == JobState.RUNNING, Job.claimed_by.is_not(None))
-                .with_for_update(skip_locked=True)
-            ).all()
-            orphans = [job for job in jobs if still_running(job.claimed_by or "", host) is False]
+            held = self._running(session, Job.claimed_by.is_not(None))
+            orphans = [job for job in held if still_running(job.claimed_by or "", host) is False]
             for job in orphans:
-                study_uid = session.scalar(
-                    select(Study.study_instance_uid).where(Study.id == job.study_id)
-                )
-                job.dispatched_at = None
-                self._move(
-                    session, job, str(study_uid), JobState.QUEUED, now,
-                    f"worker {job.claimed_by} no longer runs",
-                )  # fmt: skip
+                self._requeue(session, job, now, f"worker {job.claimed_by} no longer runs")
             return len(orphans)
 
     def requeue_expired(self, now: datetime) -> list[int]:
         """RUNNING jobs whose lease ran out go back to QUEUED: their worker is gone."""
         with self._sessions.begin() as session:
-            jobs = session.scalars(
-                select(Job)
-                .where(Job.state == JobState.RUNNING, Job.lease_until < now)
-                .with_for_update(skip_locked=True)
-            ).all()
+            jobs = self._running(session, Job.lease_until < now)
             for job in jobs:
-                study_uid = session.scalar(
-                    select(Study.study_instance_uid).where(Study.id == job.study_id)
-                )
-                job.dispatched_at = None  # dispatch again at once
-                self._move(
-                    session, job, str(study_uid), JobState.QUEUED, now, "lease expired: worker lost"
-                )
+                self._requeue(session, job, now, "lease expired: worker lost")
             return [job.id for job in jobs]
+
+    @staticmethod
+    def _running(session: Session, condition: ColumnElement[bool]) -> Sequence[Job]:
+        """RUNNING jobs meeting `condition`, locked; those another sweep holds are skipped."""
+        return session.scalars(
+            select(Job)
+            .where(Job.state == JobState.RUNNING, condition)
+            .with_for_update(skip_locked=True)
+        ).all()
+
+    def _requeue(self, session: Session, job: Job, now: datetime, reason: str) -> None:
+        """Back to QUEUED, to be dispatched again at once."""
+        study_uid = session.scalar(select(Study.study_instance_uid).where(Study.id == job.study_id))
+        job.dispatched_at = None
+        self._move(session, job, str(study_uid), JobState.QUEUED, now, reason)
 
     def waiting(self, now: datetime, again_after: timedelta) -> list[tuple[int, datetime]]:
         """QUEUED jobs no worker has been sent, or sent longer ago than `again_after` (their
