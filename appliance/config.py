@@ -411,6 +411,11 @@ class DestinationSettings(_Section):
     certificate: Path | None = Field(default=None, description="PEM client certificate.")
     private_key: Path | None = Field(default=None, description="PEM client key.")
     timeout_seconds: float = Field(default=30.0, gt=0, description="Network timeout.")
+    segmentation_type: SegmentationType | None = Field(
+        default=None,
+        description="The CT SEG form this destination accepts, with an SR that references "
+        "it; results.segmentation_type if unset.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> "DestinationSettings":
@@ -604,6 +609,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """The environment wins over the values given (the settings file's); nothing else."""
         return (_Environment(settings_cls, os.environ), init_settings)
+
+    def destination_forms(self) -> dict[str, SegmentationType]:
+        """The CT SEG form each destination gets."""
+        default = self.results.segmentation_type
+        return {d.name: d.segmentation_type or default for d in self.delivery.destinations}
 
 
 def _unknown_sections(environ: Mapping[str, str]) -> list[str]:

@@ -10,7 +10,7 @@ a claim lapses after twice the destination's timeout, for a sender that died.
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,6 +39,7 @@ from appliance.domain.delivery import (
     RetryPolicy,
     classify,
 )
+from appliance.domain.findings import SegmentationType
 from appliance.domain.status import DimseStatus
 from appliance.results.validate import CheckedResult
 from appliance.store.job_ledger import JobLedger
@@ -81,10 +82,13 @@ class Deliverer:
         now: datetime,
         job_id: int | None = None,
         shadow: bool = False,
+        forms: Mapping[str, SegmentationType] | None = None,
     ) -> None:
-        """Write each result durably to the outbox, then queue it for every destination; a
-        shadow pipeline's results are kept there for review and sent nowhere."""
+        """Write each result durably to the outbox, then queue it for every destination that
+        takes its SEG form (`forms`, by destination; any form where it names none); a shadow
+        pipeline's results are kept there for review and sent nowhere."""
         names = [SHADOW_DESTINATION] if shadow else [d.name for d in self._settings.destinations]
+        forms = {} if shadow or forms is None else forms
         queued = []
         for result in results:
             path = Path(study_instance_uid) / f"{result.sop_instance_uid}.dcm"
@@ -95,6 +99,7 @@ class Deliverer:
                     str(path), job_id,
                 )
                 for name in names
+                if result.form is None or forms.get(name, result.form) == result.form
             ]  # fmt: skip
         self._ledger.enqueue(queued, now, shadow)
 

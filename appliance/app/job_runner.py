@@ -177,7 +177,8 @@ class JobRunner:
         review = ForReview(results.flagged, results.withheld)
         self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings, review)
         study = work.study_instance_uid
-        self._deliverer.queue(results.delivered, study, _now(), job_id)
+        forms = self._settings.destination_forms()
+        self._deliverer.queue(results.delivered, study, _now(), job_id, forms=forms)
         self._deliverer.queue(results.kept, study, _now(), job_id, shadow=True)
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
         LOG.info("job %d: %d results queued for delivery%s", job_id, len(results.delivered), kept)
@@ -206,7 +207,8 @@ class JobRunner:
         if not any(not matched.shadow for matched in routing.routes) and not routing.declined:
             modalities = sorted({series.facts.modality for series in work.series})
             raise NoRoute(f"no routing rule takes any series (modalities {modalities})")
-        kind = self._settings.results.segmentation_type
+        default = self._settings.results.segmentation_type
+        forms = sorted(set(self._settings.destination_forms().values())) or [default]
         handling = self._settings.inference.low_confidence
         for matched in routing.routes:
             pipeline = catalog.pipelines[matched.rule.pipeline]
@@ -228,7 +230,10 @@ class JobRunner:
                 results.flagged += sum(1 for segment in volume.findings.segments if segment.review)
                 results.withheld += len(volume.findings.withheld)
                 started = time.perf_counter()
-                made += ct_results(volume.volume.headers, volume.findings, kind, self._equipment)
+                for kind in [default] if matched.shadow else forms:
+                    made += ct_results(
+                        volume.volume.headers, volume.findings, kind, self._equipment
+                    )
                 results.encoding += time.perf_counter() - started
         return results
 

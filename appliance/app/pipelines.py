@@ -21,9 +21,11 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from appliance.config import InferenceSettings
+from appliance.domain.colours import display_colour
 from appliance.domain.concepts import CodedConcept
 from appliance.domain.findings import (
     Algorithm,
+    AxialLine,
     FrameArea,
     RunIdentity,
     Search,
@@ -50,7 +52,7 @@ from appliance.inference.ct import (
     segment_ct,
     segment_in_region,
 )
-from appliance.inference.measurements import number_lesions
+from appliance.inference.measurements import number_lesions, outline
 from appliance.inference.ultrasound import decode_cine, segment_cine
 from appliance.results.findings import CTFindings, UltrasoundFindings
 
@@ -191,7 +193,7 @@ def volume_findings(
     the agreement from the `mirrored` second passes of the stages that ask for one)."""
     labels = np.zeros(next(iter(maps.values())).shape, dtype=np.uint8)
     segments: list[Segment] = []
-    diameters: dict[int, float] = {}
+    diameters: dict[int, tuple[float, AxialLine]] = {}
     measured: list[tuple[int, Stage]] = []
     coded: dict[int, Label] = {}
     seconds: dict[int, NDArray[np.bool_]] = {}  # per segment, its kind in a mirrored pass
@@ -212,7 +214,8 @@ def volume_findings(
                     Segment(
                         number, label.name.replace("_", " "), label.category, label.type,
                         label.name, run.uid("segment", label.name), algorithm(contract),
-                        site(where), stage.name, label.type_modifier, label.colour,
+                        site(where), stage.name, label.type_modifier,
+                        display_colour(label.colour, label.type, number),
                     )
                 )  # fmt: skip
                 coded[number] = label
@@ -233,10 +236,18 @@ def volume_findings(
                 Segment(
                     number, name, kind.category, kind.type, name,
                     run.uid(stage.name, str(lesion.tracking_number)), algorithm(contract),
-                    site(where), stage.name, kind.type_modifier, kind.colour,
+                    site(where), stage.name, kind.type_modifier,
+                    display_colour(kind.colour, kind.type, number),
                 )
             )  # fmt: skip
-            diameters[number] = lesion.longest_axial_diameter_mm
+            (row0, column0), (row1, column1) = lesion.diameter_ends
+            diameters[number] = (
+                lesion.longest_axial_diameter_mm,
+                AxialLine(
+                    lesion.slice_of_longest_diameter,
+                    ((column0 + 0.5, row0 + 0.5), (column1 + 0.5, row1 + 0.5)),
+                ),
+            )
             coded[number] = kind
             measured.append((number, stage))
             if mirrored and stage.name in mirrored:
@@ -253,11 +264,9 @@ def volume_findings(
         )  # fmt: skip
         segments[index] = replace(segment, review=(*doubts, *review_reasons(bounds, seen)))
     measurements = tuple(
-        VolumeMeasurement(
-            number,
-            float(counts[number]) * voxel_ml,
-            diameters[number] if Measurement.LONGEST_AXIAL_DIAMETER in stage.measurements else None,
-        )
+        VolumeMeasurement(number, float(counts[number]) * voxel_ml, *diameters[number])
+        if Measurement.LONGEST_AXIAL_DIAMETER in stage.measurements
+        else VolumeMeasurement(number, float(counts[number]) * voxel_ml)
         for number, stage in measured
         if Measurement.VOLUME in stage.measurements
     )
@@ -405,7 +414,7 @@ def run_frames(
     segment = Segment(
         1, label.name.replace("_", " "), label.category, label.type, label.name,
         run.uid("segment", label.name), algorithm(contract), stage.finding_site,
-        type_modifier=label.type_modifier, colour=label.colour,
+        type_modifier=label.type_modifier, colour=display_colour(label.colour, label.type, 1),
     )  # fmt: skip
     doubts = _doubts(unchecked)
     segment = replace(segment, review=doubts)
@@ -415,7 +424,9 @@ def run_frames(
             continue
         seen = Observed(area_fraction=frame.area_fraction, confidence=frame.confidence)
         review = (*doubts, *review_reasons(label.plausible, seen))
-        area = FrameArea(frame.index + 1, frame.area_mm2, frame.area_px, review)
+        area = FrameArea(
+            frame.index + 1, frame.area_mm2, frame.area_px, review, outline(masks[frame.index])
+        )
         if review and handling is Handling.WITHHOLD:
             masks[frame.index] = False
             withheld.append(Withheld(f"{segment.label} frame {area.frame}", review))

@@ -30,15 +30,25 @@ class Algorithm:
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """The inputs, pipeline and models of one run; every result UID is a function of them."""
+    """The inputs, pipeline and models of one run; every UID of its results is a function of
+    them. A finding's tracking UID depends on these alone, so a finding keeps it however it is
+    encoded; an object's UIDs depend on its `content` too (a fingerprint of everything that
+    changes its bytes), so a changed object never collides with an earlier one at a PACS."""
 
     pipeline: str
     models: tuple[Algorithm, ...]
     source_uids: tuple[str, ...]  # SOP Instance UIDs of the source images
+    content: str = ""  # set by the encoder before it makes any object
 
     def uid(self, *role: str) -> Uid:
         models = [f"{model.name}:{model.version}" for model in self.models]
         return derive_uid(self.pipeline, *models, *sorted(self.source_uids), *role)
+
+    def object_uid(self, *role: str) -> Uid:
+        """A UID of an encoded object (SEG or SR, instance or series)."""
+        if not self.content:
+            raise ValueError("an object's UIDs need the fingerprint of its content")
+        return self.uid(self.content, *role)
 
     @property
     def software_version(self) -> str:
@@ -57,7 +67,7 @@ class Segment:
     finding_site: CodedConcept | None = None  # where a lesion lies
     stage: str = ""  # the pipeline stage that found it
     type_modifier: CodedConcept | None = None  # laterality, for example
-    colour: tuple[int, int, int] | None = None  # recommended display colour, RGB
+    colour: tuple[int, int, int] | None = None  # recommended display colour, RGB (domain.colours)
     review: tuple[str, ...] = ()  # why it is low confidence; empty: a plain finding
 
 
@@ -80,10 +90,20 @@ class Search:
 
 
 @dataclass(frozen=True)
+class AxialLine:
+    """A line on one source slice, as a viewer draws it: (column, row) image coordinates with
+    the origin at the outer corner of the top-left pixel (SCOORD Graphic Data, PS3.3 C.18.6)."""
+
+    slice_index: int  # into the source slices, in the label map's order
+    points: tuple[tuple[float, float], tuple[float, float]]
+
+
+@dataclass(frozen=True)
 class VolumeMeasurement:
     segment: int
     volume_ml: float
     longest_axial_diameter_mm: float | None = None  # lesions only
+    long_axis: AxialLine | None = None  # where that diameter lies
 
 
 @dataclass(frozen=True)
@@ -92,3 +112,6 @@ class FrameArea:
     area_mm2: float | None  # None when the source gives no pixel size
     area_px: int
     review: tuple[str, ...] = ()  # why this frame's outline is low confidence
+    # The outline a viewer draws: a closed polygon in (column, row) image coordinates with the
+    # origin at the outer corner of the top-left pixel (SCOORD Graphic Data).
+    outline: tuple[tuple[float, float], ...] = ()

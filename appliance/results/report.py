@@ -13,6 +13,7 @@ a glance.
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
@@ -27,9 +28,19 @@ _MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
 _MILLIMETRE = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 _SQUARE_MILLIMETRE = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
 _PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "pixels")
+# Decimals a measurement is stated to: finer than a voxel or pixel can support, coarse enough
+# that a Decimal String carries no float noise (81.46, not 81.4600000000000).
+_DECIMALS = {"ml": 2, "mm": 1, "mm2": 1}
 _QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 _CT_PROCEDURE = hd.sr.CodedConcept("77477000", "SCT", "Computed Tomography")
 _US_PROCEDURE = hd.sr.CodedConcept("16310003", "SCT", "Ultrasonography")
+
+
+def _measurement(
+    name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept
+) -> hd.sr.Measurement:
+    """A measurement stated to its unit's decimals."""
+    return hd.sr.Measurement(name=name, value=round(value, _DECIMALS[unit.value]), unit=unit)
 
 
 def _observation_context(equipment: Equipment, software: str, uid: str) -> hd.sr.ObservationContext:
@@ -121,25 +132,22 @@ def ct_report(
     equipment: Equipment,
     description: str,
 ) -> hd.sr.Comprehensive3DSR:
-    """Per organ its volume; per lesion its volume and longest axial diameter, with finding
-    site; each group referencing its segment of `seg`."""
+    """Per organ its volume; per lesion its volume and, in a planar group of its own, its
+    longest axial diameter with the line drawn on the source slice (TID 1410 with an Image
+    Region SCOORD, which viewers show as a length); each volume group referencing its segment
+    of `seg`, with finding site."""
     identity = findings.identity
     segments = {segment.number: segment for segment in findings.segments}
     source_series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
-    groups = []
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
     for measured in findings.measurements:
         segment = segments[measured.segment]
-        measurements = [
-            hd.sr.Measurement(name=codes.SCT.Volume, value=measured.volume_ml, unit=_MILLILITRE)
-        ]
-        if measured.longest_axial_diameter_mm is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=codes.SCT.LongAxis,
-                    value=measured.longest_axial_diameter_mm,
-                    unit=_MILLIMETRE,
-                )
-            )
+        algorithm = hd.sr.AlgorithmIdentification(
+            segment.algorithm.name, str(segment.algorithm.version)
+        )
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking(segment),
@@ -151,11 +159,37 @@ def ct_report(
                 ),
                 finding_type=coded(segment.type),
                 finding_sites=_finding_sites(segment),
-                measurements=measurements,
+                measurements=[_measurement(codes.SCT.Volume, measured.volume_ml, _MILLILITRE)],
                 qualitative_evaluations=_certainty(segment.review),
-                algorithm_id=hd.sr.AlgorithmIdentification(
-                    segment.algorithm.name, str(segment.algorithm.version)
+                algorithm_id=algorithm,
+            )
+        )
+        line = measured.long_axis
+        if measured.longest_axial_diameter_mm is None or line is None:
+            continue
+        source = sources[line.slice_index]
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=identity.uid(segment.tracking_id, "long axis"),
+                    identifier=f"{segment.tracking_id} long axis",
                 ),
+                referenced_region=hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                    graphic_data=np.array(line.points, dtype=np.float64),
+                    source_image=hd.sr.SourceImageForRegion(
+                        UID(source.SOPClassUID), UID(source.SOPInstanceUID)
+                    ),
+                ),
+                finding_type=coded(segment.type),
+                finding_sites=_finding_sites(segment),
+                measurements=[
+                    _measurement(
+                        codes.SCT.LongAxis, measured.longest_axial_diameter_mm, _MILLIMETRE
+                    )
+                ],
+                qualitative_evaluations=_certainty(segment.review),
+                algorithm_id=algorithm,
             )
         )
     report = hd.sr.MeasurementReport(
@@ -168,8 +202,8 @@ def ct_report(
     return _document(
         [*sources, seg],
         _with_summary(report, ct_summary(findings)),
-        identity.uid("sr", "instance"),
-        identity.uid("sr", "series"),
+        identity.object_uid("sr", "instance"),
+        identity.object_uid("sr", "series"),
         equipment,
         description,
     )
@@ -182,9 +216,11 @@ def ultrasound_report(
     equipment: Equipment,
     description: str,
 ) -> hd.sr.Comprehensive3DSR:
-    """One planar group per frame where the structure is present, with its area, referencing
-    that frame of `seg`; one group per frame the model is confident lacks it, saying it is
-    absent there; with neither, one group saying its presence is indeterminate."""
+    """Per frame where the structure is present, a planar group with its area referencing
+    that frame of `seg`, and one with the same area and its outline drawn on the source frame
+    (an Image Region SCOORD polygon, which viewers show); one group per frame the model is
+    confident lacks it, saying it is absent there; with neither, one group saying its
+    presence is indeterminate."""
     identity = findings.identity
     segment = findings.segment
     groups: list[
@@ -194,7 +230,7 @@ def ultrasound_report(
     for seg_frame, area in enumerate(findings.present, start=1):
         assert seg is not None  # a present frame always has its SEG
         measured = (
-            hd.sr.Measurement(name=codes.SCT.Area, value=area.area_mm2, unit=_SQUARE_MILLIMETRE)
+            _measurement(codes.SCT.Area, area.area_mm2, _SQUARE_MILLIMETRE)
             if area.area_mm2 is not None
             else hd.sr.Measurement(name=codes.SCT.Area, value=area.area_px, unit=_PIXELS)
         )
@@ -219,6 +255,27 @@ def ultrasound_report(
             qualitative_evaluations=_certainty(area.review),
         )
         groups.append(_frame_reference_only(group))
+        if area.outline:
+            groups.append(
+                hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=hd.sr.TrackingIdentifier(
+                        uid=identity.uid("frame", str(area.frame), "outline"),
+                        identifier=f"{segment.tracking_id} frame {area.frame} outline",
+                    ),
+                    referenced_region=hd.sr.ImageRegion(
+                        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # closed: a polygon
+                        graphic_data=np.array(area.outline, dtype=np.float64),
+                        source_image=hd.sr.SourceImageForRegion(
+                            UID(source.SOPClassUID),
+                            UID(source.SOPInstanceUID),
+                            referenced_frame_numbers=[area.frame],
+                        ),
+                    ),
+                    finding_type=coded(segment.type),
+                    measurements=[measured],
+                    qualitative_evaluations=_certainty(area.review),
+                )
+            )
     for frame in findings.absent:
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -252,8 +309,8 @@ def ultrasound_report(
     return _document(
         [source] if seg is None else [source, seg],
         _with_summary(report, ultrasound_summary(findings, int(source.NumberOfFrames))),
-        identity.uid("sr", "instance"),
-        identity.uid("sr", "series"),
+        identity.object_uid("sr", "instance"),
+        identity.object_uid("sr", "series"),
         equipment,
         description,
     )

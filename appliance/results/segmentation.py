@@ -108,8 +108,8 @@ def ct_segmentation(
         pixel_array=findings.labels,
         segmentation_type=hd.seg.SegmentationTypeValues(kind.value.upper()),
         segment_descriptions=[_description(segment) for segment in findings.segments],
-        series_instance_uid=findings.identity.uid("seg", "series"),
-        sop_instance_uid=findings.identity.uid("seg", "instance"),
+        series_instance_uid=findings.identity.object_uid("seg", "series"),
+        sop_instance_uid=findings.identity.object_uid("seg", "instance"),
         transfer_syntax_uid=RLELossless if labelmap else ExplicitVRLittleEndian,
         omit_empty_frames=True,
         **_common(equipment, description),  # type: ignore[arg-type]
@@ -139,8 +139,8 @@ def us_segmentation(
         pixel_array=findings.masks[frames[0] - 1][None].astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_description(findings.segment)],
-        series_instance_uid=findings.identity.uid("seg", "series"),
-        sop_instance_uid=findings.identity.uid("seg", "instance"),
+        series_instance_uid=findings.identity.object_uid("seg", "series"),
+        sop_instance_uid=findings.identity.object_uid("seg", "instance"),
         omit_empty_frames=False,
         **_common(equipment, description),  # type: ignore[arg-type]
     )

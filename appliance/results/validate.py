@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels.utils import iter_pixels
 
+from appliance.domain.findings import SegmentationType
 from appliance.domain.uids import InvalidUid, parse_uid
 
 _COPIED_FROM_SOURCE = ("StudyInstanceUID", "PatientID", "PatientName", "AccessionNumber")
@@ -34,6 +35,7 @@ class CheckedResult:
     sop_instance_uid: str
     modality: str
     encoded: bytes
+    form: SegmentationType | None = None  # the SEG form it is or refers to; None: any
 
 
 def check(result: Dataset, sources: Sequence[Dataset]) -> CheckedResult:

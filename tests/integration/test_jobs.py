@@ -23,7 +23,7 @@ from appliance.store.queries import DashboardQueries
 from appliance.store.study_ledger import StudyLedger
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import AE_TITLE, running_orthanc
-from tests.support.services import missing_service
+from tests.support.services import ON_SQLITE_ONLY, missing_service
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -175,3 +175,56 @@ def test_an_echo_is_declined_and_a_withheld_finding_never_reaches_the_pacs(
         str(element.value) for element in results["SR"].iterall() if element.keyword == "TextValue"
     ]
     assert any("Withheld as low confidence: liver (cut by the field of view" in t for t in texts)
+
+
+@ON_SQLITE_ONLY
+def test_each_destination_gets_the_seg_form_it_accepts(start, tmp_path: Path) -> None:
+    """An older PACS takes the BINARY SEG, a newer archive (over STOW-RS) the Label Map; each
+    gets the SR that references its own SEG, and the two forms never share a UID."""
+    ct = write_ct_series(generate_ct(13, Grid((20, 48, 48), (5.0, 7.0, 7.0))), tmp_path / "ct")
+    with (
+        running_orthanc(tmp_path / "old") as old,
+        running_orthanc(tmp_path / "new", dicomweb=True) as new,
+    ):
+        running = start(
+            inference={"repository": str(REPOSITORY), "threads": 2},
+            results={"segmentation_type": "binary"},
+            delivery={
+                "outbox": str(tmp_path / "outbox"),
+                "destinations": [
+                    {"name": "old", "ae_title": AE_TITLE, "host": "127.0.0.1",
+                     "port": old.dicom_port},
+                    {"name": "new", "kind": "stow", "url": new.dicomweb_url,
+                     "segmentation_type": "labelmap"},
+                ],
+            },
+        )  # fmt: skip
+        assert storescu(running.port, ct).returncode == 0
+        job = complete(running.settings, running.engine, str(dcmread(ct[0]).StudyInstanceUID))
+        runner = JobRunner(running.settings, running.engine)
+        assert runner.run(job) is JobState.DELIVERING
+        deliverer = Deliverer(running.settings.delivery, running.engine)
+        assert deliverer.deliver_due(datetime.now(UTC)).delivered == 4
+        received = {
+            name: {
+                ds.Modality: ds
+                for ds in (
+                    dcmread(BytesIO(pacs.get(f"/instances/{i}/file")))
+                    for i in pacs.get("/instances")
+                )
+                if ds.Modality in ("SEG", "SR")
+            }
+            for name, pacs in (("old", old), ("new", new))
+        }
+    assert str(received["old"]["SEG"].SegmentationType) == "BINARY"
+    assert str(received["new"]["SEG"].SegmentationType) == "LABELMAP"
+    for objects in received.values():
+        evidence = {
+            str(item.ReferencedSOPInstanceUID)
+            for study in objects["SR"].CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for item in series.ReferencedSOPSequence
+        }
+        assert objects["SEG"].SOPInstanceUID in evidence
+    uids = [ds.SOPInstanceUID for objects in received.values() for ds in objects.values()]
+    assert len(set(uids)) == 4

@@ -15,6 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from appliance.app.pipelines import run_frames, without_review
+from appliance.domain.colours import display_colour
 from appliance.domain.concepts import CodedConcept
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
@@ -25,6 +26,7 @@ from appliance.phantoms.ultrasound import generate_cine
 from appliance.results.encode import ct_results, ultrasound_results
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import InvalidResult, check
+from tests.support.dcmqi import seg_labels, sr_json
 from tests.support.services import missing_service
 from tests.support.truth import truth_findings
 
@@ -99,7 +101,31 @@ def test_ct_seg_and_sr_are_valid_and_reference_their_segments(
         segment = findings.segments[reference.referenced_segment_numbers[0] - 1]
         assert group.tracking_uid == segment.tracking_uid
         names = {measurement.name.meaning for measurement in group.get_measurements()}
-        assert names == ({"Volume", "Long axis"} if segment.finding_site else {"Volume"})
+        assert names == {"Volume"}
+        assert group.get_measurements()[0].value == round(group.get_measurements()[0].value, 2)
+    drawn = sr.content.get_planar_roi_measurement_groups()
+    assert len(drawn) == len(lesions), "each lesion's long axis drawn on its slice"
+    by_uid = {str(source.SOPInstanceUID): index for index, source in enumerate(sources)}
+    stated = {m.segment: m for m in findings.measurements}
+    for group, lesion in zip(drawn, lesions, strict=True):
+        (length,) = group.get_measurements()
+        assert length.name.meaning == "Long axis"
+        assert float(length.value) == pytest.approx(
+            stated[lesion.number].longest_axial_diameter_mm, abs=0.05
+        )
+        region = group.roi
+        assert region.graphic_type.value == "POLYLINE"
+        (start, end) = region.value  # (column, row) on the source image
+        slice_index = by_uid[region.ContentSequence[0].referenced_sop_instance_uid]
+        assert slice_index == stated[lesion.number].long_axis.slice_index
+        spacing = [float(v) for v in sources[slice_index].PixelSpacing]  # row, column
+        on_screen = np.hypot((end[0] - start[0]) * spacing[1], (end[1] - start[1]) * spacing[0])
+        assert on_screen == pytest.approx(float(length.value), abs=0.5 * min(spacing))
+        middle = np.round((np.array(start) + np.array(end)) / 2 - 0.5).astype(int)
+        painted = findings.labels[
+            slice_index, middle[1] - 1 : middle[1] + 2, middle[0] - 1 : middle[0] + 2
+        ]
+        assert (painted == lesion.number).any(), "the line crosses its lesion"
     summary = [
         item
         for item in sr.content[0].ContentSequence
@@ -132,7 +158,13 @@ def test_a_type_modifier_and_a_colour_are_encoded_in_the_segment(
     segments = dcmread(path).SegmentSequence
     lab = hd.color.CIELabColor.from_dicom_value(segments[0].RecommendedDisplayCIELabValue)
     assert lab.to_rgb() == pytest.approx((46, 138, 184), abs=1), "the colour survives encoding"
-    assert "RecommendedDisplayCIELabValue" not in segments[1]
+    spleen = hd.color.CIELabColor.from_dicom_value(segments[1].RecommendedDisplayCIELabValue)
+    assert spleen.to_rgb() == pytest.approx(
+        display_colour(None, findings.segments[1].type, 2), abs=1
+    )
+    assert all("RecommendedDisplayCIELabValue" in segment for segment in segments), (
+        "every segment has a colour, declared or its anatomy's"
+    )
 
 
 def test_labelmap_seg_holds_the_label_map(ct_case, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -150,12 +182,43 @@ def test_labelmap_seg_holds_the_label_map(ct_case, tmp_path: Path) -> None:  # t
     )
 
 
-def test_a_rerun_makes_the_same_uids(ct_case) -> None:  # type: ignore[no-untyped-def]
+def test_a_rerun_makes_the_same_uids_and_a_changed_object_new_ones(ct_case) -> None:  # type: ignore[no-untyped-def]
     sources, findings = ct_case
     first = ct_results(sources, findings, SegmentationType.BINARY, EQUIPMENT)
     again = ct_results(sources, findings, SegmentationType.BINARY, EQUIPMENT)
     assert [r.sop_instance_uid for r in first] == [r.sop_instance_uid for r in again]
     assert first[0].sop_instance_uid != first[1].sop_instance_uid
+    labels = findings.labels.copy()
+    labels[labels == 1] = 0  # a voxel more or less changes the objects
+    labels.flat[np.flatnonzero(findings.labels == 1)[0]] = 1
+    changed = [
+        ct_results(sources, findings, SegmentationType.LABELMAP, EQUIPMENT),
+        ct_results(
+            sources,
+            findings,
+            SegmentationType.BINARY,
+            dataclasses.replace(EQUIPMENT, device_serial_number="other"),
+        ),
+        ct_results(
+            sources,
+            dataclasses.replace(findings, labels=labels),
+            SegmentationType.BINARY,
+            EQUIPMENT,
+        ),
+    ]
+    seen = {r.sop_instance_uid for r in first}
+    for results in changed:
+        uids = {r.sop_instance_uid for r in results}
+        assert not uids & seen, "no changed object takes an earlier object's UID"
+        seen |= uids
+    seg, sr = (dcmread(BytesIO(r.encoded)) for r in changed[0])
+    assert sr.CurrentRequestedProcedureEvidenceSequence  # the SR names the SEG of its own form
+    assert seg.SOPInstanceUID in {
+        str(item.ReferencedSOPInstanceUID)
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
 
 
 @pytest.mark.parametrize("cine", ["phantom", "examples_ybr_color.dcm"])
@@ -184,6 +247,26 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
             seg.pixel_array.reshape(len(referenced), seg.Rows, seg.Columns).astype(bool),
             run.findings.masks[[frame - 1 for frame in referenced]],
         )
+        report = sr_json(written(tmp_path, results[1].encoded, "sr.dcm"), tmp_path / "dcmqi")
+        areas = {
+            str(item["TrackingIdentifier"]): float(item["measurementItems"][0]["value"])
+            for item in report["Measurements"]  # type: ignore[attr-defined]
+            if item.get("measurementItems")
+        }
+        for area in run.findings.present:  # dcmqi reads each frame's area, twice stated
+            name = f"{run.findings.segment.tracking_id} frame {area.frame}"
+            assert areas[name] == areas[f"{name} outline"] == round(area.area_mm2 or 0, 1)
+        sr = hd.sr.srread(written(tmp_path, results[1].encoded, "sr.dcm"))
+        outlines = [g for g in sr.content.get_planar_roi_measurement_groups() if g.roi is not None]
+        assert len(outlines) == len(run.findings.present), "an outline drawn on each frame"
+        for group, area in zip(outlines, run.findings.present, strict=True):
+            assert group.roi.ContentSequence[0].referenced_frame_numbers == [area.frame]
+            points = np.asarray(group.roi.value)
+            assert np.array_equal(points[0], points[-1]), "a closed polygon"
+            enclosed = 0.5 * abs(
+                np.sum(points[:-1, 0] * points[1:, 1] - points[1:, 0] * points[:-1, 1])
+            )
+            assert enclosed >= area.area_px * 0.5, "the outline holds most of the frame's mask"
 
 
 def test_the_gate_refuses_broken_objects(ct_case) -> None:  # type: ignore[no-untyped-def]
@@ -293,7 +376,38 @@ def test_a_low_confidence_finding_is_marked_and_a_withheld_one_is_not_delivered(
     )
     kept = {s.tracking_id for s in findings.segments} - set(flagged)
     sr = dcmread(BytesIO(sr_result.encoded))
-    assert set(_groups(sr)) == kept
+    assert {name.removesuffix(" long axis") for name in _groups(sr)} == kept
     assert "Withheld as low confidence: liver (cut by the field of view" in _summary(sr)
     for index, result in enumerate((seg_result, sr_result)):
         assert dciodvfy_findings(written(tmp_path, result.encoded, f"held{index}.dcm")) == []
+
+
+@pytest.mark.parametrize("kind", list(SegmentationType))
+def test_dcmqi_reads_the_ct_seg_and_sr_back(
+    kind: SegmentationType, ct_case, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Slicer's and Kaapana's converter: every segment on its voxels, every measurement with
+    its value."""
+    sources, findings = ct_case
+    seg_result, sr_result = ct_results(sources, findings, kind, EQUIPMENT)
+    uids = [str(segment.tracking_uid) for segment in findings.segments]
+    read = seg_labels(written(tmp_path, seg_result.encoded, "seg.dcm"), tmp_path / "seg", uids)
+    assert np.array_equal(read, findings.labels)
+
+    report = sr_json(written(tmp_path, sr_result.encoded, "sr.dcm"), tmp_path / "sr")
+    stated = {
+        (str(item["TrackingIdentifier"]), str(measured["quantity"]["CodeMeaning"])): float(
+            measured["value"]
+        )
+        for item in report["Measurements"]  # type: ignore[attr-defined]
+        for measured in item["measurementItems"]
+    }
+    expected = {}
+    for measured in findings.measurements:
+        name = findings.segments[measured.segment - 1].tracking_id
+        expected[(name, "Volume")] = round(measured.volume_ml, 2)
+        if measured.longest_axial_diameter_mm is not None:
+            expected[(f"{name} long axis", "Long axis")] = round(
+                measured.longest_axial_diameter_mm, 1
+            )
+    assert stated == expected

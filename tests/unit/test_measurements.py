@@ -1,9 +1,10 @@
-"""Lesion volume and longest axial diameter, against spheres of known size."""
+"""Lesion volume and longest axial diameter, against spheres of known size; the diameter's
+line and a frame's outline, as a viewer draws them."""
 
 import numpy as np
 import pytest
 
-from appliance.inference.measurements import measure_lesions
+from appliance.inference.measurements import measure_lesions, outline
 from appliance.phantoms.ct import Grid, generate_ct
 
 
@@ -54,3 +55,45 @@ def test_phantom_lesions_measure_close_to_their_design() -> None:
     # a lesion at the liver's edge is clipped by it; the largest is rarely clipped much
     assert measured[0].longest_axial_diameter_mm <= designed[0] + 2 * grid.spacing[1]
     assert measured[0].longest_axial_diameter_mm >= 0.5 * designed[0]
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 0.5, 0.5), (2.5, 0.8, 1.1)])
+def test_the_diameter_line_is_as_long_as_the_diameter_and_lies_on_the_lesion(
+    spacing: tuple[float, float, float],
+) -> None:
+    shape = (int(60 / spacing[0]), int(60 / spacing[1]), int(60 / spacing[2]))
+    mask = sphere(shape, spacing, (30.0, 30.0, 30.0), 20.0)
+    (lesion,) = measure_lesions(mask, spacing)
+    (row0, column0), (row1, column1) = lesion.diameter_ends
+    drawn = np.hypot((row1 - row0) * spacing[1], (column1 - column0) * spacing[2])
+    # the ends are pushed out by half the smaller pixel side, along a slanted line
+    assert drawn == pytest.approx(lesion.longest_axial_diameter_mm, abs=min(spacing[1:]) * 0.5)
+    plane = mask[lesion.slice_of_longest_diameter]
+    for row, column in (
+        (row0, column0),
+        (row1, column1),
+        ((row0 + row1) / 2, (column0 + column1) / 2),
+    ):
+        near = plane[
+            max(0, round(row) - 1) : round(row) + 2, max(0, round(column) - 1) : round(column) + 2
+        ]
+        assert near.any(), "every point of the line is on the lesion or next to it"
+
+
+def polygon_area(points: tuple[tuple[float, float], ...]) -> float:
+    xy = np.array(points)
+    return 0.5 * abs(float(np.sum(xy[:-1, 0] * xy[1:, 1] - xy[1:, 0] * xy[:-1, 1])))
+
+
+def test_an_outline_encloses_exactly_the_largest_regions_pixels() -> None:
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[5:20, 10:30] = True  # a notched rectangle...
+    mask[12:20, 18:22] = False
+    mask[8:10, 12:14] = False  # ...with a hole, which the outline encloses
+    mask[30:33, 40:43] = True  # a smaller second region, which it leaves out
+    points = outline(mask)
+    assert points[0] == points[-1], "closed"
+    assert points[0] == (10.0, 5.0), "pixel-corner coordinates: (column, row)"
+    assert polygon_area(points) == mask[:25].sum() + 4
+    assert len(points) == 9, "straight runs merged into their corners"
+    assert outline(np.zeros((4, 4), dtype=bool)) == ()
