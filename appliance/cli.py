@@ -395,6 +395,8 @@ def studies_show(ctx: click.Context, study_instance_uid: str, as_json: bool) -> 
         )
     for job in detail.jobs:
         click.echo(f"  job {job.id} version {job.study_version}: {job.state}")
+        if job.reason:
+            click.echo(f"    {job.reason}")
 
 
 @studies.command("force-complete")
@@ -940,23 +942,31 @@ def outbox() -> None:
 
 
 @outbox.command("list")
-@click.option("--state", type=click.Choice(["pending", "delivered", "dead_letter"]), default=None)
+@click.option(
+    "--state",
+    type=click.Choice(["pending", "delivered", "dead_letter", "kept", "shadow"]),
+    default=None,
+    help="kept: made while no destination was configured; shadow: a shadow pipeline's.",
+)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def outbox_list(ctx: click.Context, state: str | None, limit: int, as_json: bool) -> None:
-    """Most recent deliveries first, with attempts and the last reason."""
+    """Most recent results first: where each goes, its attempts, its file and the last
+    reason."""
     from appliance.domain.delivery import DeliveryState
 
-    rows = _deliverer(ctx).ledger.rows(DeliveryState(state) if state else None, limit)
+    deliverer = _deliverer(ctx)
+    rows = deliverer.ledger.rows(DeliveryState(state) if state else None, limit)
     if as_json:
         _print_json([asdict(row) for row in rows])
         return
-    click.echo(f"{'STATE':<11} {'DESTINATION':<14} {'TRIES':>5}  SOP INSTANCE UID / REASON")
+    click.echo(f"{'STATE':<11} {'DESTINATION':<14} {'TRIES':>5}  SOP INSTANCE UID / FILE / REASON")
     for row in rows:
         click.echo(
             f"{row.state:<11} {row.destination:<14} {row.attempts:>5}  {row.sop_instance_uid}"
         )
+        click.echo(f"{'':<33}{deliverer.outbox / row.path}")
         if row.reason:
             click.echo(f"{'':<33}{row.reason}")
 

@@ -105,7 +105,11 @@ class ListenerSettings(_Section):
     """The DICOM C-STORE/C-ECHO listener."""
 
     ae_title: AeTitle = Field(default="APPLIANCE", description="Called AE title the PACS uses.")
-    host: str = Field(default="0.0.0.0", description="Address to listen on.")  # noqa: S104
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to listen on; 0.0.0.0 for every interface, as a PACS on another "
+        "host needs.",
+    )
     port: int = Field(default=11112, ge=0, le=65535, description="TCP port; 0 picks a free one.")
     peers: list[PeerSettings] = Field(
         default_factory=lambda: [PeerSettings(ae_title="STORESCU", hosts=["127.0.0.1"])],

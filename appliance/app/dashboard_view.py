@@ -13,6 +13,7 @@ from appliance.app.catalog import Governor, NotInCatalog
 from appliance.app.delivery import Deliverer
 from appliance.app.ingest import spool
 from appliance.app.pipelines import make_backend
+from appliance.app.previews import PreviewShelf
 from appliance.config import Settings
 from appliance.dicom.spool import Spool
 from appliance.domain import monitoring
@@ -20,6 +21,7 @@ from appliance.domain.accounts import CredentialKind, LoginPolicy, LoginRefused,
 from appliance.domain.assembly import StudyState, UnknownStudy
 from appliance.domain.jobs import InvalidJobTransition, UnknownJob
 from appliance.domain.pipelines import ModelRef, State
+from appliance.domain.preview import PreviewSection
 from appliance.inference.backend import InferenceBackend
 from appliance.queue.celery_app import make_app
 from appliance.store.account_ledger import AccountLedger
@@ -101,15 +103,22 @@ class MonitoringView:
 
 
 class JobsView:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
         self._queries = DashboardQueries(engine)
         self._jobs = JobLedger(engine)
+        self._previews = PreviewShelf(settings.delivery.outbox)
 
     def jobs(self, state: str | None) -> list[monitoring.JobRow]:
         return self._queries.jobs(state)
 
     def job(self, job_id: int) -> monitoring.JobDetail | None:
         return self._queries.job(job_id)
+
+    def preview(self, job_id: int) -> list[PreviewSection]:
+        return self._previews.sections(job_id)
+
+    def preview_image(self, job_id: int, number: int) -> bytes | None:
+        return self._previews.image(job_id, number)
 
     def retry(self, job_id: int, actor: str) -> None:
         _acting(lambda: self._jobs.retry(job_id, _now(), actor))
@@ -155,7 +164,7 @@ class AuditView:
     def events(self, where: EventFilter, limit: int) -> list[monitoring.EventRow]:
         return self._queries.events(
             where.event_type, where.actor, where.study_instance_uid, where.since, where.until,
-            limit,
+            limit, where.before_id,
         )  # fmt: skip
 
     def exported(self, events: int, actor: str) -> None:
@@ -200,7 +209,7 @@ def dashboard_ports(
     return Ports(
         accounts=AccountsView(engine, settings.dashboard.login_policy()),
         monitoring=MonitoringView(settings, engine, backend, listening),
-        jobs=JobsView(engine),
+        jobs=JobsView(settings, engine),
         studies=StudiesView(settings, engine),
         audit=AuditView(engine),
         models=ModelsView(settings, engine, backend),

@@ -33,7 +33,9 @@ from appliance.dicom.spool import private_directory, write_durably
 from appliance.dicom.stow import StowSession
 from appliance.dicom.tls import client_context
 from appliance.domain.delivery import (
+    LOCAL_DESTINATION,
     SHADOW_DESTINATION,
+    DeliveryState,
     DestinationUnavailable,
     Outcome,
     RetryPolicy,
@@ -75,6 +77,10 @@ class Deliverer:
     def ledger(self) -> OutboxLedger:
         return self._ledger
 
+    @property
+    def outbox(self) -> Path:
+        return self._root
+
     def queue(
         self,
         results: Sequence[CheckedResult],
@@ -86,8 +92,12 @@ class Deliverer:
     ) -> None:
         """Write each result durably to the outbox, then queue it for every destination that
         takes its SEG form (`forms`, by destination; any form where it names none); a shadow
-        pipeline's results are kept there for review and sent nowhere."""
+        pipeline's results are kept there for review and sent nowhere, and so is every result
+        while no destination is configured."""
         names = [SHADOW_DESTINATION] if shadow else [d.name for d in self._settings.destinations]
+        state = DeliveryState.SHADOW if shadow else DeliveryState.PENDING
+        if not names:
+            names, state = [LOCAL_DESTINATION], DeliveryState.KEPT
         forms = {} if shadow or forms is None else forms
         queued = []
         for result in results:
@@ -101,7 +111,7 @@ class Deliverer:
                 for name in names
                 if result.form is None or forms.get(name, result.form) == result.form
             ]  # fmt: skip
-        self._ledger.enqueue(queued, now, shadow)
+        self._ledger.enqueue(queued, now, state)
 
     def deliver_due(self, now: datetime) -> DeliveryReport:
         report = DeliveryReport()

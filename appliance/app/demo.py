@@ -17,7 +17,7 @@ from pydicom import dcmread
 from appliance.config import Settings
 from appliance.dicom.sender import Association, Peer, echo, outgoing
 from appliance.domain.assembly import UnknownStudy
-from appliance.domain.delivery import DestinationUnavailable
+from appliance.domain.delivery import DeliveryState, DestinationUnavailable
 from appliance.domain.jobs import JobState
 from appliance.domain.status import Status
 from appliance.phantoms.ct import Grid, generate_ct
@@ -83,6 +83,7 @@ def run_demo(
     engine = open_database(settings.database.url, migrate=False)
     studies = StudyLedger(engine, settings.study.completion_policy())
     jobs, outbox = JobLedger(engine), OutboxLedger(engine)
+    dashboard = f"http://{settings.dashboard.host}:{settings.dashboard.port}"
     with tempfile.TemporaryDirectory() as scratch:
         demo = phantoms(Path(scratch), ct_slices, frames)
         sent_at: dict[str, datetime] = {}
@@ -127,12 +128,18 @@ def run_demo(
                 say(f"  job {job.id} {step:>9}  {change}")
                 previous = when
             for row in outbox.rows(job_id=job.id):
+                kind = RESULT_KINDS.get(row.sop_class_uid, row.sop_class_uid)
+                where = settings.delivery.outbox / row.path
+                if row.state is DeliveryState.KEPT:
+                    say(f"  {kind:<15} kept here (no destination is configured): {where}")
+                    continue
                 say(
-                    f"  {RESULT_KINDS.get(row.sop_class_uid, row.sop_class_uid):<15} -> "
-                    f"{row.destination}: "
+                    f"  {kind:<15} -> {row.destination}: "
                     f"{row.state.value} after {row.attempts} attempt(s)"
                     + (f" ({row.reason})" if row.reason else "")
+                    + f"; file {where}"
                 )
+            say(f"  findings: {dashboard}/jobs/{job.id} (the dashboard's job page)")
         time.sleep(0.5)
     for study in demo:
         if study.study_instance_uid not in finished:

@@ -27,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 from appliance import __version__
 from appliance.app.delivery import Deliverer
 from appliance.app.pipelines import make_backend, pipeline_states, run_frames, run_volume
+from appliance.app.previews import PreviewShelf
 from appliance.config import Settings
 from appliance.domain.applicability import Acquisition, Verdict
 from appliance.domain.jobs import DatabaseUnavailable, ForReview, JobState, JobTimings
@@ -43,6 +44,7 @@ from appliance.inference.contract import ContractError
 from appliance.inference.ct import UnsupportedSeries
 from appliance.inference.ultrasound import UnsupportedFrames
 from appliance.results.encode import ct_results, ultrasound_results
+from appliance.results.preview import Rendered, ct_preview, ultrasound_preview
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import CheckedResult, InvalidResult
 from appliance.store.governance_ledger import GovernanceLedger
@@ -79,6 +81,7 @@ class Results:
     notes: list[str] = field(default_factory=list)
     flagged: int = 0
     withheld: int = 0
+    previews: list[Rendered] = field(default_factory=list)
 
 
 class JobRunner:
@@ -89,6 +92,7 @@ class JobRunner:
         self._jobs = JobLedger(engine)
         self._governance = GovernanceLedger(engine)
         self._deliverer = Deliverer(settings.delivery, engine)
+        self._previews = PreviewShelf(settings.delivery.outbox)
         self._backend = backend or make_backend(settings.inference)
         self._rules = settings.routing.route_rules()
         self._equipment = Equipment(
@@ -174,6 +178,7 @@ class JobRunner:
                 f"pipeline {timings.pipeline:.2f} s, model compute {timings.model_compute:.2f} s",
             ]
         )
+        self._shelve(job_id, results.previews)
         review = ForReview(results.flagged, results.withheld)
         self._jobs.move(job_id, JobState.ENCODED, _now(), summary, attempt, timings, review)
         study = work.study_instance_uid
@@ -183,6 +188,14 @@ class JobRunner:
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
         LOG.info("job %d: %d results queued for delivery%s", job_id, len(results.delivered), kept)
         return JobState.DELIVERING
+
+    def _shelve(self, job_id: int, previews: list[Rendered]) -> None:
+        """Keep the job's findings preview for the dashboard. A preview that cannot be made
+        costs the page its images, never the job its results."""
+        try:
+            self._previews.put(job_id, previews)
+        except Exception:  # a bug or a full disk here must not hold back the results
+            LOG.exception("job %d: its findings preview could not be stored", job_id)
 
     def _results(self, work: JobWork, backend: InferenceBackend) -> Results:
         """The checked results of every routed series, each through its rule's pipeline."""
@@ -224,6 +237,8 @@ class JobRunner:
                         results.withheld += len(found.withheld)
                         started = time.perf_counter()
                         made += ultrasound_results(frames.source, found, self._equipment)
+                        title = _title(series, pipeline.name, matched.shadow)
+                        results.previews.append(ultrasound_preview(title, frames.frames, found))
                         results.encoding += time.perf_counter() - started
                     continue
                 volume = run_volume(pipeline, catalog, paths, backend, handling, unchecked)
@@ -234,6 +249,8 @@ class JobRunner:
                     made += ct_results(
                         volume.volume.headers, volume.findings, kind, self._equipment
                     )
+                title = _title(series, pipeline.name, matched.shadow)
+                results.previews.append(ct_preview(title, volume.volume.hu, volume.findings))
                 results.encoding += time.perf_counter() - started
         return results
 
@@ -258,6 +275,13 @@ class _Applicability:
         models = self._catalog.pipelines[pipeline].models
         contracts = (self._catalog.contract(model) for model in models)
         return verdict(contracts, self._acquisitions[series_uid])
+
+
+def _title(series: SeriesFacts, pipeline: str, shadow: bool) -> str:
+    described = f" ({series.series_description})" if series.series_description else ""
+    return f"{series.modality} series{described}, pipeline {pipeline}" + (
+        " in shadow: kept, never delivered" if shadow else ""
+    )
 
 
 def _now() -> datetime:

@@ -96,6 +96,7 @@ class VolumeRun:
 class FramesRun:
     source: Dataset  # the cine's data set without pixel data
     findings: UltrasoundFindings
+    frames: NDArray[np.uint8]  # its luminance frames, for the findings preview
 
 
 def algorithm(contract: ModelContract) -> Algorithm:
@@ -434,4 +435,4 @@ def run_frames(
             present.append(area)
     absent = () if doubts else tuple(frame.index + 1 for frame in frames if frame.absent)
     findings = UltrasoundFindings(run, masks, segment, tuple(present), absent, tuple(withheld))
-    return FramesRun(source, findings)
+    return FramesRun(source, findings, cine.frames)

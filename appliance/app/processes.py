@@ -261,6 +261,12 @@ def run(settings: Settings, roles: Roles) -> None:
             if AccountLedger(engine).count() == 0:
                 LOG.warning("no dashboard accounts yet: add one with `appliance users add NAME`")
         if roles.work:
+            if not settings.delivery.destinations:
+                LOG.warning(
+                    "no destination is configured: results are kept in %s, listed by "
+                    "`appliance outbox list` and shown on each job's dashboard page",
+                    settings.delivery.outbox.resolve(),
+                )
             requeued = JobLedger(engine).requeue_orphans(socket.gethostname(), datetime.now(UTC))
             if requeued:
                 LOG.warning("%d jobs of workers that no longer run queued again", requeued)

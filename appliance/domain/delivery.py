@@ -31,9 +31,12 @@ class DeliveryState(StrEnum):
     DELIVERED = "delivered"
     DEAD_LETTER = "dead_letter"
     SHADOW = "shadow"  # a shadow pipeline's result, kept in the outbox for review, never sent
+    KEPT = "kept"  # no destination is configured: kept in the outbox, never sent
 
 
 SHADOW_DESTINATION = "shadow"  # where a shadow result is recorded as going: nowhere
+LOCAL_DESTINATION = "local"  # where a result is recorded as going with no destination set
+NEVER_SENT = (DeliveryState.SHADOW, DeliveryState.KEPT)
 
 
 # Failures a destination may recover from: try again later. Every other failure is final.

@@ -84,6 +84,8 @@ class StudySummary:
     complete_after: datetime | None
     completed_at: datetime | None
     completion_reason: str | None
+    modalities: str = ""  # of its series, e.g. "CT, SR"
+    latest_job_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +149,7 @@ class EventRow:
     study_instance_uid: str | None
     job_id: int | None
     detail: str | None
+    id: int = 0  # its place in the trail, for paging
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,16 @@ _CT_PROCEDURE = hd.sr.CodedConcept("77477000", "SCT", "Computed Tomography")
 _US_PROCEDURE = hd.sr.CodedConcept("16310003", "SCT", "Ultrasonography")
 
 
+def stated(value: float, unit: str) -> float:
+    """`value` to the decimals its UCUM `unit` is stated to."""
+    return round(value, _DECIMALS[unit])
+
+
 def _measurement(
     name: hd.sr.CodedConcept, value: float, unit: hd.sr.CodedConcept
 ) -> hd.sr.Measurement:
     """A measurement stated to its unit's decimals."""
-    return hd.sr.Measurement(name=name, value=round(value, _DECIMALS[unit.value]), unit=unit)
+    return hd.sr.Measurement(name=name, value=stated(value, unit.value), unit=unit)
 
 
 def _observation_context(equipment: Equipment, software: str, uid: str) -> hd.sr.ObservationContext:

@@ -7,6 +7,8 @@ were withheld) and why; then what was found.
 from appliance.domain.findings import Withheld
 from appliance.results.findings import CTFindings, UltrasoundFindings
 
+_NAMED_DOUBTS = 3  # more separate findings of low confidence are listed by name only
+
 
 def _provenance(findings: CTFindings | UltrasoundFindings) -> str:
     """Which models, each group of them with the domain they were made for, and what the
@@ -64,17 +66,29 @@ def ct_summary(findings: CTFindings) -> str:
         if not found:
             lines.append(line + "none.")
             continue
-        diameter, volume, largest = max(found, key=lambda item: item[0])
-        lines.append(
-            f"{line}{len(found)}; the largest is {largest.label} "
-            f"({largest.type.meaning.lower()}), {diameter:.0f} mm longest axial diameter, "
-            f"{volume:.1f} mL."
-        )
-        lines += [
-            f"{item.label.capitalize()} is of low confidence, review: {_reasons(item.review)}."
-            for _, _, item in found
-            if item.review
-        ]
+        plain = [item for item in found if not item[2].review]
+        if plain:
+            diameter, volume, largest = max(plain, key=lambda item: item[0])
+            line += (
+                f"{len(found)}; the largest is {largest.label} "
+                f"({largest.type.meaning.lower()}), {diameter:.0f} mm longest axial diameter, "
+                f"{volume:.1f} mL."
+            )
+        else:
+            line += f"{len(found)}, every one of low confidence."
+        lines.append(line)
+        doubtful = [item for _, _, item in found if item.review]
+        if len(doubtful) <= _NAMED_DOUBTS:
+            lines += [
+                f"{item.label.capitalize()} is of low confidence, review: {_reasons(item.review)}."
+                for item in doubtful
+            ]
+        else:
+            lines.append(
+                f"Of low confidence, review ({len(doubtful)}, each finding says why): "
+                + ", ".join(item.label for item in doubtful)
+                + "."
+            )
     return " ".join(lines)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Engine, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
-from appliance.domain.delivery import DeliveryState
+from appliance.domain.delivery import NEVER_SENT, DeliveryState
 from appliance.domain.jobs import (
     ForReview,
     JobState,
@@ -155,7 +155,7 @@ class JobLedger:
                        f"results re-sent by {actor}", actor)  # fmt: skip
             changed = session.execute(
                 update(Delivery)
-                .where(Delivery.job_id == job_id, Delivery.state != DeliveryState.SHADOW.value)
+                .where(Delivery.job_id == job_id, Delivery.state.notin_(NEVER_SENT))
                 .values(state=DeliveryState.PENDING.value, attempts=0, first_attempt_at=None,
                         next_attempt_at=now, finished_at=None, reason=None)
             )  # fmt: skip

@@ -13,10 +13,15 @@ from sqlalchemy import ColumnElement, Engine, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
-from appliance.domain.delivery import DeliveryState
+from appliance.domain.delivery import NEVER_SENT, DeliveryState
 from appliance.store.audit_trail import record_event
 from appliance.store.db import session_factory
 from appliance.store.models import Delivery
+
+_KEPT = {
+    DeliveryState.SHADOW: "kept for review, never sent",
+    DeliveryState.KEPT: "kept in the outbox: no destination is configured",
+}
 
 ACTOR = "delivery"
 
@@ -54,6 +59,7 @@ class DeliveryRow:
     reason: str | None
     next_attempt_at: datetime
     finished_at: datetime | None
+    path: str = ""  # the file, relative to the outbox
 
 
 def _due(now: datetime) -> ColumnElement[bool]:
@@ -65,10 +71,17 @@ class OutboxLedger:
     def __init__(self, engine: Engine) -> None:
         self._sessions = session_factory(engine)
 
-    def enqueue(self, results: Sequence[QueuedResult], now: datetime, shadow: bool = False) -> None:
+    def enqueue(
+        self,
+        results: Sequence[QueuedResult],
+        now: datetime,
+        state: DeliveryState = DeliveryState.PENDING,
+    ) -> None:
         """Queue each result for its destination. A result already known (the same SOP
         Instance UID, from a re-run) is queued again: the PACS replaces it, never doubles it.
-        A shadow pipeline's results are recorded as kept instead, and never become due."""
+        A result in a state that is never sent (a shadow pipeline's, or one made with no
+        destination configured) is recorded as kept instead, and never becomes due."""
+        kept = state in NEVER_SENT
         with self._sessions.begin() as session:
             for result in results:
                 row = session.scalars(
@@ -88,7 +101,7 @@ class OutboxLedger:
                 row.study_instance_uid = result.study_instance_uid
                 row.job_id = result.job_id
                 row.path = result.path
-                row.state = (DeliveryState.SHADOW if shadow else DeliveryState.PENDING).value
+                row.state = state.value
                 row.attempts = 0
                 row.first_attempt_at = None
                 row.next_attempt_at = now
@@ -97,13 +110,13 @@ class OutboxLedger:
                 row.reason = None
                 record_event(
                     session,
-                    AuditEventType.RESULT_KEPT if shadow else AuditEventType.RESULT_QUEUED,
+                    AuditEventType.RESULT_KEPT if kept else AuditEventType.RESULT_QUEUED,
                     occurred_at=now,
                     actor=ACTOR,
                     study_instance_uid=result.study_instance_uid,
                     sop_instance_uid=result.sop_instance_uid,
                     job_id=result.job_id,
-                    detail="kept for review, never sent" if shadow else f"to {result.destination}",
+                    detail=_KEPT.get(state, f"to {result.destination}"),
                 )
 
     def due(self, destination: str, now: datetime, limit: int = 500) -> list[DueDelivery]:
@@ -180,7 +193,7 @@ class OutboxLedger:
                 DeliveryRow(
                     r.destination, r.sop_instance_uid, r.sop_class_uid, r.study_instance_uid,
                     DeliveryState(r.state), r.attempts, r.last_status, r.reason,
-                    r.next_attempt_at, r.finished_at,
+                    r.next_attempt_at, r.finished_at, r.path,
                 )
                 for r in session.scalars(query)
             ]  # fmt: skip

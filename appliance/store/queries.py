@@ -181,8 +181,12 @@ class DashboardQueries:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 500,
+        before_id: int | None = None,
     ) -> list[EventRow]:
+        """The newest `limit` events that match, older than event `before_id` if given."""
         query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(AuditEvent.id < before_id)
         if event_type:
             query = query.where(AuditEvent.event_type == event_type)
         if actor:
@@ -258,5 +262,5 @@ def _job_row(job: Job, study_uid: str, total_seconds: float | None) -> JobRow:
 def _event_row(event: AuditEvent) -> EventRow:
     return EventRow(
         event.occurred_at, event.event_type, event.outcome, event.actor,
-        event.study_instance_uid, event.job_id, event.detail,
+        event.study_instance_uid, event.job_id, event.detail, event.id,
     )  # fmt: skip

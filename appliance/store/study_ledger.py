@@ -317,15 +317,24 @@ class StudyLedger:
             if state is not None:
                 query = query.where(Study.state == state)
             rows = list(session.scalars(query))
-            counts: dict[str, int] = {
-                uid: count
-                for uid, count in session.execute(
-                    select(Series.study_instance_uid, func.count())
-                    .where(Series.study_instance_uid.in_([s.study_instance_uid for s in rows]))
-                    .group_by(Series.study_instance_uid)
+            modalities: dict[str, list[str]] = {}
+            for uid, modality in session.execute(
+                select(Series.study_instance_uid, Series.modality).where(
+                    Series.study_instance_uid.in_([s.study_instance_uid for s in rows])
                 )
-            }
-            return [_summary(s, counts.get(s.study_instance_uid, 0)) for s in rows]
+            ):
+                modalities.setdefault(uid, []).append(modality or "?")
+            latest: dict[int, int] = dict(
+                session.execute(
+                    select(Job.study_id, func.max(Job.id))
+                    .where(Job.study_id.in_([s.id for s in rows]))
+                    .group_by(Job.study_id)
+                ).all()
+            )
+            return [
+                _summary(s, modalities.get(s.study_instance_uid, []), latest.get(s.id))
+                for s in rows
+            ]
 
     def show(self, study_instance_uid: str) -> StudyDetail:
         with self._sessions() as session:
@@ -345,7 +354,9 @@ class StudyLedger:
                 session.scalars(select(Job).where(Job.study_id == study.id).order_by(Job.id))
             )
             return StudyDetail(
-                study=_summary(study, len(series)),
+                study=_summary(
+                    study, [s.modality or "?" for s in series], jobs[-1].id if jobs else None
+                ),
                 series=[
                     SeriesSummary(
                         s.series_instance_uid,
@@ -363,14 +374,17 @@ class StudyLedger:
             )
 
 
-def _summary(study: Study, series_count: int) -> StudySummary:
+def _summary(study: Study, modalities: list[str], latest_job_id: int | None) -> StudySummary:
+    """`modalities`: one per series."""
     return StudySummary(
         id=study.id,
         study_instance_uid=study.study_instance_uid,
         state=study.state,
         version=study.version,
         instance_count=study.instance_count,
-        series_count=series_count,
+        series_count=len(modalities),
+        modalities=", ".join(sorted(set(modalities))),
+        latest_job_id=latest_job_id,
         calling_ae=study.calling_ae,
         first_received_at=study.first_received_at,
         last_received_at=study.last_received_at,

@@ -25,6 +25,7 @@ from appliance.domain.monitoring import (
     Totals,
 )
 from appliance.domain.pipelines import ModelRef, State
+from appliance.domain.preview import PreviewSection
 
 
 class NotFound(LookupError):
@@ -42,6 +43,7 @@ class EventFilter:
     study_instance_uid: str | None = None
     since: datetime | None = None
     until: datetime | None = None
+    before_id: int | None = None  # paging: events older than this one
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class Monitoring(Protocol):
 class Jobs(Protocol):
     def jobs(self, state: str | None) -> list[JobRow]: ...
     def job(self, job_id: int) -> JobDetail | None: ...
+    def preview(self, job_id: int) -> list[PreviewSection]: ...
+    def preview_image(self, job_id: int, number: int) -> bytes | None: ...
     def retry(self, job_id: int, actor: str) -> None: ...
     def cancel(self, job_id: int, actor: str) -> None: ...
     def resend(self, job_id: int, actor: str) -> None: ...

@@ -90,7 +90,7 @@ def shot(page: Any, name: str) -> None:
 def job_state(page: Any, url: str, study_uid: str) -> str | None:
     page.goto(f"{url}/jobs")
     row = page.locator("#jobs tr", has_text=study_uid)
-    return row.locator(".state").inner_text() if row.count() else None
+    return row.locator(".state").first.inner_text() if row.count() else None
 
 
 def test_an_operator_watches_a_study_through_and_retries_a_failed_job_a_viewer_may_not(
@@ -190,3 +190,59 @@ def test_a_real_prometheus_scrapes_the_appliance_with_a_token(
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_new_user_sees_what_the_models_found_on_the_job_page(
+    browser: Any, tmp_path: Path
+) -> None:
+    """No destination configured, as on the embedded defaults: start-up says where results go,
+    the job page shows the SR's summary, its measurements and key images with the outlines
+    drawn, and its results table lists them as kept here, with their files in the outbox."""
+    port, web = free_port(), free_port()
+    overrides = {"dashboard": {"port": web}, "delivery": {"destinations": []}}
+    process = serve(tmp_path, port, 1, overrides)
+    try:
+        config = tmp_path / "appliance.yaml"
+        add_user(config, "vera", "viewer")
+        url = f"http://127.0.0.1:{web}"
+        phantom = generate_ct(11, Grid((48, 96, 96), (4.0, 3.5, 3.5)), lesion_count=3)
+        ct = write_ct_series(phantom, tmp_path / "ct")
+        study_uid = str(dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
+        assert storescu(port, ct).returncode == 0
+        vera = sign_in(browser, url, "vera")
+        wait_for(lambda: job_state(vera, url, study_uid) == "done", 180)
+        vera.click(f"#jobs tr:has-text('{study_uid}') a")
+        vera.wait_for_selector("#findings-1 img")
+        images = vera.locator("#findings-1 img")
+        assert images.count() >= 1
+        vera.wait_for_function(
+            "() => [...document.querySelectorAll('#findings-1 img')]"
+            ".every(i => i.complete && i.naturalWidth === 384)"
+        )
+        shot(vera, "07-job-findings-preview")
+        outbox = tmp_path / "outbox" / study_uid
+        reports = [dcmread(p) for p in outbox.glob("*.dcm")]
+        (sr,) = [ds for ds in reports if ds.Modality == "SR"]
+        summary = next(
+            str(e.value)
+            for e in sr.iterall()
+            if e.keyword == "TextValue" and "Automated" in str(e.value)
+        )
+        assert vera.inner_text("#findings-1 .summary") == summary
+        stated = [
+            e.value for e in sr.iterall() if e.keyword == "NumericValue"
+        ]  # every measurement of the SR, and only those, in the table
+        assert vera.locator("#findings-1 table.measurements tr").count() == len(stated) + 1
+        results = vera.inner_text("main table:below(h2:has-text('Results'))")
+        assert results.count("kept here") == 2
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    log = (tmp_path / "appliance.log").read_text()
+    assert "no destination is configured: results are kept in" in log
+    listed = subprocess.run(
+        [sys.executable, "-m", "appliance", "--config", str(config), "outbox", "list"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    assert listed.count("kept ") == 2
+    assert str(tmp_path / "outbox" / study_uid) in listed

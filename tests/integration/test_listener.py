@@ -1,5 +1,6 @@
 """The listener against real peers: dcmtk storescu/echoscu and a pynetdicom SCU."""
 
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from appliance.domain.status import Status
 from appliance.store.models import AuditEvent, Instance, Study
 from appliance.store.study_ledger import StudyLedger
 from tests.support.datasets import ct_slice, dataset_bytes, new_series, write_series
-from tests.support.dcmtk import echoscu, storescu
+from tests.support.dcmtk import dcmtk_env, echoscu, storescu
 from tests.support.scu import associate, send_files
 from tests.support.services import missing_service
 
@@ -310,3 +311,34 @@ def test_real_files_in_every_transfer_syntax_are_stored_as_received(
     assert result.returncode == 0, result.stderr
     (from_dcmtk,) = list(via_dcmtk.spool.rglob("*.dcm"))
     assert dcmread(from_dcmtk) == dcmread(source)
+
+
+def test_the_readmes_folder_command_sends_a_mixed_folder_whole(start, tmp_path: Path) -> None:
+    """README's `dcmsend ... +sd study/` on what a new user has: compressed and uncompressed
+    files side by side, each stored in its own transfer syntax."""
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "study"
+    folder.mkdir()
+    names = ["CT_small.dcm", "JPEG2000.dcm", "examples_ybr_color.dcm", "MR_small_RLE.dcm"]
+    for name in names:
+        shutil.copyfile(get_testdata_file(name, download=False) or "", folder / name)
+    running = start(listener={"peers": [{"ae_title": "STORESCU", "hosts": ["127.0.0.1"]}]})
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "dcmsend -aet STORESCU -aec APPLIANCE 127.0.0.1 11112 +sd study/" in readme
+    sent = subprocess.run(
+        ["dcmsend", "-aet", "STORESCU", "-aec", "APPLIANCE", "127.0.0.1", str(running.port),
+         "+sd", str(folder)],
+        env=dcmtk_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert sent.returncode == 0, sent.stderr
+    stored = {
+        str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        for path in running.spool.rglob("*.dcm")
+    }
+    expected = {
+        str(dcmread(folder / name, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        for name in names
+    }
+    assert len(list(running.spool.rglob("*.dcm"))) == len(names)
+    assert stored == expected

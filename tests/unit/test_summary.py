@@ -1,6 +1,8 @@
 """The report's plain-language summary says what each stage looked for and found, and says
 nothing of what no stage looked for."""
 
+from dataclasses import replace
+
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.results.summary import ct_summary
 from tests.support.truth import truth_findings
@@ -22,3 +24,38 @@ def test_a_lesion_stage_that_found_none_says_so_and_one_that_found_some_counts_t
     some = ct_summary(truth_findings(phantom, ["1.2.3"]))
     count = len({int(v) for v in set(phantom.lesions.ravel().tolist()) if v})
     assert f"Lesion findings in the liver: {count}; the largest is lesion 1 (" in some
+
+
+def test_many_doubtful_lesions_are_named_not_explained_and_never_called_the_largest() -> None:
+    findings = truth_findings(generate_ct(23, GRID, lesion_count=3), ["1.2.3"])
+    lesions = [s for s in findings.segments if s.finding_site is not None]
+    largest = max(
+        (m for m in findings.measurements if m.longest_axial_diameter_mm is not None),
+        key=lambda m: m.longest_axial_diameter_mm or 0,
+    )
+    doubt = ("a mirrored pass of the model agrees 0.00, below 0.50",)
+    flagged = {largest.segment}
+    few = replace(
+        findings,
+        segments=tuple(
+            replace(s, review=doubt) if s.number in flagged else s for s in findings.segments
+        ),
+    )
+    text = ct_summary(few)
+    doubted = next(s for s in few.segments if s.number == largest.segment)
+    assert f"{doubted.label.capitalize()} is of low confidence, review: {doubt[0]}." in text
+    assert f"the largest is {doubted.label} (" not in text, "the largest plain finding is named"
+
+    findings = truth_findings(generate_ct(24, GRID, lesion_count=6), ["1.2.3"])
+    lesions = [s for s in findings.segments if s.finding_site is not None]
+    assert len(lesions) > 3
+    every = replace(
+        findings,
+        segments=tuple(
+            replace(s, review=doubt) if s.finding_site is not None else s for s in findings.segments
+        ),
+    )
+    text = ct_summary(every)
+    assert f"Lesion findings in the liver: {len(lesions)}, every one of low confidence." in text
+    assert f"Of low confidence, review ({len(lesions)}, each finding says why)" in text
+    assert doubt[0] not in text

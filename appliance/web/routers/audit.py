@@ -4,6 +4,7 @@ import csv
 import io
 import re
 from datetime import UTC, datetime
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
@@ -17,7 +18,8 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # A formula can also start after a separator, where a spreadsheet told to split on it would
 # begin a new cell: a trigger character there gets the same quote mark.
 _AFTER_SEPARATOR = re.compile(r"([,;|\t\r\n])(?=[=+\-@])")
-LIMIT = 1000
+LIMIT = 1000  # events in one CSV export
+PAGE = 100  # events on one page
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
 
 router = APIRouter()
@@ -43,7 +45,15 @@ def _date(text: str | None) -> datetime | None:
     return parsed
 
 
-def _events(request: Request, ports: Ports) -> list[EventRow]:
+def _before(text: str | None) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 18:
+        raise HTTPException(422, f"not an event number: {text[:40]!r}")
+    return int(text)
+
+
+def _events(request: Request, ports: Ports, limit: int) -> list[EventRow]:
     params = request.query_params
     where = EventFilter(
         event_type=params.get("event_type") or None,
@@ -51,19 +61,27 @@ def _events(request: Request, ports: Ports) -> list[EventRow]:
         study_instance_uid=params.get("study") or None,
         since=_date(params.get("since")),
         until=_date(params.get("until")),
+        before_id=_before(params.get("before")),
     )
-    return ports.audit.events(where, limit=LIMIT)
+    return ports.audit.events(where, limit=limit)
 
 
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, user: Viewer, ports: Wired) -> HTMLResponse:
-    return page(request, "audit.html", user, events=_events(request, ports),
+    """One page of events, newest first, with a link to the next older page."""
+    events = _events(request, ports, PAGE + 1)
+    older = None
+    if len(events) > PAGE:
+        events = events[:PAGE]
+        query = {key: value for key, value in request.query_params.items() if key != "before"}
+        older = urlencode({**query, "before": events[-1].id})
+    return page(request, "audit.html", user, events=events, older=older,
                 query=dict(request.query_params), types=list(AuditEventType))  # fmt: skip
 
 
 @router.get("/audit.csv")
 def audit_csv(request: Request, user: Viewer, ports: Wired) -> Response:
-    rows = _events(request, ports)
+    rows = _events(request, ports, LIMIT)
     out = io.StringIO()
     writer = csv.writer(out, quoting=csv.QUOTE_ALL)
     writer.writerow(["occurred_at", "event_type", "outcome", "actor", "study_instance_uid",

@@ -1,7 +1,9 @@
 """Jobs: the list and one job with its results and audit trail; operators retry, cancel and
 re-send, each audited under their name."""
 
-from fastapi import APIRouter, HTTPException, Request
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from appliance.domain.accounts import Role
@@ -38,7 +40,19 @@ def api_jobs(user: Viewer, ports: Wired, state: str | None = None) -> list[JobRo
 def job_page(request: Request, user: Viewer, ports: Wired, job_id: JobId) -> HTMLResponse:
     detail = _job_or_404(ports, job_id)
     return page(request, "job.html", user, job=detail.job, deliveries=detail.deliveries,
-                events=detail.events, may_act=user.may(Role.OPERATOR))  # fmt: skip
+                events=detail.events, may_act=user.may(Role.OPERATOR),
+                preview=ports.jobs.preview(job_id))  # fmt: skip
+
+
+@router.get("/jobs/{job_id}/preview/{number}.png")
+def preview_image(
+    user: Viewer, ports: Wired, job_id: JobId, number: Annotated[int, Path(ge=0, le=999)]
+) -> Response:
+    """A key image of the job's findings preview (patient pixels: never cached)."""
+    png = ports.jobs.preview_image(job_id, number)
+    if png is None:
+        raise HTTPException(404, f"no preview image {number} of job {job_id}")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/api/jobs/{job_id}")
