@@ -379,6 +379,11 @@ class ResultsSettings(_Section):
         description="binary (every receiver) or labelmap (Label Map SEG, RLE Lossless; newer "
         "receivers only).",
     )
+    ultrasound_outlines: bool = Field(
+        default=True,
+        description="Beside an ultrasound SEG, send the cine with the outlines drawn (a "
+        "multi-frame secondary capture every viewer displays).",
+    )
     manufacturer: str = Field(
         default="Appliance project", max_length=64, description="Manufacturer in every result."
     )

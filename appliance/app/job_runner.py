@@ -223,6 +223,7 @@ class JobRunner:
         default = self._settings.results.segmentation_type
         forms = sorted(set(self._settings.destination_forms().values())) or [default]
         handling = self._settings.inference.low_confidence
+        outlines = self._settings.results.ultrasound_outlines
         for matched in routing.routes:
             pipeline = catalog.pipelines[matched.rule.pipeline]
             made = results.kept if matched.shadow else results.delivered
@@ -236,7 +237,10 @@ class JobRunner:
                         results.flagged += sum(1 for area in found.present if area.review)
                         results.withheld += len(found.withheld)
                         started = time.perf_counter()
-                        made += ultrasound_results(frames.source, found, self._equipment)
+                        made += ultrasound_results(
+                            frames.source, found, self._equipment,
+                            frames.frames if outlines else None,
+                        )  # fmt: skip
                         title = _title(series, pipeline.name, matched.shadow)
                         results.previews.append(ultrasound_preview(title, frames.frames, found))
                         results.encoding += time.perf_counter() - started

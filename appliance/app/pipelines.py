@@ -267,7 +267,11 @@ def volume_findings(
     measurements = tuple(
         VolumeMeasurement(number, float(counts[number]) * voxel_ml, *diameters[number])
         if Measurement.LONGEST_AXIAL_DIAMETER in stage.measurements
-        else VolumeMeasurement(number, float(counts[number]) * voxel_ml)
+        else VolumeMeasurement(
+            number,
+            float(counts[number]) * voxel_ml,
+            outline=_largest_section(labels, number, boxes[number - 1]),
+        )
         for number, stage in measured
         if Measurement.VOLUME in stage.measurements
     )
@@ -277,6 +281,20 @@ def volume_findings(
         if stage.findings is Findings.PER_COMPONENT
     )
     return CTFindings(run, labels, tuple(segments), measurements, searches)
+
+
+def _largest_section(
+    labels: NDArray[np.uint8], number: int, box: tuple[slice, ...] | None
+) -> AxialLine | None:
+    """Segment `number`'s outline on the slice where its cross-section is largest, for a
+    viewer to draw (None where a later stage painted it over)."""
+    if box is None:
+        return None
+    where = labels[box] == number
+    index = int(where.sum(axis=(1, 2)).argmax())
+    top, left = box[1].start, box[2].start
+    points = outline(where[index])
+    return AxialLine(box[0].start + index, tuple((x + left, y + top) for x, y in points))
 
 
 def _doubts(unchecked: Sequence[str]) -> tuple[str, ...]:

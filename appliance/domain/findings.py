@@ -91,11 +91,12 @@ class Search:
 
 @dataclass(frozen=True)
 class AxialLine:
-    """A line on one source slice, as a viewer draws it: (column, row) image coordinates with
-    the origin at the outer corner of the top-left pixel (SCOORD Graphic Data, PS3.3 C.18.6)."""
+    """A polyline on one source slice, as a viewer draws it (closed where its first and last
+    points are the same): (column, row) image coordinates with the origin at the outer corner
+    of the top-left pixel (SCOORD Graphic Data, PS3.3 C.18.6)."""
 
     slice_index: int  # into the source slices, in the label map's order
-    points: tuple[tuple[float, float], tuple[float, float]]
+    points: tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class VolumeMeasurement:
     volume_ml: float
     longest_axial_diameter_mm: float | None = None  # lesions only
     long_axis: AxialLine | None = None  # where that diameter lies
+    outline: AxialLine | None = None  # its outline on the slice where it is largest
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,7 @@ def write_us_cine(cine: UltrasoundCine, path: Path, study_uid: str | None = None
     frames, rows, columns = cine.frames.shape
     ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL"]
     ds.SeriesDescription = "Liver cine (phantom)"
+    ds.BodyPartExamined = "ABDOMEN"
     ds.InstanceNumber = 1
     ds.NumberOfFrames = frames
     ds.FrameTime = 33.3

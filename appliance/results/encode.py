@@ -16,6 +16,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from appliance.domain.findings import RunIdentity, SegmentationType
+from appliance.results.companion import outlined_cine
 from appliance.results.findings import CTFindings, UltrasoundFindings
 from appliance.results.report import ct_report, ultrasound_report
 from appliance.results.segmentation import (
@@ -68,9 +69,14 @@ def ct_results(
 
 
 def ultrasound_results(
-    source: Dataset, findings: UltrasoundFindings, equipment: Equipment
+    source: Dataset,
+    findings: UltrasoundFindings,
+    equipment: Equipment,
+    frames: np.ndarray | None = None,
 ) -> list[CheckedResult]:
-    """A SEG when the structure is present in some frame, and the SR in every case."""
+    """A SEG when the structure is present in some frame, and the SR in every case; with the
+    cine's luminance `frames`, also the outlined cine viewers display, when there is an
+    outline to draw."""
     content = fingerprint(
         equipment, findings.segment, findings.present, findings.absent, findings.withheld,
         pixels=findings.masks,
@@ -83,4 +89,9 @@ def ultrasound_results(
         else None
     )
     sr = ultrasound_report(source, seg, findings, equipment, description(identity, "report"))
-    return [*([check(seg, [source])] if seg is not None else []), check(sr, [source])]
+    made: list[Dataset] = [seg, sr] if seg is not None else [sr]
+    if frames is not None and seg is not None:
+        made.append(
+            outlined_cine(source, frames, findings, equipment, description(identity, "outlines"))
+        )
+    return [check(result, [source]) for result in made]

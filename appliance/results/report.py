@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import UID
 
-from appliance.domain.findings import Segment
+from appliance.domain.findings import RunIdentity, Segment
 from appliance.results.findings import CTFindings, UltrasoundFindings
 from appliance.results.segmentation import Equipment, coded
 from appliance.results.summary import ct_summary, ultrasound_summary
@@ -65,6 +65,15 @@ def _observation_context(equipment: Equipment, software: str, uid: str) -> hd.sr
 
 def _tracking(segment: Segment) -> hd.sr.TrackingIdentifier:
     return hd.sr.TrackingIdentifier(uid=segment.tracking_uid, identifier=segment.tracking_id)
+
+
+def _frame_tracking(
+    identity: RunIdentity, segment: Segment, frame: int
+) -> hd.sr.TrackingIdentifier:
+    """The structure in one frame, a finding of its own, in every group that speaks of it."""
+    return hd.sr.TrackingIdentifier(
+        uid=identity.uid("frame", str(frame)), identifier=f"{segment.tracking_id} frame {frame}"
+    )
 
 
 def _finding_sites(segment: Segment) -> list[hd.sr.FindingSite] | None:
@@ -137,10 +146,12 @@ def ct_report(
     equipment: Equipment,
     description: str,
 ) -> hd.sr.Comprehensive3DSR:
-    """Per organ its volume; per lesion its volume and, in a planar group of its own, its
-    longest axial diameter with the line drawn on the source slice (TID 1410 with an Image
-    Region SCOORD, which viewers show as a length); each volume group referencing its segment
-    of `seg`, with finding site."""
+    """Per finding a volume group referencing its segment of `seg`, with finding site; and a
+    planar group of the same finding (its tracking UID) drawn on a source slice (TID 1410
+    with an Image Region SCOORD): a lesion's longest axial diameter as a length with its
+    line, an organ's outline where its cross-section is largest. Viewers such as OHIF merge
+    a finding's groups by tracking UID and draw it; OHIF 3 cannot show a group that draws
+    nothing."""
     identity = findings.identity
     segments = {segment.number: segment for segment in findings.segments}
     source_series = hd.sr.SourceSeriesForSegmentation(str(sources[0].SeriesInstanceUID))
@@ -169,30 +180,28 @@ def ct_report(
                 algorithm_id=algorithm,
             )
         )
-        line = measured.long_axis
-        if measured.longest_axial_diameter_mm is None or line is None:
+        diameter = measured.longest_axial_diameter_mm
+        drawn = measured.long_axis if diameter is not None else measured.outline
+        if drawn is None:
             continue
-        source = sources[line.slice_index]
+        source = sources[drawn.slice_index]
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=identity.uid(segment.tracking_id, "long axis"),
-                    identifier=f"{segment.tracking_id} long axis",
-                ),
+                tracking_identifier=_tracking(segment),  # the same finding as its volume's
                 referenced_region=hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=np.array(line.points, dtype=np.float64),
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # closed for an outline
+                    graphic_data=np.array(drawn.points, dtype=np.float64),
                     source_image=hd.sr.SourceImageForRegion(
                         UID(source.SOPClassUID), UID(source.SOPInstanceUID)
                     ),
                 ),
                 finding_type=coded(segment.type),
                 finding_sites=_finding_sites(segment),
-                measurements=[
-                    _measurement(
-                        codes.SCT.LongAxis, measured.longest_axial_diameter_mm, _MILLIMETRE
-                    )
-                ],
+                measurements=(
+                    [_measurement(codes.SCT.LongAxis, diameter, _MILLIMETRE)]
+                    if diameter is not None
+                    else None
+                ),
                 qualitative_evaluations=_certainty(segment.review),
                 algorithm_id=algorithm,
             )
@@ -240,10 +249,7 @@ def ultrasound_report(
             else hd.sr.Measurement(name=codes.SCT.Area, value=area.area_px, unit=_PIXELS)
         )
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=identity.uid("frame", str(area.frame)),
-                identifier=f"{segment.tracking_id} frame {area.frame}",
-            ),
+            tracking_identifier=_frame_tracking(identity, segment, area.frame),
             referenced_segment=hd.sr.ReferencedSegmentationFrame(
                 sop_class_uid=UID(seg.SOPClassUID),
                 sop_instance_uid=UID(seg.SOPInstanceUID),
@@ -263,10 +269,7 @@ def ultrasound_report(
         if area.outline:
             groups.append(
                 hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(
-                        uid=identity.uid("frame", str(area.frame), "outline"),
-                        identifier=f"{segment.tracking_id} frame {area.frame} outline",
-                    ),
+                    tracking_identifier=_frame_tracking(identity, segment, area.frame),
                     referenced_region=hd.sr.ImageRegion(
                         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,  # closed: a polygon
                         graphic_data=np.array(area.outline, dtype=np.float64),
@@ -284,10 +287,7 @@ def ultrasound_report(
     for frame in findings.absent:
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=identity.uid("frame", str(frame)),
-                    identifier=f"{segment.tracking_id} frame {frame}",
-                ),
+                tracking_identifier=_frame_tracking(identity, segment, frame),
                 qualitative_evaluations=[
                     hd.sr.QualitativeEvaluation(name=coded(segment.type), value=codes.SCT.Absent)
                 ],

@@ -136,7 +136,8 @@ def test_an_operator_watches_a_study_through_and_retries_a_failed_job_a_viewer_m
     shot(vera, "06-viewer-refused")
     assert "may not do this" in refused.text()
     history = requests.get(f"{pacs.url}/instances", timeout=10).json()
-    assert len(history) == 3 + len(broken)  # the cine, its SEG and SR, the broken CT
+    # the cine, its SEG, SR and outlined copy, the broken CT
+    assert len(history) == 4 + len(broken)
 
 
 def test_a_real_prometheus_scrapes_the_appliance_with_a_token(

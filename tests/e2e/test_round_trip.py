@@ -86,14 +86,15 @@ def test_orthanc_routes_a_cine_and_gets_seg_and_sr_back(mode: Mode, tmp_path: Pa
     ):
         sent = storescu(pacs.dicom_port, [cine], called=AE_TITLE)
         assert sent.returncode == 0, sent.stderr
-        modalities = wait_for_modalities(pacs, ["SEG", "SR", "US"], 120)
+        # the cine, its SEG and SR, and the cine with the outlines drawn for viewers
+        modalities = wait_for_modalities(pacs, ["SEG", "SR", "US", "US"], 120)
         logs = [log.read_text(errors="replace")[-3000:] for log in tmp_path.glob("*.log")]
-        assert modalities == ["SEG", "SR", "US"], "\n".join(logs)
+        assert modalities == ["SEG", "SR", "US", "US"], "\n".join(logs)
         for identifier in pacs.get("/instances"):
             stored = dcmread(BytesIO(pacs.get(f"/instances/{identifier}/file")))
             assert stored.StudyInstanceUID == study
         time.sleep(4)  # Orthanc's study is stable again: it must not route it twice
-        assert pacs.instance_count() == 3
+        assert pacs.instance_count() == 4
     logs = {log.name: log.read_text(errors="replace") for log in tmp_path.glob("*.log")}
     assert logs, "the roles wrote no log"
     for secret in (*PATIENT_NAME.split("^"), PATIENT_ID, ACCESSION):
@@ -117,9 +118,12 @@ def test_demo_follows_its_studies_to_the_pacs(tmp_path: Path) -> None:
             appliance.terminate()
             appliance.wait(timeout=30)
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert demo.stdout.count("-> pacs: delivered") == 4  # SEG and SR for each study
+        # SEG and SR for each study, and the cine with its outlines where the cyst was found
+        assert demo.stdout.count("SEG             -> pacs: delivered") == 2
+        assert demo.stdout.count("SR (TID 1500)   -> pacs: delivered") == 2
+        assert demo.stdout.count("-> pacs: delivered") == pacs.instance_count()
         assert "delivering -> done" in demo.stdout
-        assert pacs.instance_count() == 4
+        assert demo.stdout.count("findings: http://127.0.0.1:") == 2
 
 
 def imported_and_routed(

@@ -104,28 +104,40 @@ def test_ct_seg_and_sr_are_valid_and_reference_their_segments(
         assert names == {"Volume"}
         assert group.get_measurements()[0].value == round(group.get_measurements()[0].value, 2)
     drawn = sr.content.get_planar_roi_measurement_groups()
-    assert len(drawn) == len(lesions), "each lesion's long axis drawn on its slice"
+    assert len(drawn) == len(findings.measurements), "each finding drawn on a slice"
     by_uid = {str(source.SOPInstanceUID): index for index, source in enumerate(sources)}
+    by_tracking = {str(s.tracking_uid): s for s in findings.segments}
     stated = {m.segment: m for m in findings.measurements}
-    for group, lesion in zip(drawn, lesions, strict=True):
+    for group in drawn:
+        segment = by_tracking[str(group.tracking_uid)]  # the same finding as its volume
+        region = group.roi
+        assert region.graphic_type.value == "POLYLINE"
+        slice_index = by_uid[region.ContentSequence[0].referenced_sop_instance_uid]
+        points = np.asarray(region.value)  # (column, row) on the source image
+        painted = findings.labels[slice_index] == segment.number
+        if segment.finding_site is None:  # an organ: its outline where it is largest
+            assert not group.get_measurements()
+            assert np.array_equal(points[0], points[-1]), "closed"
+            enclosed = 0.5 * abs(
+                np.sum(points[:-1, 0] * points[1:, 1] - points[1:, 0] * points[:-1, 1])
+            )
+            per_slice = (findings.labels == segment.number).sum(axis=(1, 2))
+            assert per_slice[slice_index] == per_slice.max()
+            assert painted.sum() * 0.5 <= enclosed
+            continue
         (length,) = group.get_measurements()
         assert length.name.meaning == "Long axis"
         assert float(length.value) == pytest.approx(
-            stated[lesion.number].longest_axial_diameter_mm, abs=0.05
+            stated[segment.number].longest_axial_diameter_mm, abs=0.05
         )
-        region = group.roi
-        assert region.graphic_type.value == "POLYLINE"
-        (start, end) = region.value  # (column, row) on the source image
-        slice_index = by_uid[region.ContentSequence[0].referenced_sop_instance_uid]
-        assert slice_index == stated[lesion.number].long_axis.slice_index
+        assert slice_index == stated[segment.number].long_axis.slice_index
         spacing = [float(v) for v in sources[slice_index].PixelSpacing]  # row, column
+        start, end = points
         on_screen = np.hypot((end[0] - start[0]) * spacing[1], (end[1] - start[1]) * spacing[0])
         assert on_screen == pytest.approx(float(length.value), abs=0.5 * min(spacing))
-        middle = np.round((np.array(start) + np.array(end)) / 2 - 0.5).astype(int)
-        painted = findings.labels[
-            slice_index, middle[1] - 1 : middle[1] + 2, middle[0] - 1 : middle[0] + 2
-        ]
-        assert (painted == lesion.number).any(), "the line crosses its lesion"
+        middle = np.round((start + end) / 2 - 0.5).astype(int)
+        near = painted[middle[1] - 1 : middle[1] + 2, middle[0] - 1 : middle[0] + 2]
+        assert near.any(), "the line crosses its lesion"
     summary = [
         item
         for item in sr.content[0].ContentSequence
@@ -229,8 +241,9 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
         path = Path(get_testdata_file(cine, download=False) or "")
     catalog = load_catalog(REPOSITORY)
     run = run_frames(catalog.pipelines["us"], catalog, path, OnnxRuntimeBackend(REPOSITORY, 2))
-    results = ultrasound_results(run.source, run.findings, EQUIPMENT)
-    assert [r.modality for r in results] == (["SEG", "SR"] if run.findings.present else ["SR"])
+    results = ultrasound_results(run.source, run.findings, EQUIPMENT, run.frames)
+    expected = ["SEG", "SR", "US"] if run.findings.present else ["SR"]
+    assert [r.modality for r in results] == expected
     inherited = dciodvfy_findings(path)  # a real file's own dubious values are copied as is
     for index, result in enumerate(results):
         saved = written(tmp_path, result.encoded, f"{index}.dcm")
@@ -248,14 +261,15 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
             run.findings.masks[[frame - 1 for frame in referenced]],
         )
         report = sr_json(written(tmp_path, results[1].encoded, "sr.dcm"), tmp_path / "dcmqi")
-        areas = {
-            str(item["TrackingIdentifier"]): float(item["measurementItems"][0]["value"])
-            for item in report["Measurements"]  # type: ignore[attr-defined]
-            if item.get("measurementItems")
-        }
-        for area in run.findings.present:  # dcmqi reads each frame's area, twice stated
+        areas: dict[str, list[float]] = {}
+        for item in report["Measurements"]:  # type: ignore[attr-defined]
+            for measured in item.get("measurementItems", []):
+                areas.setdefault(str(item["TrackingIdentifier"]), []).append(
+                    float(measured["value"])
+                )
+        for area in run.findings.present:  # dcmqi reads each frame's area, stated twice
             name = f"{run.findings.segment.tracking_id} frame {area.frame}"
-            assert areas[name] == areas[f"{name} outline"] == round(area.area_mm2 or 0, 1)
+            assert areas[name] == [round(area.area_mm2 or 0, 1)] * 2
         sr = hd.sr.srread(written(tmp_path, results[1].encoded, "sr.dcm"))
         outlines = [g for g in sr.content.get_planar_roi_measurement_groups() if g.roi is not None]
         assert len(outlines) == len(run.findings.present), "an outline drawn on each frame"
@@ -267,6 +281,15 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
                 np.sum(points[:-1, 0] * points[1:, 1] - points[1:, 0] * points[:-1, 1])
             )
             assert enclosed >= area.area_px * 0.5, "the outline holds most of the frame's mask"
+        shown = dcmread(written(tmp_path, results[2].encoded, "outlined.dcm"))
+        assert shown.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.4"  # MF true colour SC
+        assert int(shown.NumberOfFrames) == len(run.frames)
+        pixels = shown.pixel_array.astype(int)  # RGB, from pydicom
+        tinted = np.abs(pixels[..., 0] - pixels[..., 1]) + np.abs(pixels[..., 1] - pixels[..., 2])
+        present = {area.frame for area in run.findings.present}
+        for frame in range(1, len(run.frames) + 1):
+            coloured = int((tinted[frame - 1] > 60).sum())
+            assert (coloured > 0) == (frame in present), f"frame {frame}: outline iff found"
 
 
 def test_the_gate_refuses_broken_objects(ct_case) -> None:  # type: ignore[no-untyped-def]
@@ -376,7 +399,7 @@ def test_a_low_confidence_finding_is_marked_and_a_withheld_one_is_not_delivered(
     )
     kept = {s.tracking_id for s in findings.segments} - set(flagged)
     sr = dcmread(BytesIO(sr_result.encoded))
-    assert {name.removesuffix(" long axis") for name in _groups(sr)} == kept
+    assert set(_groups(sr)) == kept
     assert "Withheld as low confidence: liver (cut by the field of view" in _summary(sr)
     for index, result in enumerate((seg_result, sr_result)):
         assert dciodvfy_findings(written(tmp_path, result.encoded, f"held{index}.dcm")) == []
@@ -407,7 +430,5 @@ def test_dcmqi_reads_the_ct_seg_and_sr_back(
         name = findings.segments[measured.segment - 1].tracking_id
         expected[(name, "Volume")] = round(measured.volume_ml, 2)
         if measured.longest_axial_diameter_mm is not None:
-            expected[(f"{name} long axis", "Long axis")] = round(
-                measured.longest_axial_diameter_mm, 1
-            )
+            expected[(name, "Long axis")] = round(measured.longest_axial_diameter_mm, 1)
     assert stated == expected
