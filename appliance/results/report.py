@@ -76,6 +76,27 @@ def _frame_tracking(
     )
 
 
+def _frame_absent(segment: Segment, source: Dataset, frame: int) -> hd.sr.CodeContentItem:
+    """The structure is absent (SCT 272519000) from one source frame, which it references."""
+    item = hd.sr.CodeContentItem(
+        name=coded(segment.type),
+        value=codes.SCT.Absent,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    item.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.ImageContentItem(
+                name=codes.DCM.SourceOfMeasurement,
+                referenced_sop_class_uid=UID(source.SOPClassUID),
+                referenced_sop_instance_uid=UID(source.SOPInstanceUID),
+                referenced_frame_numbers=[frame],
+                relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+            )
+        ]
+    )
+    return item
+
+
 def _finding_sites(segment: Segment) -> list[hd.sr.FindingSite] | None:
     return [hd.sr.FindingSite(coded(segment.finding_site))] if segment.finding_site else None
 
@@ -100,7 +121,11 @@ def _frame_reference_only(
     return group
 
 
-def _with_summary(report: hd.sr.MeasurementReport, text: str) -> hd.sr.MeasurementReport:
+def _with_summary(
+    report: hd.sr.MeasurementReport, text: str, stated: Sequence[hd.sr.CodeContentItem] = ()
+) -> hd.sr.MeasurementReport:
+    """The report with its Qualitative Evaluations: the summary, then what is `stated` of
+    the study as a whole or of frames without a finding."""
     evaluations = hd.sr.ContainerContentItem(
         name=_QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -110,7 +135,8 @@ def _with_summary(report: hd.sr.MeasurementReport, text: str) -> hd.sr.Measureme
                 name=codes.DCM.Summary,
                 value=text,
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
+            ),
+            *stated,
         ]
     )
     report[0].ContentSequence.append(evaluations)
@@ -231,10 +257,10 @@ def ultrasound_report(
     description: str,
 ) -> hd.sr.Comprehensive3DSR:
     """Per frame where the structure is present, a planar group with its area referencing
-    that frame of `seg`, and one with the same area and its outline drawn on the source frame
-    (an Image Region SCOORD polygon, which viewers show); one group per frame the model is
-    confident lacks it, saying it is absent there; with neither, one group saying its
-    presence is indeterminate."""
+    that frame of `seg`, and one of the same finding (its tracking UID) with its outline
+    drawn on the source frame (an Image Region SCOORD polygon, which viewers show). Beside
+    the summary, per frame the model is confident lacks it, that it is absent there; with
+    neither, that its presence is indeterminate."""
     identity = findings.identity
     segment = findings.segment
     groups: list[
@@ -280,28 +306,19 @@ def ultrasound_report(
                         ),
                     ),
                     finding_type=coded(segment.type),
-                    measurements=[measured],
+                    measurements=None,  # stated once, in the group above
                     qualitative_evaluations=_certainty(area.review),
                 )
             )
-    for frame in findings.absent:
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_frame_tracking(identity, segment, frame),
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(name=coded(segment.type), value=codes.SCT.Absent)
-                ],
-            )
-        )
-    if not groups:
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(segment),
-                qualitative_evaluations=[
-                    hd.sr.QualitativeEvaluation(
-                        name=coded(segment.type), value=codes.SCT.Indeterminate
-                    )
-                ],
+    # What holds for frames without an outline is stated beside the summary, not as
+    # measurement groups: a group that draws nothing stops OHIF 3 showing the report.
+    stated = [_frame_absent(segment, source, frame) for frame in findings.absent]
+    if not groups and not stated:
+        stated.append(
+            hd.sr.CodeContentItem(
+                name=coded(segment.type),
+                value=codes.SCT.Indeterminate,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
     report = hd.sr.MeasurementReport(
@@ -311,9 +328,10 @@ def ultrasound_report(
         procedure_reported=_US_PROCEDURE,
         imaging_measurements=groups,
     )
+    summary = ultrasound_summary(findings, int(source.NumberOfFrames))
     return _document(
         [source] if seg is None else [source, seg],
-        _with_summary(report, ultrasound_summary(findings, int(source.NumberOfFrames))),
+        _with_summary(report, summary, stated),
         identity.object_uid("sr", "instance"),
         identity.object_uid("sr", "series"),
         equipment,

@@ -267,9 +267,9 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
                 areas.setdefault(str(item["TrackingIdentifier"]), []).append(
                     float(measured["value"])
                 )
-        for area in run.findings.present:  # dcmqi reads each frame's area, stated twice
+        for area in run.findings.present:  # dcmqi reads each frame's area
             name = f"{run.findings.segment.tracking_id} frame {area.frame}"
-            assert areas[name] == [round(area.area_mm2 or 0, 1)] * 2
+            assert areas[name] == [round(area.area_mm2 or 0, 1)]
         sr = hd.sr.srread(written(tmp_path, results[1].encoded, "sr.dcm"))
         outlines = [g for g in sr.content.get_planar_roi_measurement_groups() if g.roi is not None]
         assert len(outlines) == len(run.findings.present), "an outline drawn on each frame"
@@ -281,6 +281,24 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
                 np.sum(points[:-1, 0] * points[1:, 1] - points[1:, 0] * points[:-1, 1])
             )
             assert enclosed >= area.area_px * 0.5, "the outline holds most of the frame's mask"
+        evaluations = next(
+            item
+            for item in dcmread(written(tmp_path, results[1].encoded, "sr.dcm")).ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"
+        )
+        said_absent = sorted(
+            int(item.ContentSequence[0].ReferencedSOPSequence[0].ReferencedFrameNumber)
+            for item in evaluations.ContentSequence
+            if item.ValueType == "CODE" and item.ConceptCodeSequence[0].CodeMeaning == "Absent"
+        )
+        assert said_absent == sorted(run.findings.absent), "absent, frame by frame"
+        kinds: dict[str, set[str]] = {}  # value types of each finding's groups, merged
+        for group in _measurement_groups(dcmread(BytesIO(results[1].encoded))):
+            items = list(group.ContentSequence)
+            (tracking,) = [str(item.UID) for item in items if item.ValueType == "UIDREF"]
+            kinds.setdefault(tracking, set()).update(item.ValueType for item in items)
+        # OHIF 3 merges a finding's groups and shows the report only if each draws something
+        assert all("SCOORD" in found for found in kinds.values())
         shown = dcmread(written(tmp_path, results[2].encoded, "outlined.dcm"))
         assert shown.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.4"  # MF true colour SC
         assert int(shown.NumberOfFrames) == len(run.frames)
@@ -324,6 +342,18 @@ def test_binary_frames_that_do_not_end_on_a_byte_pass_the_gate_intact(tmp_path: 
     seg.PixelData = seg.PixelData[:-2]  # the last frame cut short by more than the padding
     with pytest.raises(InvalidResult, match="pixel data"):
         check(seg, sources)
+
+
+def _measurement_groups(sr: Dataset) -> list[Dataset]:
+    found = []
+    for item in sr.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements":
+            found += [
+                group
+                for group in item.ContentSequence
+                if group.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Group"
+            ]
+    return found
 
 
 def _groups(sr: Dataset) -> dict[str, list[tuple[str, str]]]:
