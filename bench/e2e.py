@@ -131,7 +131,7 @@ def bare(kind: str, files: list[Path]) -> float:
         ct_results(run.volume.headers, run.findings, SegmentationType.BINARY, equipment)
     else:
         us = run_frames(catalog.pipelines["us"], catalog, files[0], backend)
-        ultrasound_results(us.source, us.findings, equipment)
+        ultrasound_results(us.source, us.findings, equipment, us.frames)  # with the outlines
     return time.perf_counter() - started
 
 

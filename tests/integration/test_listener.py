@@ -20,7 +20,7 @@ from appliance.store.study_ledger import StudyLedger
 from tests.support.datasets import ct_slice, dataset_bytes, new_series, write_series
 from tests.support.dcmtk import dcmtk_env, echoscu, storescu
 from tests.support.scu import associate, send_files
-from tests.support.services import missing_service
+from tests.support.services import ON_SQLITE_ONLY, missing_service
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 
@@ -313,6 +313,7 @@ def test_real_files_in_every_transfer_syntax_are_stored_as_received(
     assert dcmread(from_dcmtk) == dcmread(source)
 
 
+@ON_SQLITE_ONLY
 def test_the_readmes_folder_command_sends_a_mixed_folder_whole(start, tmp_path: Path) -> None:
     """README's `dcmsend ... +sd study/` on what a new user has: compressed and uncompressed
     files side by side, each stored in its own transfer syntax."""

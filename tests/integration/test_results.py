@@ -295,7 +295,11 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
         kinds: dict[str, set[str]] = {}  # value types of each finding's groups, merged
         for group in _measurement_groups(dcmread(BytesIO(results[1].encoded))):
             items = list(group.ContentSequence)
-            (tracking,) = [str(item.UID) for item in items if item.ValueType == "UIDREF"]
+            (tracking,) = [
+                str(item.UID)
+                for item in items
+                if item.ConceptNameCodeSequence[0].CodeValue == "112040"  # Tracking UID
+            ]
             kinds.setdefault(tracking, set()).update(item.ValueType for item in items)
         # OHIF 3 merges a finding's groups and shows the report only if each draws something
         assert all("SCOORD" in found for found in kinds.values())
