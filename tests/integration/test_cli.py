@@ -1,6 +1,7 @@
 """The `appliance` command as an operator uses it."""
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ import yaml
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from appliance.domain.jobs import JobState
+from appliance.store.job_ledger import JobLedger
 from appliance.store.models import AuditEvent
 from tests.support.cli import run_cli
 from tests.support.datasets import PATIENT_ID, PATIENT_NAME, new_series, write_series
@@ -72,7 +75,13 @@ def test_studies_commands(start, tmp_path: Path, db_url: str) -> None:
     assert "already complete" in again.stderr
     missing = run_cli(config, "studies", "show", "1.2.3")
     assert missing.returncode == 3
-    for output in (listed.stdout, shown.stdout, forced.stdout):
+    job_id = detail["jobs"][0]["id"]
+    jobs = JobLedger(running.engine)
+    assert jobs.claim(job_id, datetime.now(UTC), timedelta(minutes=1))
+    jobs.move(job_id, JobState.FAILED, datetime.now(UTC), "ValueError: the reason", attempt=1)
+    plain = run_cli(config, "studies", "show", spec.study_uid)
+    assert f"job {job_id} version 1: failed\n    ValueError: the reason" in plain.stdout
+    for output in (listed.stdout, shown.stdout, forced.stdout, plain.stdout):
         assert PATIENT_ID not in output
         assert PATIENT_NAME not in output
 

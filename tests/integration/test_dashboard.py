@@ -2,6 +2,8 @@
 roles limit what a user may do, patient identifiers stay masked until an admin reveals them
 (audited), operator actions move jobs and are audited under the operator's name."""
 
+import html
+import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +20,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from appliance.app.dashboard_view import dashboard_ports
+from appliance.domain.audit import AuditEventType
 from appliance.domain.jobs import JobState
 from appliance.store.account_ledger import AccountLedger
+from appliance.store.audit_trail import record_event
 from appliance.store.job_ledger import JobLedger
 from appliance.store.models import AuditEvent, Job
 from appliance.store.study_ledger import StudyLedger
@@ -335,3 +339,37 @@ def test_every_action_and_every_reveal_of_identifiers_leaves_an_audit_row_by_nam
 def audited_by(engine: Engine, actor: str) -> list[AuditEvent]:
     with Session(engine) as session:
         return list(session.scalars(select(AuditEvent).where(AuditEvent.actor == actor)))
+
+
+@ON_SQLITE_ONLY
+def test_studies_link_their_jobs_and_the_audit_trail_comes_a_page_at_a_time(
+    dashboard: Any, tmp_path: Path
+) -> None:
+    job_id, uid = failed_job(dashboard, tmp_path)
+    vera = client_for(dashboard.app, "vera")
+    studies = vera.get("/studies").text
+    assert f'<a href="/jobs/{job_id}" title="its latest job">{uid}</a>' in studies
+    assert "<td>CT</td>" in studies  # the modality column
+    assert vera.get(f"/jobs/{job_id}/preview/0.png").status_code == 404  # failed: no preview
+    assert client_for(dashboard.app).get(f"/jobs/{job_id}/preview/0.png").status_code in (
+        303,
+        401,
+    )
+
+    with Session(dashboard.engine) as session, session.begin():  # more than a page holds
+        for attempt in range(120):
+            record_event(
+                session, AuditEventType.USER_LOGIN, occurred_at=datetime.now(UTC),
+                actor=f"nobody{attempt}", outcome=4, detail="refused",
+            )  # fmt: skip
+    first = vera.get("/audit")
+    assert first.text.count('<td class="when">') == 100
+    older = re.search(r'href="/audit\?([^"]+)">Older events', first.text)
+    assert older is not None
+    second = vera.get(f"/audit?{html.unescape(older.group(1))}")
+    assert second.status_code == 200
+    shown_first = set(re.findall(r"nobody\d+", first.text))
+    shown_second = set(re.findall(r"nobody\d+", second.text))
+    assert shown_second
+    assert not shown_first & shown_second, "the next page, not the same one"
+    assert vera.get("/audit", params={"before": "x"}).status_code == 422
