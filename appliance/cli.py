@@ -45,7 +45,7 @@ def _study_service(ctx: click.Context) -> "StudyLedger":
 
     settings = _settings(ctx)
     return StudyLedger(
-        open_database(settings.database.url, migrate=False), settings.study.completion_policy()
+        open_database(settings.database.url, migrate=False), settings.completion_policy()
     )
 
 

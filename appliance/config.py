@@ -13,7 +13,7 @@ Settings import `domain` only: every edge can be configured without pulling in a
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -77,6 +77,16 @@ class PeerSettings(_Section):
             except ValueError:
                 raise ValueError(f"{entry!r} is not an IP address or network") from None
         return hosts
+
+    complete_on_release: bool = Field(
+        default=False,
+        description="It sends each study whole on one association (as most PACS routing "
+        "does): complete the study a settle after the release when its series look whole, "
+        "not after the quiet period.",
+    )
+    release_settle_seconds: float = Field(
+        default=2.0, ge=0, le=600, description="That settle, seconds after the release."
+    )
 
 
 class TlsSettings(_Section):
@@ -239,10 +249,16 @@ class StudySettings(_Section):
         default=1.0, gt=0, description="How often the sweeper looks for complete studies."
     )
 
-    def completion_policy(self) -> CompletionPolicy:
+    def completion_policy(self, peers: Sequence["PeerSettings"] = ()) -> CompletionPolicy:
+        """The policy; `peers`, the listener's, say who completes a study on release."""
         return CompletionPolicy(
             quiet_period=timedelta(seconds=self.quiet_period_seconds),
             hint_settle=timedelta(seconds=self.hint_settle_seconds),
+            release_settle={
+                peer.ae_title: timedelta(seconds=peer.release_settle_seconds)
+                for peer in peers
+                if peer.complete_on_release
+            },
         )
 
 
@@ -618,6 +634,10 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """The environment wins over the values given (the settings file's); nothing else."""
         return (_Environment(settings_cls, os.environ), init_settings)
+
+    def completion_policy(self) -> CompletionPolicy:
+        """The study completion policy with the listener's peers' release settings."""
+        return self.study.completion_policy(self.listener.peers)
 
     def destination_forms(self) -> dict[str, SegmentationType]:
         """The CT SEG form each destination gets."""

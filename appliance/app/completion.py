@@ -1,7 +1,8 @@
 """Completion: instances stored by the listener are folded into their studies, and a study
-that has gone quiet (or whose count hints say it is whole) becomes complete with a job for
-its current version. The rules are `domain.assembly`; the compare-and-set that lets several
-sweepers run at once is `store.study_ledger`.
+that has gone quiet (or whose count hints say it is whole, or whose sender released the
+association that delivered it whole) becomes complete with a job for its current version.
+The rules are `domain.assembly`; the compare-and-set that lets several sweepers run at once
+is `store.study_ledger`.
 """
 
 import logging
@@ -17,6 +18,7 @@ def complete_studies(studies: StudyLedger) -> int:
     many were completed."""
     now = datetime.now(UTC)
     studies.fold_pending(now)
+    studies.settle_released()
     completed = studies.complete_due(now)
     for study in completed:
         LOG.info(

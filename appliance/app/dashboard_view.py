@@ -132,7 +132,7 @@ class JobsView:
 
 class StudiesView:
     def __init__(self, settings: Settings, engine: Engine) -> None:
-        self._studies = StudyLedger(engine, settings.study.completion_policy())
+        self._studies = StudyLedger(engine, settings.completion_policy())
         self._queries = DashboardQueries(engine)
 
     def studies(self, state: str | None) -> list[monitoring.StudySummary]:

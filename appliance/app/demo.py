@@ -82,7 +82,7 @@ def run_demo(
     """Send, follow, report; True when every job finished DONE."""
     _wait_until_up(peer, min(timeout, 60.0))
     engine = open_database(settings.database.url, migrate=False)
-    studies = StudyLedger(engine, settings.study.completion_policy())
+    studies = StudyLedger(engine, settings.completion_policy())
     jobs, outbox = JobLedger(engine), OutboxLedger(engine)
     dashboard = f"http://{settings.dashboard.host}:{settings.dashboard.port}"
     with tempfile.TemporaryDirectory() as scratch:

@@ -44,7 +44,7 @@ AUDIT_FORWARD_SECONDS = 5.0
 def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
     """Complete due studies, dispatch their jobs, attempt due deliveries, and send the audit
     trail on to the audit repository where one is configured, until `stop`."""
-    studies = StudyLedger(engine, settings.study.completion_policy())
+    studies = StudyLedger(engine, settings.completion_policy())
     dispatcher = Dispatcher(settings, engine)
     deliverer = Deliverer(settings.delivery, engine)
     jobs = JobLedger(engine)

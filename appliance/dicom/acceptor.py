@@ -37,6 +37,7 @@ from appliance.dicom.dimse import (
 )
 from appliance.dicom.parse import Encoded
 from appliance.dicom.sop_classes import VERIFICATION
+from appliance.domain.ingest import RELEASED
 from appliance.domain.status import Status
 
 LOG = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ class StoreRequest:
 
 StoreHandler = Callable[[StoreRequest], Status]
 
-
-RELEASED = "released"
 
 
 class DimseTimeout(TimeoutError):

@@ -37,7 +37,6 @@ from pynetdicom.presentation import PresentationContext, build_context
 from appliance.dicom import upper_layer as ul
 from appliance.dicom.acceptor import (
     MAX_DATA_SET_BYTES,
-    RELEASED,
     DataSetLimits,
     DimseTimeout,
     Negotiated,
@@ -57,7 +56,13 @@ from appliance.dicom.upper_layer import (
     RejectSource,
     UserRejectReason,
 )
-from appliance.domain.ingest import Admission, AssociationPeer, LedgerUnavailable, StoredFile
+from appliance.domain.ingest import (
+    RELEASED,
+    Admission,
+    AssociationPeer,
+    LedgerUnavailable,
+    StoredFile,
+)
 from appliance.domain.instance import InstanceRecord
 from appliance.domain.policy import (
     AssociationPolicy,

@@ -4,11 +4,15 @@ DICOM has no end-of-study message on C-STORE, so completeness is inferred. A stu
 when no instance arrived for a quiet period, when an operator forces it, or sooner when the
 instance-count hints carried in the data (Images in Acquisition (0020,1002); Number of Frames
 (0028,0008) for multi-frame objects, which are whole by themselves) say every series seen is
-whole. Early completion still waits a short settle period for a further series; anything that
-arrives later re-opens the study for a new job version.
+whole. Most PACS routing sends a study on one association and releases it: for a peer set to
+say so, a study completes a short settle after the associations that delivered it were
+released, when its series are consistent (no gap in the instance numbers, count hints met
+where present). Early completion still waits its settle period for a further series; anything
+that arrives later re-opens the study for a new job version.
 """
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -23,6 +27,7 @@ class StudyState(StrEnum):
 class CompletionReason(StrEnum):
     QUIET_PERIOD = "quiet_period"
     COUNT_HINTS = "count_hints"
+    RELEASED = "released"  # the delivering associations were released
     FORCED = "forced"
 
 
@@ -77,6 +82,9 @@ class UnknownStudy(LookupError):
 class CompletionPolicy:
     quiet_period: timedelta
     hint_settle: timedelta
+    # Per calling AE title of a peer that sends a study on one association: the settle after
+    # its release.
+    release_settle: Mapping[str, timedelta] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +103,31 @@ def completion_deadline(
         settle = min(policy.hint_settle, policy.quiet_period)
         return CompletionDeadline(last_received_at + settle, CompletionReason.COUNT_HINTS)
     return CompletionDeadline(last_received_at + policy.quiet_period, CompletionReason.QUIET_PERIOD)
+
+
+def series_consistent(progress: SeriesProgress, instance_numbers: Sequence[int | None]) -> bool:
+    """Whether a series looks whole: its count hint met where it has one, and its instance
+    numbers without a gap (a series without numbers is judged on its hints alone)."""
+    if progress.expected_instances is not None:
+        return progress.received_instances >= progress.expected_instances
+    numbers = sorted({number for number in instance_numbers if number is not None})
+    if len(numbers) < len(instance_numbers):
+        return progress.all_multiframe and progress.received_instances > 0
+    return bool(numbers) and numbers[-1] - numbers[0] + 1 == len(numbers)
+
+
+def release_deadline(
+    calling_ae: str,
+    released_at: datetime,
+    consistent: bool,
+    current: CompletionDeadline,
+    policy: CompletionPolicy,
+) -> CompletionDeadline:
+    """The study's deadline once every association that delivered it from `calling_ae` was
+    released at `released_at` (the last of them): a settle after it for a peer that sends
+    studies whole and a study that looks whole, else `current` (the quiet period's)."""
+    settle = policy.release_settle.get(calling_ae)
+    if settle is None or not consistent:
+        return current
+    at = released_at + settle
+    return CompletionDeadline(at, CompletionReason.RELEASED) if at < current.at else current

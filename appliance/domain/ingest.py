@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from appliance.domain.uids import Uid
 
 SERIES_CONFLICT = "Series Instance UID already belongs to another study"
+RELEASED = "released"  # an association's outcome when its peer released it
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,19 +14,23 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.domain.assembly import (
     CompletedStudy,
+    CompletionDeadline,
     CompletionPolicy,
     CompletionReason,
     SeriesProgress,
     StudyState,
     UnknownStudy,
     completion_deadline,
+    release_deadline,
+    series_consistent,
 )
 from appliance.domain.audit import AuditEventType, EventAction, EventOutcome
-from appliance.domain.ingest import SERIES_CONFLICT
+from appliance.domain.ingest import RELEASED, SERIES_CONFLICT
 from appliance.domain.jobs import JobState, Stage
 from appliance.domain.monitoring import JobSummary, SeriesSummary, StudyDetail, StudySummary
 from appliance.store.audit_trail import event_row, record_event, record_timing
 from appliance.store.db import session_factory
+from appliance.store.models import Association as AssociationRow
 from appliance.store.models import AuditEvent, Instance, Job, Series, Study
 
 SWEEPER = "sweeper"
@@ -36,6 +40,7 @@ studies = cast(Table, Study.__table__)
 series_table = cast(Table, Series.__table__)
 instances = cast(Table, Instance.__table__)
 audit_events = cast(Table, AuditEvent.__table__)
+associations = cast(Table, AssociationRow.__table__)
 
 
 def _group(rows: list[Any], attribute: str) -> dict[str, list[Any]]:
@@ -203,6 +208,84 @@ class StudyLedger:
                     )
                 )
             )
+
+    def settle_released(self) -> int:
+        """Bring forward the deadline of every receiving study whose delivering associations
+        (those of its current version's instances) have all been released by a peer that
+        sends studies whole, and whose series look whole; how many were brought forward."""
+        if not self._policy.release_settle:
+            return 0
+        moved = 0
+        with self._engine.begin() as connection:
+            waiting = connection.execute(
+                select(
+                    studies.c.id, studies.c.study_instance_uid, studies.c.version,
+                    studies.c.complete_after, studies.c.deadline_reason,
+                ).where(
+                    studies.c.state == StudyState.RECEIVING,
+                    studies.c.deadline_reason != CompletionReason.RELEASED.value,
+                )
+            ).all()  # fmt: skip
+            for study in waiting:
+                delivered = connection.execute(
+                    select(
+                        instances.c.folded, instances.c.series_instance_uid,
+                        instances.c.instance_number, associations.c.calling_ae,
+                        associations.c.ended_at, associations.c.outcome,
+                    )
+                    .join(associations, associations.c.id == instances.c.association_id)
+                    .where(
+                        instances.c.study_instance_uid == study.study_instance_uid,
+                        instances.c.study_version == study.version,
+                    )
+                ).all()  # fmt: skip
+                peers = {row.calling_ae for row in delivered}
+                if (
+                    len(peers) != 1
+                    or not all(row.folded for row in delivered)
+                    or not all(row.outcome == RELEASED for row in delivered)
+                ):
+                    continue  # still arriving, aborted, or from several senders: wait quietly
+                consistent = self._consistent(connection, study.study_instance_uid)
+                current = CompletionDeadline(
+                    study.complete_after, CompletionReason(study.deadline_reason)
+                )
+                released_at = max(row.ended_at for row in delivered)
+                deadline = release_deadline(
+                    peers.pop(), released_at, consistent, current, self._policy
+                )
+                if deadline is current:
+                    continue
+                connection.execute(
+                    update(studies)
+                    .where(studies.c.id == study.id, studies.c.version == study.version)
+                    .values(complete_after=deadline.at, deadline_reason=deadline.reason.value)
+                )
+                moved += 1
+        return moved
+
+    @staticmethod
+    def _consistent(connection: Connection, study_uid: str) -> bool:
+        series = connection.execute(
+            select(
+                series_table.c.series_instance_uid, series_table.c.received_instances,
+                series_table.c.expected_instances, series_table.c.all_multiframe,
+            ).where(series_table.c.study_instance_uid == study_uid)
+        ).all()  # fmt: skip
+        numbers: dict[str, list[int | None]] = defaultdict(list)
+        for series_uid, number in connection.execute(
+            select(instances.c.series_instance_uid, instances.c.instance_number).where(
+                instances.c.study_instance_uid == study_uid
+            )
+        ):
+            numbers[series_uid].append(number)
+        return bool(series) and all(
+            series_consistent(
+                SeriesProgress(row.received_instances, row.expected_instances, row.all_multiframe),
+                numbers[row.series_instance_uid],
+            )
+            for row in series
+        )
 
     def complete_due(self, now: datetime, actor: str = SWEEPER) -> list[CompletedStudy]:
         """Complete every study whose deadline has passed; one job per study version."""

@@ -1,6 +1,7 @@
 """Study assembly on a real database: quiet period, count hints, late instances, forcing."""
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from appliance.store.models import AuditEvent, Job, Study
 from appliance.store.study_ledger import StudyLedger
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import storescu
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 POLICY = CompletionPolicy(quiet_period=timedelta(seconds=30), hint_settle=timedelta(seconds=1))
@@ -158,3 +160,59 @@ def test_series_claimed_by_another_study_is_refused(start, tmp_path: Path) -> No
     assert refused.returncode != 0  # storescu exits non-zero when a store was refused
     assert counts == {first.study_uid: 1}
     assert [e.detail for e in rejected] == [SERIES_CONFLICT]
+
+
+RELEASING = CompletionPolicy(
+    quiet_period=timedelta(seconds=30),
+    hint_settle=timedelta(seconds=5),
+    release_settle={"STORESCU": timedelta(seconds=2)},
+)
+
+
+def settled(service: StudyLedger) -> int:
+    """Settle released studies, waiting out the listener's record of the release (storescu
+    may exit before it is written)."""
+    found = wait_for(service.settle_released, 10, interval=0.1)
+    return int(found)
+
+
+def test_a_study_completes_a_settle_after_its_association_is_released(
+    start, tmp_path: Path
+) -> None:
+    running = start()
+    spec = new_series(5)
+    assert storescu(running.port, write_series(spec, tmp_path)).returncode == 0
+    service = StudyLedger(running.engine, RELEASING)
+    service.fold_pending(datetime.now(UTC))
+    assert settled(service) == 1
+    assert service.settle_released() == 0, "once"
+    assert service.complete_due(later(0.5)) == []
+    (done,) = service.complete_due(later(3))
+    assert done.reason.value == "released"
+    shown = service.show(spec.study_uid).study
+    assert shown.completion_reason == "released"
+
+
+def test_a_gap_or_a_trickling_peer_falls_back_to_the_quiet_period(start, tmp_path: Path) -> None:
+    running = start()
+    gapped = new_series(4)
+    files = write_series(gapped, tmp_path / "gap")
+    assert storescu(running.port, [files[0], files[1], files[3]]).returncode == 0
+    trickled = new_series(3)
+    assert storescu(running.port, write_series(trickled, tmp_path / "t")).returncode == 0
+    service = StudyLedger(running.engine, RELEASING)
+    trickling = StudyLedger(running.engine, POLICY)  # a peer not set to complete on release
+    service.fold_pending(datetime.now(UTC))
+    time.sleep(1)  # the releases are recorded
+    assert trickling.settle_released() == 0
+    assert service.settle_released() == 1, "the whole series only"
+    done = {d.study_instance_uid: d.reason.value for d in service.complete_due(later(3))}
+    assert done == {trickled.study_uid: "released"}
+    late = {d.study_instance_uid: d.reason.value for d in service.complete_due(later(31))}
+    assert late == {gapped.study_uid: "quiet_period"}
+
+    assert storescu(running.port, [files[2]]).returncode == 0  # the missing slice, late
+    service.fold_pending(datetime.now(UTC))
+    assert settled(service) == 1, "re-opened, and whole now"
+    (again,) = service.complete_due(later(3))
+    assert (again.study_instance_uid, again.version) == (gapped.study_uid, 2)

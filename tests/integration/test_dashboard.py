@@ -350,6 +350,7 @@ def test_studies_link_their_jobs_and_the_audit_trail_comes_a_page_at_a_time(
     studies = vera.get("/studies").text
     assert f'<a href="/jobs/{job_id}" title="its latest job">{uid}</a>' in studies
     assert "<td>CT</td>" in studies  # the modality column
+    assert 'title="why it completed">forced</span>' in studies
     assert vera.get(f"/jobs/{job_id}/preview/0.png").status_code == 404  # failed: no preview
     assert client_for(dashboard.app).get(f"/jobs/{job_id}/preview/0.png").status_code in (
         303,

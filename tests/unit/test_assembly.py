@@ -7,10 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.domain.assembly import (
+    CompletionDeadline,
     CompletionPolicy,
     CompletionReason,
     SeriesProgress,
     completion_deadline,
+    release_deadline,
+    series_consistent,
 )
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -68,3 +71,29 @@ def test_folding_counts_every_instance_and_keeps_the_largest_hint(
     assert progress.all_multiframe == all(
         frames is not None and frames > 1 for frames, _ in instances
     )
+
+
+def test_a_series_looks_whole_by_its_hints_or_its_unbroken_instance_numbers() -> None:
+    assert series_consistent(SeriesProgress(3, None, False), [1, 2, 3])
+    assert series_consistent(SeriesProgress(3, None, False), [7, 8, 9])
+    assert not series_consistent(SeriesProgress(3, None, False), [1, 2, 4]), "a gap"
+    assert not series_consistent(SeriesProgress(3, None, False), [1, 2, None]), "unnumbered"
+    assert series_consistent(SeriesProgress(1, None, True), [None]), "a cine is whole by itself"
+    assert series_consistent(SeriesProgress(4, 4, False), [1, 2, 4, 9]), "hints decide"
+    assert not series_consistent(SeriesProgress(3, 4, False), [1, 2, 3]), "hint not met"
+
+
+def test_a_release_brings_the_deadline_forward_only_for_a_peer_that_sends_whole() -> None:
+    policy = CompletionPolicy(
+        quiet_period=timedelta(seconds=30),
+        hint_settle=timedelta(seconds=5),
+        release_settle={"PACS": timedelta(seconds=2)},
+    )
+    released = datetime(2026, 1, 1, tzinfo=UTC)
+    quiet = CompletionDeadline(released + timedelta(seconds=29), CompletionReason.QUIET_PERIOD)
+    forward = release_deadline("PACS", released, True, quiet, policy)
+    assert forward == CompletionDeadline(released + timedelta(seconds=2), CompletionReason.RELEASED)
+    assert release_deadline("TRICKLER", released, True, quiet, policy) is quiet
+    assert release_deadline("PACS", released, False, quiet, policy) is quiet, "a gap: wait"
+    sooner = CompletionDeadline(released + timedelta(seconds=1), CompletionReason.COUNT_HINTS)
+    assert release_deadline("PACS", released, True, sooner, policy) is sooner
