@@ -10,6 +10,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -24,6 +25,7 @@ from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
 from appliance.results.encode import ct_results, ultrasound_results
+from appliance.results.preview import ultrasound_preview
 from appliance.results.segmentation import Equipment
 from appliance.results.validate import InvalidResult, check
 from tests.support.dcmqi import seg_labels, sr_json
@@ -303,6 +305,12 @@ def test_ultrasound_seg_and_sr_are_valid(validators: None, cine: str, tmp_path: 
             kinds.setdefault(tracking, set()).update(item.ValueType for item in items)
         # OHIF 3 merges a finding's groups and shows the report only if each draws something
         assert all("SCOORD" in found for found in kinds.values())
+        section, pngs = ultrasound_preview("cine", run.frames, run.findings)
+        assert len(pngs) == len(section.images) == min(6, len(run.findings.present))
+        assert [row.quantity for row in section.rows] == ["Area"] * len(run.findings.present)
+        for png in pngs:  # each key frame with its outline in the cyst's colour
+            rgb = np.asarray(Image.open(BytesIO(png)).convert("RGB")).astype(int)
+            assert (np.abs(rgb - run.findings.segment.colour).sum(axis=-1) == 0).any()
         shown = dcmread(written(tmp_path, results[2].encoded, "outlined.dcm"))
         assert shown.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.4"  # MF true colour SC
         assert int(shown.NumberOfFrames) == len(run.frames)
