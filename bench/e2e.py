@@ -5,7 +5,8 @@ with 2 threads) with a real Orthanc as the PACS it delivers to. A 512x512x300 ph
 a 100-frame phantom cine are sent to it one after the other; each is followed through the
 appliance's own audit records:
 
-- quiet period: last instance received -> study complete (the configured wait, shown apart);
+- quiet period: last instance received -> study complete (the configured wait, shown apart;
+  with `--release S`, the sender's studies complete S seconds after its association's release);
 - dispatch: study complete -> job running on the worker;
 - pipeline: running -> encoded, and inside it the pipeline's work (decode, inference,
   measurement, SEG and SR, the gate) and, inside that, the model compute (the backend's own
@@ -19,7 +20,7 @@ resampling and SEG/SR encoding. The named peer is the bare pipeline: the same fi
 `run_volume`/`run_frames` and the encoders, called directly in this process with the same
 models and threads, no listener, queue or PACS.
 
-    .venv/bin/python -m bench.e2e [--quiet 2]
+    .venv/bin/python -m bench.e2e [--quiet 2] [--release 2 --quiet 30]
 """
 
 import argparse
@@ -48,20 +49,31 @@ from appliance.store.models import AuditEvent, Delivery, Job, Study
 from tests.support.orthanc import running_orthanc
 from tests.support.processes import REPOSITORY, appliance_config, start_role, wait_for_listener
 from tests.support.services import free_port
+from tests.support.settings import TEST_PEERS
 from tests.support.waiting import wait_for
 
 TARGET_SHARE = 0.05
 _TIMES = re.compile(r"pipeline ([0-9.]+) s, model compute ([0-9.]+) s")
 
 
-def serve(work: Path, port: int, pacs_port: int, quiet: float) -> subprocess.Popen[bytes]:
-    """`appliance serve` on its embedded defaults, but for the quiet period; the tests'
-    harness shortens the sweep and delivery intervals, which this puts back."""
+def serve(
+    work: Path, port: int, pacs_port: int, quiet: float, release: float | None
+) -> subprocess.Popen[bytes]:
+    """`appliance serve` on its embedded defaults, but for the quiet period (and, with
+    `release`, the sender set to complete its studies that many seconds after the release);
+    the tests' harness shortens the sweep and delivery intervals, which this puts back."""
+    peers = [
+        {**peer, "complete_on_release": True, "release_settle_seconds": release}
+        if peer["ae_title"] == "PYSCU" and release is not None
+        else peer
+        for peer in TEST_PEERS
+    ]
     config = appliance_config(
         work,
         port,
         pacs_port,
         {
+            "listener": {"port": port, "peers": peers},
             "study": {"quiet_period_seconds": quiet, "sweep_interval_seconds": 1.0},
             "delivery": {"interval_seconds": 2.0},
         },
@@ -138,6 +150,12 @@ def bare(kind: str, files: list[Path]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quiet", type=float, default=2.0, help="quiet period, seconds")
+    parser.add_argument(
+        "--release",
+        type=float,
+        default=None,
+        help="complete each study this many seconds after its association's release",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -152,7 +170,7 @@ def main() -> None:
         ]
         port = free_port()
         with running_orthanc(work / "pacs") as pacs:
-            appliance = serve(work, port, pacs.dicom_port, args.quiet)
+            appliance = serve(work, port, pacs.dicom_port, args.quiet, args.release)
             peer = Peer("APPLIANCE", "127.0.0.1", port, "PYSCU")
             try:
                 rows = []

@@ -96,7 +96,7 @@ def test_a_study_with_bad_input_fails_and_the_next_goes_through(tmp_path: Path) 
         try:
             assert storescu(pacs.dicom_port, broken, called=AE_TITLE).returncode == 0
             assert storescu(pacs.dicom_port, [cine], called=AE_TITLE).returncode == 0
-            expected = sorted(["CT"] * len(broken) + ["US", "SEG", "SR"])
+            expected = sorted(["CT"] * len(broken) + ["US", "SEG", "SR", "US"])  # US: outlined
             assert wait_for_modalities(pacs, expected, 120) == expected
             # The cine's results may arrive before the broken series' job has run.
             engine = create_engine(f"sqlite:///{tmp_path}/appliance.db")
@@ -130,11 +130,12 @@ def test_results_wait_for_a_pacs_that_is_down_and_arrive_once_when_it_is_back(
         assert job_states(engine) == ["delivering"]
 
         with running_orthanc(tmp_path / "pacs", dicom_port=pacs_port) as pacs:
-            assert wait_for_modalities(pacs, ["SEG", "SR"], 60) == ["SEG", "SR"]
+            results = ["SEG", "SR", "US"]  # and the outlined cine
+            assert wait_for_modalities(pacs, results, 60) == results
             wait_for(lambda: job_states(engine) == ["done"], 30)
             time.sleep(2)  # a second copy would have arrived by now
-            assert wait_for_modalities(pacs, ["SEG", "SR"], 0) == ["SEG", "SR"]
-        assert len(events(engine, "result_delivered")) == 2
+            assert wait_for_modalities(pacs, results, 0) == results
+        assert len(events(engine, "result_delivered")) == 3
     finally:
         appliance.terminate()
         appliance.wait(timeout=30)
@@ -177,5 +178,6 @@ def test_a_worker_killed_mid_delivery_leaves_each_result_delivered_once(tmp_path
         appliance.terminate()
         appliance.wait(timeout=30)
         pacs.stop()
-    assert len(delivered) == 2
-    assert len(set(pacs.stored)) == 2  # one SEG, one SR: a re-send carries the same UID
+    assert len(delivered) == 3
+    # one SEG, one SR, one outlined cine: a re-send carries the same UID
+    assert len(set(pacs.stored)) == 3

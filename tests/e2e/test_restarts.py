@@ -1,7 +1,7 @@
 """Restarts under the running appliance: the broker (Redis, RabbitMQ) or the database
 (PostgreSQL) goes down and comes back while production's roles have jobs in flight, and a
-worker is killed while it delivers. Every job ends done exactly once and the PACS holds one SEG
-and one SR per study, no more.
+worker is killed while it delivers. Every job ends done exactly once and the PACS holds one SEG,
+one SR and one outlined cine per study, no more.
 
 These stop and start the machine's own services, as `.ci/run` and the env notes start them,
 so the suite's other tests must not run beside them (pytest runs tests one at a time)."""
@@ -111,8 +111,8 @@ def test_a_service_restart_mid_flight_ends_every_job_done_once(
 def round_trip_through(
     restart: Callable[[], None], mode: Mode, cines: list[Path], tmp_path: Path, url: str
 ) -> None:
-    """Send the cines, restart the service once their jobs exist, and wait for one SEG and one
-    SR of each at the PACS and every job done."""
+    """Send the cines, restart the service once their jobs exist, and wait for one SEG, one
+    SR and one outlined cine of each at the PACS and every job done."""
     port = free_port()
     with (
         running_orthanc(tmp_path / "pacs") as pacs,
@@ -121,10 +121,10 @@ def round_trip_through(
         assert storescu(port, cines, calling=AE_TITLE).returncode == 0
         wait_for(lambda: len(job_states(url)) == STUDIES, 60)
         restart()
-        expected = ["SEG", "SR"] * STUDIES
+        expected = ["SEG", "SR", "US"] * STUDIES
         modalities = wait_for_modalities(pacs, expected, 180)
         logs = "\n".join(log.read_text(errors="replace")[-2000:] for log in tmp_path.glob("*.log"))
         assert modalities == sorted(expected), logs
         wait_for(lambda: job_states(url) == ["done"] * STUDIES, 60)
         time.sleep(3)  # anything sent twice would have arrived by now
-        assert pacs.instance_count() == 2 * STUDIES
+        assert pacs.instance_count() == 3 * STUDIES

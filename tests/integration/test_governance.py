@@ -102,21 +102,21 @@ def test_a_shadow_pipeline_keeps_its_results_and_delivers_none(
     runner = JobRunner(governed.settings, governed.engine)
     assert runner.run(job) is JobState.DELIVERING
     deliverer = Deliverer(governed.settings.delivery, governed.engine)
-    assert deliverer.deliver_due(datetime.now(UTC)).delivered == 2  # us: SEG and SR
+    assert deliverer.deliver_due(datetime.now(UTC)).delivered == 3  # us: SEG, SR, outlined cine
     assert runner.jobs.settle_deliveries(datetime.now(UTC)) == [(job, JobState.DONE)]
     assert deliveries(governed.engine, job) == {
-        DeliveryState.DELIVERED.value: 2,
-        DeliveryState.SHADOW.value: 2,  # us_candidate: SEG and SR, kept
+        DeliveryState.DELIVERED.value: 3,
+        DeliveryState.SHADOW.value: 3,  # us_candidate: SEG, SR and outlined cine, kept
     }
-    assert len(governed.pacs.received) == 2
+    assert len(governed.pacs.received) == 3
     kept = audited(governed.engine, "result_kept")
-    assert len(kept) == 2
+    assert len(kept) == 3
     assert all((tmp_path / "outbox").joinpath(e.study_instance_uid or "").is_dir() for e in kept)
     # A re-send is the operator's; it resends what was delivered, never what was kept.
     runner.jobs.resend(job, datetime.now(UTC), "otto")
-    assert deliveries(governed.engine, job)[DeliveryState.SHADOW.value] == 2
+    assert deliveries(governed.engine, job)[DeliveryState.SHADOW.value] == 3
     changes = [e.detail or "" for e in audited(governed.engine, "job_state")]
-    assert any("2 results, 2 kept in shadow" in change for change in changes), changes
+    assert any("3 results, 3 kept in shadow" in change for change in changes), changes
 
 
 def test_disabling_passes_a_pipeline_over_and_is_audited(governed: Any, tmp_path: Path) -> None:

@@ -68,12 +68,13 @@ def test_a_cine_goes_round_trip_and_bad_input_fails_alone(start, tmp_path: Path)
         assert runner.run(bad) is JobState.FAILED
         assert runner.run(good) is JobState.DELIVERING
         assert runner.run(good) is JobState.DELIVERING  # claimed once: a second run is a no-op
-        assert deliverer.deliver_due(datetime.now(UTC)).delivered == 2
+        # the cine's SEG, SR and outlined copy
+        assert deliverer.deliver_due(datetime.now(UTC)).delivered == 3
         assert runner.jobs.settle_deliveries(datetime.now(UTC)) == [(good, JobState.DONE)]
         stored = {
             pacs.get(f"/instances/{i}/simplified-tags")["Modality"] for i in pacs.get("/instances")
         }
-    assert stored == {"SEG", "SR"}
+    assert stored == {"SEG", "SR", "US"}
     studies = StudyLedger(running.engine, running.settings.study.completion_policy())
     (failed,) = studies.show(str(dcmread(ct[0]).StudyInstanceUID)).jobs
     assert failed.state == JobState.FAILED

@@ -2,10 +2,12 @@
 
 import time
 
+from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
     SegmentationStorage,
 )
 
@@ -26,6 +28,9 @@ class MisbehavingPacs:
         ae = AE(ae_title="MISFIT")
         ae.add_supported_context(SegmentationStorage)
         ae.add_supported_context(Comprehensive3DSRStorage)
+        ae.add_supported_context(  # the outlined cine, JPEG baseline
+            MultiFrameTrueColorSecondaryCaptureImageStorage, [JPEGBaseline8Bit]
+        )
         self.port = free_port()
         self._server = ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
