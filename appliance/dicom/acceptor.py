@@ -69,7 +69,6 @@ class StoreRequest:
 StoreHandler = Callable[[StoreRequest], Status]
 
 
-
 class DimseTimeout(TimeoutError):
     """A DIMSE message stopped arriving part way: no fragment within the DIMSE timeout."""
 
