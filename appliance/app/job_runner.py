@@ -1,5 +1,6 @@
 """A job, start to finish: claim it, route its series, run the pipelines, encode and check the
-results, and hand them to delivery.
+results (each SEG form the destinations take), shelve the findings preview, and hand the
+results to delivery.
 
 Wiring between `store` (the job and governance ledgers), `domain` (routing), `inference`
 (the catalog, backends and pipelines), `results` (encoders and the gate) and delivery. Each

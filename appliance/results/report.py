@@ -1,13 +1,14 @@
 """TID 1500 Measurement Reports (Comprehensive 3D SR) from a run's findings, with highdicom.
 
-Every measurement group references its segment in the run's SEG (Referenced Segment for a
-CT volume, Referenced Segmentation Frame for an ultrasound frame) and carries the segment's
-tracking identifier and UID. The observer is the device: the appliance and the models' names
-and versions, never a person. A finding of low confidence carries Certainty of Finding
-(DCM 111012) = Uncertain (SCT 64957009) in its group; frames the model is confident lack the
-structure each get a group saying it is absent. A plain-language summary, made from a fixed
-template, sits in the report's Qualitative Evaluations container for a radiologist to read at
-a glance.
+Each finding has a group referencing its segment in the run's SEG (Referenced Segment for a
+CT volume, Referenced Segmentation Frame for an ultrasound frame) and a group drawing it on a
+source image (an Image Region SCOORD: a lesion's long axis, an organ's or a frame's outline),
+both carrying the finding's tracking identifier and UID, so viewers such as OHIF merge them
+and draw the finding with its values. The observer is the device: the appliance and the
+models' names and versions, never a person. A finding of low confidence carries Certainty of
+Finding (DCM 111012) = Uncertain (SCT 64957009) in its groups. The Qualitative Evaluations
+container holds a plain-language summary made from a fixed template, and, per frame the model
+is confident lacks the structure, that it is absent there.
 """
 
 from collections.abc import Sequence
