@@ -206,7 +206,7 @@ def test_a_new_user_sees_what_the_models_found_on_the_job_page(
         config = tmp_path / "appliance.yaml"
         add_user(config, "vera", "viewer")
         url = f"http://127.0.0.1:{web}"
-        phantom = generate_ct(11, Grid((48, 96, 96), (4.0, 3.5, 3.5)), lesion_count=3)
+        phantom = generate_ct(13, Grid((20, 48, 48), (5.0, 7.0, 7.0)), lesion_count=3)
         ct = write_ct_series(phantom, tmp_path / "ct")
         study_uid = str(dcmread(ct[0], stop_before_pixels=True).StudyInstanceUID)
         assert storescu(port, ct).returncode == 0

@@ -6,6 +6,7 @@ for a cine, the outlined companion showing an outline on exactly the frames the 
 
 Screenshots land in test-artifacts/ohif/ for people to look at."""
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -48,6 +49,16 @@ SEGMENTATION = """() => {
   }
   return out;
 }"""
+SEGMENTED = """() => {
+  const all = window.cornerstoneTools?.segmentation?.state?.getSegmentations?.() || [];
+  const ids = all.flatMap(s => s.representationData?.Labelmap?.imageIds || []);
+  return ids.length > 0 && ids.every(id => window.cornerstone.cache.getImage(id));
+}"""
+SHOWING = """(uid) => (window.cornerstone.getEnabledElements()[0]?.viewport
+  ?.getCurrentImageId?.() || '').includes(uid)"""
+DRAWN_AT_LEAST = """(count) =>
+  (window.cornerstoneTools?.annotation?.state?.getAllAnnotations?.() || [])
+    .filter(a => a.metadata?.toolName === 'DICOMSRDisplay').length >= count"""
 DRAWN = """() => (window.cornerstoneTools.annotation.state.getAllAnnotations() || [])
   .filter(a => a.metadata?.toolName === 'DICOMSRDisplay')
   .map(a => ({ref: a.metadata.referencedImageId, points: a.data.handles.points.length,
@@ -90,7 +101,7 @@ def open_study(browser: Any, url: str, study_uid: str) -> Any:
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.goto(f"{url}/viewer?StudyInstanceUIDs={study_uid}")
     page.wait_for_selector('[data-cy^="study-browser-thumbnail"]', timeout=90_000)
-    time.sleep(3)
+    time.sleep(2)
     for label in ("Skip all", "Confirm and hide"):  # first-run dialogs
         button = page.get_by_text(label)
         if button.count():
@@ -98,14 +109,16 @@ def open_study(browser: Any, url: str, study_uid: str) -> Any:
     return page
 
 
-def show(page: Any, series_description: str, settle: float) -> None:
-    """Double-click a series in the study browser; confirm loading a SEG or SR over it."""
+def show(page: Any, series_description: str, ready: str, arg: object = None) -> None:
+    """Double-click a series in the study browser, confirm loading a SEG or SR over it, and
+    wait until the page says `ready` (a JavaScript predicate of `arg`)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.get_by_text(series_description).first.dblclick()
-    time.sleep(2)
-    confirm = page.get_by_role("button", name="Yes")
-    if confirm.count():
-        confirm.first.click()
-    time.sleep(settle)
+    with contextlib.suppress(PlaywrightTimeout):  # no question for a plain image series
+        page.get_by_role("button", name="Yes").first.click(timeout=3_000)
+    page.wait_for_function(ready, arg=arg, timeout=90_000)
+    time.sleep(1)  # drawn, for the screenshot
 
 
 def results_at(pacs: Orthanc) -> dict[str, Dataset]:
@@ -146,7 +159,7 @@ def test_ohif_shows_the_ct_seg_voxel_for_voxel_and_draws_every_finding(
         made = results_at(pacs)
         seg = hd.seg.Segmentation.from_dataset(made["AI SEG"])
         page = open_study(browser, url, study_uid)
-        show(page, "AI SEG", settle=8)
+        show(page, "AI SEG", SEGMENTED)
         shot(page, "ct-seg")
         shown = page.evaluate(SEGMENTATION)
         assert shown, "OHIF made no segmentation of the SEG"
@@ -165,7 +178,7 @@ def test_ohif_shows_the_ct_seg_voxel_for_voxel_and_draws_every_finding(
         sr = made["AI report"]
         drawn_by_us = _drawn(sr)
         page = open_study(browser, url, study_uid)
-        show(page, "AI report", settle=10)
+        show(page, "AI report", DRAWN_AT_LEAST, len(drawn_by_us))
         shot(page, "ct-sr")
         drawn = page.evaluate(DRAWN)
         assert len(drawn) == len(drawn_by_us), "every finding of the SR drawn"
@@ -188,7 +201,7 @@ def test_ohif_shows_the_outlined_cine_and_draws_each_frames_outline(
         present = sorted(frame for _, frame, _, _ in _drawn(made["AI report"]))
         assert present, "the model found the cyst in some frame"
         page = open_study(browser, url, study_uid)
-        show(page, "AI outlines", settle=6)
+        show(page, "AI outlines", SHOWING, outlined_uid)
         for frame in range(1, int(made["AI outlines"].NumberOfFrames) + 1):
             seen = page.evaluate(FRAME_COLOUR, frame - 1)
             assert outlined_uid in seen["id"]
@@ -197,7 +210,7 @@ def test_ohif_shows_the_outlined_cine_and_draws_each_frames_outline(
                 shot(page, "us-outlined")
 
         page = open_study(browser, url, study_uid)
-        show(page, "AI report", settle=8)
+        show(page, "AI report", DRAWN_AT_LEAST, len(present))
         shot(page, "us-sr")
         drawn = page.evaluate(DRAWN)
         frames = sorted(int(_INSTANCE.search(d["ref"]).group(2)) for d in drawn)  # type: ignore[union-attr]

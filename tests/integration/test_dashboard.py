@@ -62,6 +62,7 @@ def api_routes(app: Any) -> list[RouteContext]:
     return [r for r in iter_route_contexts(app.routes) if isinstance(r.route, APIRoute)]
 
 
+@ON_SQLITE_ONLY
 def test_every_route_but_health_refuses_a_stranger(dashboard: Any) -> None:
     stranger = client_for(dashboard.app)
     routes = api_routes(dashboard.app)
@@ -198,6 +199,7 @@ def test_metrics_and_csv_for_a_token_and_an_export_audited(dashboard: Any, tmp_p
     assert events(dashboard.engine, "audit_exported")[0].actor == "vera"
 
 
+@ON_SQLITE_ONLY
 def test_a_name_typed_as_a_formula_is_exported_as_text(dashboard: Any) -> None:
     stranger = client_for(dashboard.app)
     formula = '=HYPERLINK("http://evil.example","x")'
@@ -238,6 +240,7 @@ def test_pages_render_for_every_role(dashboard: Any, tmp_path: Path) -> None:
     assert otto.get("/").status_code == 303  # the session is gone
 
 
+@ON_SQLITE_ONLY
 def test_a_cross_site_post_is_refused_and_every_answer_carries_security_headers(
     dashboard: Any, tmp_path: Path
 ) -> None:
@@ -257,6 +260,7 @@ def test_a_cross_site_post_is_refused_and_every_answer_carries_security_headers(
         assert answer.headers["cache-control"] == "no-store"
 
 
+@ON_SQLITE_ONLY
 def test_schemathesis_finds_no_open_route_and_no_server_error(
     dashboard: Any, tmp_path: Path
 ) -> None:

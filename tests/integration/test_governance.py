@@ -27,6 +27,7 @@ from appliance.store.models import AuditEvent, Delivery, Job
 from appliance.store.study_ledger import StudyLedger
 from tests.support.dcmtk import storescu
 from tests.support.misbehaving_pacs import MisbehavingPacs
+from tests.support.services import ON_SQLITE_ONLY
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -95,6 +96,7 @@ def audited(engine: Engine, event_type: str) -> list[AuditEvent]:
         return list(session.scalars(query.order_by(AuditEvent.id)))
 
 
+@ON_SQLITE_ONLY
 def test_a_shadow_pipeline_keeps_its_results_and_delivers_none(
     governed: Any, tmp_path: Path
 ) -> None:
@@ -119,6 +121,7 @@ def test_a_shadow_pipeline_keeps_its_results_and_delivers_none(
     assert any("3 results, 3 kept in shadow" in change for change in changes), changes
 
 
+@ON_SQLITE_ONLY
 def test_disabling_passes_a_pipeline_over_and_is_audited(governed: Any, tmp_path: Path) -> None:
     governor = governed.governor
     assert governor.set_pipeline("us", State.DISABLED, "console:otto") is State.ENABLED

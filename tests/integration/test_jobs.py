@@ -82,6 +82,7 @@ def test_a_cine_goes_round_trip_and_bad_input_fails_alone(start, tmp_path: Path)
     assert "uneven or has gaps" in failed.reason
 
 
+@ON_SQLITE_ONLY
 def test_an_unreachable_triton_sends_the_job_back_until_it_returns(start, tmp_path: Path) -> None:
     server = CpuTritonServer(REPOSITORY, tmp_path / "triton")  # ports chosen, not started yet
     cine = write_us_cine(generate_cine(300_007, frames=4), tmp_path / "us" / "cine.dcm")
@@ -120,6 +121,7 @@ def test_an_unreachable_triton_sends_the_job_back_until_it_returns(start, tmp_pa
     assert runner.jobs.settle_deliveries(datetime.now(UTC)) == [(job, JobState.DONE)]
 
 
+@ON_SQLITE_ONLY
 def test_an_echo_is_declined_and_a_withheld_finding_never_reaches_the_pacs(
     start, tmp_path: Path
 ) -> None:

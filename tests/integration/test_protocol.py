@@ -17,6 +17,7 @@ from appliance.store.models import Association, AuditEvent
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.scu import associate, send_files
+from tests.support.services import ON_SQLITE_ONLY
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -38,6 +39,7 @@ def association_outcomes(engine) -> list[str]:  # type: ignore[no-untyped-def]
         b"\x01\x00\xff\xff\xff\xff",  # 4 GiB PDU length
     ],
 )
+@ON_SQLITE_ONLY
 def test_garbage_is_dropped_and_the_listener_keeps_serving(start, garbage: bytes) -> None:
     running = start()
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as raw:
@@ -48,6 +50,7 @@ def test_garbage_is_dropped_and_the_listener_keeps_serving(start, garbage: bytes
     assert echoscu(running.port).returncode == 0
 
 
+@ON_SQLITE_ONLY
 def test_pdata_on_an_unaccepted_context_aborts(start) -> None:
     running = start()
     assoc = associate(running.port, [(Verification, None)])
@@ -84,6 +87,7 @@ def test_association_limit_refuses_transiently_with_audit(start, tmp_path: Path)
     assert echoscu(running.port).returncode == 0
 
 
+@ON_SQLITE_ONLY
 def test_role_selection_and_release_are_negotiated(start, tmp_path: Path) -> None:
     running = start()
     ae = AE(ae_title="PYSCU")
@@ -108,6 +112,7 @@ def test_role_selection_and_release_are_negotiated(start, tmp_path: Path) -> Non
     assert outcomes[1] in ("aborted by peer", "connection closed")
 
 
+@ON_SQLITE_ONLY
 def test_foreign_application_context_is_rejected(start) -> None:
     from pydicom.uid import UID
     from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -134,6 +139,7 @@ def test_foreign_application_context_is_rejected(start) -> None:
     assert tuple(reply[7:10]) == (0x01, 0x01, 0x02)  # permanent, service user, context name
 
 
+@ON_SQLITE_ONLY
 def test_a_stalled_dimse_message_aborts_the_association_an_idle_one_does_not(start) -> None:
     """The DIMSE timeout bounds the wait for the next fragment of a message under way; the
     network timeout, five times longer here, bounds an association idle between messages."""
