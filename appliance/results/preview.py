@@ -62,17 +62,13 @@ def _colours(segments: Sequence[Segment]) -> dict[int, tuple[int, int, int]]:
     return {segment.number: segment.colour or _GREY for segment in segments}
 
 
-def _review(segment_review: tuple[str, ...]) -> str:
-    return "; ".join(segment_review)
-
-
 def ct_preview(title: str, hu: NDArray[np.floating], findings: CTFindings) -> Rendered:
     """`hu`: the series in HU, on the grid and in the order of `findings.labels`."""
     segments = {segment.number: segment for segment in findings.segments}
     rows = []
     for measured in findings.measurements:
         segment = segments[measured.segment]
-        review = _review(segment.review)
+        review = "; ".join(segment.review)
         rows.append(
             PreviewRow(segment.label, "Volume", f"{stated(measured.volume_ml, 'ml')} mL", review)
         )
@@ -124,7 +120,7 @@ def ultrasound_preview(
             else f"{area.area_px} pixels"
         )
         rows.append(
-            PreviewRow(f"{segment.label} frame {area.frame}", "Area", value, _review(area.review))
+            PreviewRow(f"{segment.label} frame {area.frame}", "Area", value, "; ".join(area.review))
         )
     largest = sorted(findings.present, key=lambda area: -area.area_px)[:_MOST_IMAGES]
     images, pngs = [], []
