@@ -60,7 +60,7 @@ _WANTED = frozenset(
     }
 )  # fmt: skip
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # float, double, pixel data
-_PN_DELIMITERS = frozenset(
+PN_DELIMITERS = frozenset(
     {0x5E, 0x3D}
 )  # '^' and '=' reset ISO 2022 code extensions in a person name
 
@@ -91,58 +91,134 @@ def walk(data: Encoded, implicit: bool, little: bool) -> dict[int, bytes]:
     return values
 
 
+def _header(data: Encoded, pos: int, implicit: bool, little: bool) -> tuple[int, bytes, int, int]:
+    """The element header at `pos`: its tag, VR (empty when implicit or an item), value
+    length, and where its value begins."""
+    order = "<" if little else ">"
+    size = len(data)
+    if pos + 8 > size:
+        raise InvalidInstance(f"data set is truncated in an element header at byte {pos}")
+    group, element = struct.unpack_from(order + "HH", data, pos)
+    if group == _ITEM_GROUP or implicit:
+        (length,) = struct.unpack_from(order + "L", data, pos + 4)
+        return group << 16 | element, b"", length, pos + 8
+    vr = bytes(data[pos + 4 : pos + 6])
+    if vr in _LONG_VRS:
+        if pos + 12 > size:
+            raise InvalidInstance(f"data set is truncated in an element header at byte {pos}")
+        (length,) = struct.unpack_from(order + "L", data, pos + 8)
+        return group << 16 | element, vr, length, pos + 12
+    (length,) = struct.unpack_from(order + "H", data, pos + 6)
+    return group << 16 | element, vr, length, pos + 8
+
+
+def _value_end(data: Encoded, pos: int, length: int) -> int:
+    if pos + length > len(data):
+        raise InvalidInstance(
+            f"data set is truncated: an element needs {pos + length} bytes, received {len(data)}"
+        )
+    return pos + length
+
+
 def _walk(
     data: Encoded, pos: int, implicit: bool, little: bool, values: dict[int, bytes] | None
 ) -> int:
     """Walk elements from `pos`; top level when `values` is given, else inside a sequence."""
-    order = "<" if little else ">"
-    size = len(data)
-    while pos < size:
-        if pos + 8 > size:
-            raise InvalidInstance(f"data set is truncated in an element header at byte {pos}")
-        group, element = struct.unpack_from(order + "HH", data, pos)
-        vr = b""
-        if group == _ITEM_GROUP:
-            (length,) = struct.unpack_from(order + "L", data, pos + 4)
-            header = 8
-            if element in _DELIMITERS:
-                if values is not None:
-                    raise InvalidInstance(f"unexpected delimiter at byte {pos}")
-                return pos + header
-        elif implicit:
-            (length,) = struct.unpack_from(order + "L", data, pos + 4)
-            header = 8
-        else:
-            vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                if pos + 12 > size:
-                    raise InvalidInstance(
-                        f"data set is truncated in an element header at byte {pos}"
-                    )
-                (length,) = struct.unpack_from(order + "L", data, pos + 8)
-                header = 12
-            else:
-                (length,) = struct.unpack_from(order + "H", data, pos + 6)
-                header = 8
-        pos += header
-        if values is not None and (group << 16 | element) in PIXEL_DATA_TAGS:
+    while pos < len(data):
+        tag, vr, length, start = _header(data, pos, implicit, little)
+        if tag >> 16 == _ITEM_GROUP and tag & 0xFFFF in _DELIMITERS:
+            if values is not None:
+                raise InvalidInstance(f"unexpected delimiter at byte {pos}")
+            return start
+        if values is not None and tag in PIXEL_DATA_TAGS:
             values[PIXEL_DATA_PRESENT] = b""
         if length == _UNDEFINED_LENGTH:
             # Undefined-length UN content is implicit VR little endian (PS3.5 section 6.2.2).
             unknown = vr == b"UN"
-            pos = _walk(data, pos, implicit or unknown, little or unknown, None)
+            pos = _walk(data, start, implicit or unknown, little or unknown, None)
             continue
-        if pos + length > size:
-            raise InvalidInstance(
-                f"data set is truncated: an element needs {pos + length} bytes, received {size}"
-            )
-        if values is not None:
-            tag = group << 16 | element
-            if tag in _WANTED:
-                values[tag] = data[pos : pos + length]
-        pos += length
+        pos = _value_end(data, start, length)
+        if values is not None and tag in _WANTED:
+            values[tag] = data[start:pos]
     if values is None:
         raise InvalidInstance("data set is truncated before a sequence delimiter")
+    return pos
+
+
+ITEM = 0xFFFEE000  # a sequence item in an element tree
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+
+
+def element_tree(data: Encoded, start: int = 0) -> list[tuple[int, int, str]]:
+    """Every element of the explicit VR little endian data set in `data` from `start`, depth
+    first, as (depth, tag, VR), each sequence item opened by (depth, ITEM, ""): the structure
+    the bytes hold. Every length must stay inside its parent and the data set end exactly at
+    the end of `data`, else InvalidInstance."""
+    tree: list[tuple[int, int, str]] = []
+    end, closed_by = _tree(data, start, len(data), 0, tree)
+    if closed_by is not None or end != len(data):
+        raise InvalidInstance(f"data set has a stray delimiter or trailing bytes at byte {end}")
+    return tree
+
+
+def _tree(
+    data: Encoded, pos: int, end: int, depth: int, tree: list[tuple[int, int, str]]
+) -> tuple[int, int | None]:
+    """Elements from `pos` up to `end` or a delimiter; where they stop, and the delimiter."""
+    while pos < end:
+        tag, vr, length, start = _header(data, pos, False, True)
+        if tag in (_ITEM_DELIMITER, _SEQUENCE_DELIMITER):
+            return start, tag
+        if tag == ITEM:
+            raise InvalidInstance(f"item outside a sequence at byte {pos}")
+        tree.append((depth, tag, vr.decode("ascii", errors="replace")))
+        undefined = length == _UNDEFINED_LENGTH
+        stop = end if undefined else _value_end(data, start, length)
+        if stop > end:
+            raise InvalidInstance(f"element at byte {pos} runs past its parent")
+        if vr == b"SQ":
+            pos = _items(data, start, stop, undefined, depth + 1, tree)
+        elif undefined:  # encapsulated pixel data: fragments, not elements
+            pos = _items(data, start, stop, True, depth + 1, None)
+        else:
+            pos = stop
+    return pos, None
+
+
+def _items(
+    data: Encoded,
+    pos: int,
+    end: int,
+    undefined: bool,
+    depth: int,
+    tree: list[tuple[int, int, str]] | None,
+) -> int:
+    """The items of a sequence (or fragments, when `tree` is None) from `pos`: up to `end`,
+    or to the sequence delimiter when its length is `undefined`."""
+    while pos < end:
+        tag, _, length, start = _header(data, pos, False, True)
+        if tag == _SEQUENCE_DELIMITER and undefined:
+            return start
+        if tag != ITEM:
+            raise InvalidInstance(f"expected a sequence item at byte {pos}")
+        if tree is None:
+            pos = _value_end(data, start, length)
+            continue
+        tree.append((depth, ITEM, ""))
+        if length == _UNDEFINED_LENGTH:
+            pos, closed_by = _tree(data, start, end, depth, tree)
+            if closed_by != _ITEM_DELIMITER:
+                raise InvalidInstance(f"item at byte {start} is not closed")
+        else:
+            stop = _value_end(data, start, length)
+            pos, closed_by = _tree(data, start, stop, depth, tree)
+            if closed_by is not None or pos != stop:
+                raise InvalidInstance(f"item at byte {start} does not end at its length")
+    if undefined:
+        raise InvalidInstance("sequence is not closed by its delimiter")
+    if pos != end:
+        raise InvalidInstance(f"sequence runs past its length at byte {pos}")
     return pos
 
 
@@ -248,7 +324,7 @@ def parse_instance(
         study_date=_ascii(values, STUDY_DATE),
         patient=PatientIdentity(
             patient_id=text(PATIENT_ID),
-            patient_name=_person_name(text(PATIENT_NAME, _PN_DELIMITERS)),
+            patient_name=_person_name(text(PATIENT_NAME, PN_DELIMITERS)),
             patient_birth_date=_ascii(values, PATIENT_BIRTH_DATE),
             accession_number=text(ACCESSION_NUMBER),
         ),

@@ -25,7 +25,7 @@ from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.catalog import load_catalog
 from appliance.phantoms.ct import Grid, generate_ct
-from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
 from appliance.results.encode import ct_results, ultrasound_results
 from appliance.results.segmentation import Equipment
@@ -35,7 +35,7 @@ from tests.support.cli import run_cli
 from tests.support.misbehaving_pacs import MisbehavingPacs
 from tests.support.orthanc import AE_TITLE, running_orthanc
 from tests.support.services import free_port
-from tests.support.truth import truth_findings
+from tests.support.truth import truth_study
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 EQUIPMENT = Equipment("Appliance project", "DICOM inference appliance", "0.1.0", "test-1")
@@ -271,12 +271,7 @@ def test_orthanc_stores_a_label_map_seg(engine: Engine, tmp_path: Path) -> None:
     """Orthanc 1.10 predates the Label Map SEG class, and stores it only because the test's
     configuration sets UnknownSopClassAccepted; it is offered and taken in RLE Lossless."""
     phantom = generate_ct(12, Grid((24, 64, 64), (5.0, 5.0, 5.0)))
-    paths = write_ct_series(phantom, tmp_path / "ct")
-    sources = sorted(
-        (dcmread(path, stop_before_pixels=True) for path in paths),
-        key=lambda ds: float(ds.ImagePositionPatient[2]),
-    )
-    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources], "ct_organs")
+    sources, findings = truth_study(phantom, tmp_path / "ct", "ct_organs")
     objects = ct_results(sources, findings, SegmentationType.LABELMAP, EQUIPMENT)
     with running_orthanc(tmp_path / "pacs") as pacs:
         deliverer = Deliverer(settings(tmp_path, [dimse("pacs", pacs.dicom_port)]), engine)

@@ -22,7 +22,7 @@ from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.catalog import load_catalog
 from appliance.phantoms.ct import Grid, generate_ct
-from appliance.phantoms.dicom import write_ct_series, write_us_cine
+from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
 from appliance.results.encode import ct_results, ultrasound_results
 from appliance.results.preview import ultrasound_preview
@@ -30,7 +30,7 @@ from appliance.results.segmentation import Equipment
 from appliance.results.validate import InvalidResult, check
 from tests.support.dcmqi import seg_labels, sr_json
 from tests.support.services import missing_service
-from tests.support.truth import truth_findings
+from tests.support.truth import truth_study
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 EQUIPMENT = Equipment("Appliance project", "DICOM inference appliance", "0.1.0", "test-1")
@@ -64,12 +64,7 @@ def ct_case(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     """A phantom CT series with lesions, and findings from its own truth (the encoders are
     under test here, not the models)."""
     phantom = generate_ct(11, Grid((48, 96, 96), (4.0, 3.5, 3.5)), lesion_count=3)
-    paths = write_ct_series(phantom, tmp_path_factory.mktemp("ct"))
-    sources = sorted(
-        (dcmread(path, stop_before_pixels=True) for path in paths),
-        key=lambda ds: float(ds.ImagePositionPatient[2]),
-    )
-    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources])
+    sources, findings = truth_study(phantom, tmp_path_factory.mktemp("ct"))
     return sources, findings
 
 
@@ -339,12 +334,7 @@ def test_binary_frames_that_do_not_end_on_a_byte_pass_the_gate_intact(tmp_path: 
     """45 x 47 pixels a frame: each 1-bit frame starts inside a byte (DICOM packs them with no
     padding), which pydicom 3.0's frame iterator cannot cut; the gate decodes them itself."""
     phantom = generate_ct(12, Grid((20, 45, 47), (5.0, 7.0, 7.0)))
-    paths = write_ct_series(phantom, tmp_path / "ct")
-    sources = sorted(
-        (dcmread(path, stop_before_pixels=True) for path in paths),
-        key=lambda ds: float(ds.ImagePositionPatient[2]),
-    )
-    findings = truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources])
+    sources, findings = truth_study(phantom, tmp_path / "ct")
     seg_result, _ = ct_results(sources, findings, SegmentationType.BINARY, EQUIPMENT)
     seg = dcmread(BytesIO(seg_result.encoded))
     assert (seg.Rows * seg.Columns) % 8 != 0

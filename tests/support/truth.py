@@ -5,13 +5,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from appliance.app.pipelines import identity, volume_findings
 from appliance.inference.catalog import load_catalog
 from appliance.phantoms.ct import CTPhantom, LesionKind
+from appliance.phantoms.dicom import write_ct_series
 from appliance.results.findings import CTFindings
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+
+
+def truth_study(
+    phantom: CTPhantom, folder: Path, pipeline_name: str = "ct"
+) -> tuple[list[Dataset], CTFindings]:
+    """The phantom written as a CT series into `folder`: its headers (no pixel data) in
+    slice order, the sources of a result, and its own maps as findings."""
+    sources = sorted(
+        (dcmread(path, stop_before_pixels=True) for path in write_ct_series(phantom, folder)),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    return sources, truth_findings(phantom, [str(s.SOPInstanceUID) for s in sources], pipeline_name)
 
 
 def truth_findings(
