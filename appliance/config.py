@@ -370,7 +370,13 @@ class QueueSettings(_Section):
         "with each retry, up to an hour.",
     )
     worker_concurrency: int = Field(
-        default=1, ge=1, le=64, description="Jobs one worker process runs at once."
+        default=1,
+        ge=1,
+        le=64,
+        description="Jobs one worker runs at once, each in a process of its own. Above 1 they "
+        "overlap all but their models (one job's models at a time on a host: the inference "
+        "lane), so the job ahead is not slowed where the cores the models leave spare take "
+        "the rest: set inference.threads to the cores less concurrency - 1.",
     )
     dispatch_window: int = Field(
         default=2,

@@ -1,6 +1,8 @@
 """A job, start to finish: claim it, route its series, run the pipelines, encode and check the
 results (each SEG form the destinations take), shelve the findings preview, and hand the
-results to delivery.
+results to delivery. Each series' pipeline holds the host's inference lane from its first
+model call to its end (`app.lane`), so jobs that run at once overlap everything but their
+models.
 
 Wiring between `store` (the job and governance ledgers), `domain` (routing), `inference`
 (the catalog, backends and pipelines), `results` (encoders and the gate) and delivery. Each
@@ -27,6 +29,7 @@ from sqlalchemy.exc import OperationalError
 
 from appliance import __version__
 from appliance.app.delivery import Deliverer
+from appliance.app.lane import InferenceLane, default_lane_path
 from appliance.app.pipelines import make_backend, pipeline_states, run_frames, run_volume
 from appliance.app.previews import PreviewShelf
 from appliance.config import Settings
@@ -79,6 +82,7 @@ class Results:
     delivered: list[CheckedResult] = field(default_factory=list)
     kept: list[CheckedResult] = field(default_factory=list)
     encoding: float = 0.0
+    lane_wait: float = 0.0  # waiting for another job's models to finish
     notes: list[str] = field(default_factory=list)
     flagged: int = 0
     withheld: int = 0
@@ -87,9 +91,14 @@ class Results:
 
 class JobRunner:
     def __init__(
-        self, settings: Settings, engine: Engine, backend: InferenceBackend | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        backend: InferenceBackend | None = None,
+        lane: InferenceLane | None = None,
     ) -> None:
         self._settings = settings
+        self._lane = lane or InferenceLane(default_lane_path())
         self._jobs = JobLedger(engine)
         self._governance = GovernanceLedger(engine)
         self._deliverer = Deliverer(settings.delivery, engine)
@@ -177,6 +186,11 @@ class JobRunner:
                 *confidence,
                 *results.notes,
                 f"pipeline {timings.pipeline:.2f} s, model compute {timings.model_compute:.2f} s",
+                *(
+                    [f"{results.lane_wait:.2f} s waiting for another job's models"]
+                    if results.lane_wait >= 0.01
+                    else []
+                ),
             ]
         )
         self._shelve(job_id, results.previews)
@@ -233,7 +247,9 @@ class JobRunner:
                 unchecked = fits.verdict(pipeline.name, series.series_instance_uid).unknown
                 if pipeline.frames:
                     for path in paths:
-                        frames = run_frames(pipeline, catalog, path, backend, handling, unchecked)
+                        with self._lane.section(backend) as laned:
+                            frames = run_frames(pipeline, catalog, path, laned, handling, unchecked)
+                        results.lane_wait += laned.waited
                         found = frames.findings
                         results.flagged += sum(1 for area in found.present if area.review)
                         results.withheld += len(found.withheld)
@@ -246,7 +262,9 @@ class JobRunner:
                         results.previews.append(ultrasound_preview(title, frames.frames, found))
                         results.encoding += time.perf_counter() - started
                     continue
-                volume = run_volume(pipeline, catalog, paths, backend, handling, unchecked)
+                with self._lane.section(backend) as laned:
+                    volume = run_volume(pipeline, catalog, paths, laned, handling, unchecked)
+                results.lane_wait += laned.waited
                 results.flagged += sum(1 for segment in volume.findings.segments if segment.review)
                 results.withheld += len(volume.findings.withheld)
                 started = time.perf_counter()

@@ -83,6 +83,7 @@ def run_worker(settings: Settings, parent: int | None = None) -> None:
         lambda: lambda: deliver_and_settle(deliverer, JobLedger(engine)),
         retry_seconds=settings.queue.retry_seconds,
     )
+    _check_spare_cores(settings)
     pool = "solo" if settings.queue.worker_concurrency == 1 else "prefork"
     worker_ready.connect(_no_restart_on_hangup, weak=False)
     app.worker_main(
@@ -97,6 +98,22 @@ def run_worker(settings: Settings, parent: int | None = None) -> None:
             f"--hostname=appliance-worker-{os.getpid()}@{socket.gethostname()}",
         ]
     )
+
+
+def _check_spare_cores(settings: Settings) -> None:
+    """Jobs that run at once overlap all but their models (`app.lane`); that costs the job
+    ahead nothing only where the cores the models leave spare take the rest."""
+    concurrency = settings.queue.worker_concurrency
+    cores = len(os.sched_getaffinity(0))
+    local = settings.inference.backend == "onnxruntime"
+    model_cores = (settings.inference.threads or cores) if local else 0
+    if concurrency > 1 and model_cores + concurrency - 1 > cores:
+        LOG.warning(
+            "worker_concurrency %d with %d ONNX Runtime threads on %d cores: the jobs "
+            "overlapping a job's models will compete with them for cores and slow it; set "
+            "inference.threads to %d or fewer",
+            concurrency, model_cores, cores, max(1, cores - concurrency + 1),
+        )  # fmt: skip
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -2,7 +2,10 @@
 completes, the job runs the routed pipeline, and Orthanc ends up with the SEG and SR; a study
 with bad input fails with its reason and the next one goes through."""
 
+import fcntl
+import re
 import shutil
+import threading
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -10,15 +13,19 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from appliance.app.delivery import Deliverer
 from appliance.app.job_runner import JobRunner
+from appliance.app.lane import InferenceLane
 from appliance.config import Settings
 from appliance.domain.jobs import JobState
 from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
+from appliance.store.models import AuditEvent
 from appliance.store.queries import DashboardQueries
 from appliance.store.study_ledger import StudyLedger
 from tests.support.dcmtk import storescu
@@ -60,13 +67,17 @@ def test_a_cine_goes_round_trip_and_bad_input_fails_alone(start, tmp_path: Path)
         for files in ([cine], ct):
             sent = storescu(running.port, files)
             assert sent.returncode == 0, sent.stderr
-        runner = JobRunner(running.settings, running.engine)
+        lane = tmp_path / "lane"
+        runner = JobRunner(running.settings, running.engine, lane=InferenceLane(lane))
         deliverer = Deliverer(running.settings.delivery, running.engine)
 
         bad = complete(running.settings, running.engine, str(dcmread(ct[0]).StudyInstanceUID))
         good = complete(running.settings, running.engine, str(dcmread(cine).StudyInstanceUID))
         assert runner.run(bad) is JobState.FAILED
-        assert runner.run(good) is JobState.DELIVERING
+        with lane.open("ab") as other_job:  # another job's models hold the lane for a while
+            fcntl.flock(other_job, fcntl.LOCK_EX)
+            threading.Timer(1.0, fcntl.flock, (other_job, fcntl.LOCK_UN)).start()
+            assert runner.run(good) is JobState.DELIVERING
         assert runner.run(good) is JobState.DELIVERING  # claimed once: a second run is a no-op
         # the cine's SEG, SR and outlined copy
         assert deliverer.deliver_due(datetime.now(UTC)).delivered == 3
@@ -75,6 +86,15 @@ def test_a_cine_goes_round_trip_and_bad_input_fails_alone(start, tmp_path: Path)
             pacs.get(f"/instances/{i}/simplified-tags")["Modality"] for i in pacs.get("/instances")
         }
     assert stored == {"SEG", "SR", "US"}
+    with Session(running.engine) as session:
+        encoded = session.scalars(
+            select(AuditEvent.detail).where(
+                AuditEvent.job_id == good, AuditEvent.detail.startswith("running -> encoded")
+            )
+        ).one()
+    waited = re.search(r"([0-9.]+) s waiting for another job's models", encoded)
+    assert waited is not None, encoded
+    assert float(waited.group(1)) >= 0.5
     studies = StudyLedger(running.engine, running.settings.study.completion_policy())
     (failed,) = studies.show(str(dcmread(ct[0]).StudyInstanceUID)).jobs
     assert failed.state == JobState.FAILED
