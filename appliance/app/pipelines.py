@@ -10,7 +10,7 @@ whose facts could not be checked against the models' domain, is flagged for revi
 withheld, as the site's setting says.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,7 +174,15 @@ def region_mask(
     assert stage.region is not None
     upstream = catalog.contract(pipeline.stage(stage.region.stage).model)
     values = [label.value for label in upstream.labels if label.name in stage.region.labels]
-    return np.isin(maps[stage.region.stage], values)
+    return one_of(maps[stage.region.stage], values)
+
+
+def one_of(labels: NDArray[np.uint8], values: Iterable[int]) -> NDArray[np.bool_]:
+    """Where `labels` holds any of `values`: `np.isin` by a lookup table, several times
+    faster on a whole CT."""
+    table = np.zeros(256, dtype=bool)
+    table[list(values)] = True
+    return table[labels]
 
 
 def volume_findings(
@@ -226,7 +234,10 @@ def volume_findings(
             continue
         classes = maps[stage.name]
         kinds = {label.value: label for label in wanted}
-        numbered, found = number_lesions(np.isin(classes, list(kinds)), spacing)
+        numbered, found = number_lesions(one_of(classes, kinds), spacing)
+        second = (
+            one_of(mirrored[stage.name], kinds) if mirrored and stage.name in mirrored else None
+        )
         for lesion in found:
             where = numbered == lesion.tracking_number
             number = len(segments) + 1
@@ -251,8 +262,8 @@ def volume_findings(
             )
             coded[number] = kind
             measured.append((number, stage))
-            if mirrored and stage.name in mirrored:
-                seconds[number] = np.isin(mirrored[stage.name], list(kinds))
+            if second is not None:
+                seconds[number] = second
     voxel_ml = float(np.prod(spacing)) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=len(segments) + 1)
     doubts = _doubts(unchecked)

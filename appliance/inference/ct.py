@@ -217,6 +217,18 @@ def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     return largest
 
 
+def filled(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """`mask` with its enclosed holes filled, as `ndimage.binary_fill_holes` fills them, but
+    worked out in the box around `mask` grown by one voxel: the background outside the box is
+    all connected to the border either way, so the answer is the same, at the cost of the box
+    instead of the whole CT."""
+    whole = np.zeros_like(mask)
+    box = bounding_box(mask, (1,) * mask.ndim)
+    if box is not None:
+        whole[box] = ndimage.binary_fill_holes(mask[box])
+    return whole
+
+
 # Face-connected components, as lesions are counted (`measurements`).
 _FACES = ndimage.generate_binary_structure(3, 1)
 
@@ -226,7 +238,7 @@ def confine_to_region(labels: NDArray[np.uint8], region: NDArray[np.bool_]) -> N
     first stage did not call liver still lies in the liver) is where findings may be: a
     connected finding of `labels` lying mostly outside it is dropped, the rest of each finding
     is cut to it."""
-    inside = ndimage.binary_fill_holes(region)
+    inside = filled(region)
     confined = np.where(inside, labels, 0).astype(np.uint8)
     box = bounding_box(labels > 0, (0,) * labels.ndim)
     if box is None:
