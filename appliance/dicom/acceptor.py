@@ -35,8 +35,8 @@ from appliance.dicom.dimse import (
     decode_command,
     encode_response,
 )
-from appliance.dicom.parse import Encoded
 from appliance.dicom.sop_classes import VERIFICATION
+from appliance.domain.encoding import Encoded
 from appliance.domain.ingest import RELEASED
 from appliance.domain.status import Status
 

@@ -8,24 +8,24 @@ data and the last one exactly at its end. A transfer cut anywhere is caught with
 pixel data, at a small fraction of a full pydicom parse.
 """
 
-import mmap
-import struct
 import zlib
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from appliance.dicom.sop_classes import PIXEL_DATA_REQUIRED
+from appliance.domain.encoding import (
+    ITEM_DELIMITER,
+    SEQUENCE_DELIMITER,
+    UNDEFINED_LENGTH,
+    Encoded,
+    MalformedEncoding,
+    header,
+    value_end,
+)
 from appliance.domain.instance import InstanceRecord, PatientIdentity
 from appliance.domain.status import Status
 from appliance.domain.uids import InvalidUid, Uid, parse_uid
-
-_UNDEFINED_LENGTH = 0xFFFFFFFF
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
-)
-_ITEM_GROUP = 0xFFFE
-_DELIMITERS = frozenset({0xE00D, 0xE0DD})  # item and sequence delimitation items
 
 SPECIFIC_CHARACTER_SET = 0x00080005
 SOP_CLASS_UID = 0x00080016
@@ -46,8 +46,6 @@ INSTANCE_NUMBER = 0x00200013
 IMAGES_IN_ACQUISITION = 0x00201002
 NUMBER_OF_FRAMES = 0x00280008
 
-# Encoded data set bytes: in memory, or a large data set's file mapped read-only.
-Encoded = bytes | mmap.mmap
 
 PIXEL_DATA_PRESENT = -1  # a key of `walk`'s result: the data set has pixel data
 
@@ -85,39 +83,13 @@ def inflate(data: Encoded) -> bytes:
 def walk(data: Encoded, implicit: bool, little: bool) -> dict[int, bytes]:
     """Check that `data` is a whole encoding and return the wanted top-level values."""
     values: dict[int, bytes] = {}
-    end = _walk(data, 0, implicit, little, values)
+    try:
+        end = _walk(data, 0, implicit, little, values)
+    except MalformedEncoding as exc:
+        raise InvalidInstance(str(exc)) from exc
     if end != len(data):
         raise InvalidInstance(f"data set has {len(data) - end} undecodable trailing bytes")
     return values
-
-
-def _header(data: Encoded, pos: int, implicit: bool, little: bool) -> tuple[int, bytes, int, int]:
-    """The element header at `pos`: its tag, VR (empty when implicit or an item), value
-    length, and where its value begins."""
-    order = "<" if little else ">"
-    size = len(data)
-    if pos + 8 > size:
-        raise InvalidInstance(f"data set is truncated in an element header at byte {pos}")
-    group, element = struct.unpack_from(order + "HH", data, pos)
-    if group == _ITEM_GROUP or implicit:
-        (length,) = struct.unpack_from(order + "L", data, pos + 4)
-        return group << 16 | element, b"", length, pos + 8
-    vr = bytes(data[pos + 4 : pos + 6])
-    if vr in _LONG_VRS:
-        if pos + 12 > size:
-            raise InvalidInstance(f"data set is truncated in an element header at byte {pos}")
-        (length,) = struct.unpack_from(order + "L", data, pos + 8)
-        return group << 16 | element, vr, length, pos + 12
-    (length,) = struct.unpack_from(order + "H", data, pos + 6)
-    return group << 16 | element, vr, length, pos + 8
-
-
-def _value_end(data: Encoded, pos: int, length: int) -> int:
-    if pos + length > len(data):
-        raise InvalidInstance(
-            f"data set is truncated: an element needs {pos + length} bytes, received {len(data)}"
-        )
-    return pos + length
 
 
 def _walk(
@@ -125,100 +97,23 @@ def _walk(
 ) -> int:
     """Walk elements from `pos`; top level when `values` is given, else inside a sequence."""
     while pos < len(data):
-        tag, vr, length, start = _header(data, pos, implicit, little)
-        if tag >> 16 == _ITEM_GROUP and tag & 0xFFFF in _DELIMITERS:
+        tag, vr, length, start = header(data, pos, implicit, little)
+        if tag in (ITEM_DELIMITER, SEQUENCE_DELIMITER):
             if values is not None:
                 raise InvalidInstance(f"unexpected delimiter at byte {pos}")
             return start
         if values is not None and tag in PIXEL_DATA_TAGS:
             values[PIXEL_DATA_PRESENT] = b""
-        if length == _UNDEFINED_LENGTH:
+        if length == UNDEFINED_LENGTH:
             # Undefined-length UN content is implicit VR little endian (PS3.5 section 6.2.2).
             unknown = vr == b"UN"
             pos = _walk(data, start, implicit or unknown, little or unknown, None)
             continue
-        pos = _value_end(data, start, length)
+        pos = value_end(data, start, length)
         if values is not None and tag in _WANTED:
             values[tag] = data[start:pos]
     if values is None:
         raise InvalidInstance("data set is truncated before a sequence delimiter")
-    return pos
-
-
-ITEM = 0xFFFEE000  # a sequence item in an element tree
-_ITEM_DELIMITER = 0xFFFEE00D
-_SEQUENCE_DELIMITER = 0xFFFEE0DD
-
-
-def element_tree(data: Encoded, start: int = 0) -> list[tuple[int, int, str]]:
-    """Every element of the explicit VR little endian data set in `data` from `start`, depth
-    first, as (depth, tag, VR), each sequence item opened by (depth, ITEM, ""): the structure
-    the bytes hold. Every length must stay inside its parent and the data set end exactly at
-    the end of `data`, else InvalidInstance."""
-    tree: list[tuple[int, int, str]] = []
-    end, closed_by = _tree(data, start, len(data), 0, tree)
-    if closed_by is not None or end != len(data):
-        raise InvalidInstance(f"data set has a stray delimiter or trailing bytes at byte {end}")
-    return tree
-
-
-def _tree(
-    data: Encoded, pos: int, end: int, depth: int, tree: list[tuple[int, int, str]]
-) -> tuple[int, int | None]:
-    """Elements from `pos` up to `end` or a delimiter; where they stop, and the delimiter."""
-    while pos < end:
-        tag, vr, length, start = _header(data, pos, False, True)
-        if tag in (_ITEM_DELIMITER, _SEQUENCE_DELIMITER):
-            return start, tag
-        if tag == ITEM:
-            raise InvalidInstance(f"item outside a sequence at byte {pos}")
-        tree.append((depth, tag, vr.decode("ascii", errors="replace")))
-        undefined = length == _UNDEFINED_LENGTH
-        stop = end if undefined else _value_end(data, start, length)
-        if stop > end:
-            raise InvalidInstance(f"element at byte {pos} runs past its parent")
-        if vr == b"SQ":
-            pos = _items(data, start, stop, undefined, depth + 1, tree)
-        elif undefined:  # encapsulated pixel data: fragments, not elements
-            pos = _items(data, start, stop, True, depth + 1, None)
-        else:
-            pos = stop
-    return pos, None
-
-
-def _items(
-    data: Encoded,
-    pos: int,
-    end: int,
-    undefined: bool,
-    depth: int,
-    tree: list[tuple[int, int, str]] | None,
-) -> int:
-    """The items of a sequence (or fragments, when `tree` is None) from `pos`: up to `end`,
-    or to the sequence delimiter when its length is `undefined`."""
-    while pos < end:
-        tag, _, length, start = _header(data, pos, False, True)
-        if tag == _SEQUENCE_DELIMITER and undefined:
-            return start
-        if tag != ITEM:
-            raise InvalidInstance(f"expected a sequence item at byte {pos}")
-        if tree is None:
-            pos = _value_end(data, start, length)
-            continue
-        tree.append((depth, ITEM, ""))
-        if length == _UNDEFINED_LENGTH:
-            pos, closed_by = _tree(data, start, end, depth, tree)
-            if closed_by != _ITEM_DELIMITER:
-                raise InvalidInstance(f"item at byte {start} is not closed")
-        else:
-            stop = _value_end(data, start, length)
-            pos, closed_by = _tree(data, start, stop, depth, tree)
-            if closed_by is not None or pos != stop:
-                raise InvalidInstance(f"item at byte {start} does not end at its length")
-    if undefined:
-        raise InvalidInstance("sequence is not closed by its delimiter")
-    if pos != end:
-        raise InvalidInstance(f"sequence runs past its length at byte {pos}")
     return pos
 
 

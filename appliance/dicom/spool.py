@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from appliance.dicom.association import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from appliance.dicom.parse import Encoded
+from appliance.domain.encoding import Encoded
 from appliance.domain.ingest import StoredFile
 from appliance.domain.instance import InstanceRecord
 

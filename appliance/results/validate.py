@@ -35,7 +35,7 @@ from pydicom.pixels.utils import iter_pixels
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName, validate_value
 
-from appliance.dicom.parse import ITEM, PN_DELIMITERS, InvalidInstance, element_tree
+from appliance.domain.encoding import ITEM, MalformedEncoding, element_tree
 from appliance.domain.findings import SegmentationType
 from appliance.domain.uids import InvalidUid, parse_uid
 
@@ -45,6 +45,7 @@ _CHARACTER_SET_TEXT = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})  # P
 # The control characters each text VR may hold (PS3.5 6.2); ESC only where the character set
 # has code extensions (ISO 2022) to announce.
 _FORMAT_CONTROLS = {"ST": "\t\n\f\r", "LT": "\t\n\f\r", "UT": "\t\n\f\r"}
+_PERSON_NAME_DELIMITERS = frozenset({0x5E, 0x3D})  # '^' and '=' end ISO 2022 code extensions
 _CONTROLS = frozenset(chr(code) for code in (*range(0x20), 0x7F))
 _STRING_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
@@ -89,7 +90,7 @@ def check(result: Dataset, sources: Sequence[Dataset]) -> CheckedResult:
         raise InvalidResult(f"{label}: the gate sends explicit VR little endian, not {syntax}")
     try:
         written = element_tree(encoded, _PREAMBLE_AND_PREFIX + _meta_length(encoded))
-    except InvalidInstance as exc:
+    except MalformedEncoding as exc:
         raise InvalidResult(f"{label}: the written bytes do not parse: {exc}") from exc
     if written != validated:
         raise InvalidResult(f"{label}: the written elements differ from the validated ones")
@@ -183,7 +184,7 @@ def _validate_raw(raw: RawDataElement, text: _Text, label: str) -> None:
     name, vr = keyword_for_tag(raw.tag) or str(raw.tag), str(raw.VR)
     assert raw.value is not None
     if vr in _CHARACTER_SET_TEXT:
-        delimiters = set(PN_DELIMITERS) if vr == "PN" else set()
+        delimiters = set(_PERSON_NAME_DELIMITERS) if vr == "PN" else set()
         decoded = decode_bytes(raw.value, text.encodings, delimiters)
     else:
         decoded = raw.value.decode("latin-1")
@@ -206,7 +207,7 @@ def _validate(vr: str, name: str, written: object, text: _Text, label: str) -> N
     if not written.isprintable() and any(c in _CONTROLS and c not in allowed for c in written):
         raise InvalidResult(f"{label}: {name} holds control characters its VR does not allow")
     if not written.isascii():
-        delimiters = set(PN_DELIMITERS) if vr == "PN" else set()
+        delimiters = set(_PERSON_NAME_DELIMITERS) if vr == "PN" else set()
         encoded = encode_string(written, text.encodings)
         if decode_bytes(encoded, text.encodings, delimiters) != written:
             raise InvalidResult(f"{label}: {name} cannot be carried by its character set")

@@ -213,11 +213,14 @@ def test_a_name_typed_as_a_formula_is_exported_as_text(dashboard: Any) -> None:
 
 
 def test_a_session_expires_after_its_lifetime(dashboard: Any) -> None:
-    brief = dashboard.settings.dashboard.model_copy(update={"session_hours": 1 / 3600})
+    """A 4 s session: long enough for signing in and one page on a busy CI machine (at 1 s
+    the first page sometimes found it expired already)."""
+    brief = dashboard.settings.dashboard.model_copy(update={"session_hours": 4 / 3600})
     app = create_app(brief, dashboard.app.state.ports)
     vera = client_for(app, "vera")
+    signed_in = time.monotonic()
     assert vera.get("/").status_code == 200
-    time.sleep(1.5)
+    time.sleep(max(0.0, signed_in + 4.5 - time.monotonic()))
     expired = vera.get("/")
     assert expired.status_code == 303
     assert expired.headers["location"].startswith("/login")

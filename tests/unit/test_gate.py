@@ -20,7 +20,7 @@ from pydicom.tag import Tag
 from pydicom.uid import RLELossless
 
 from appliance.app.pipelines import run_frames
-from appliance.dicom.parse import ITEM, InvalidInstance, element_tree
+from appliance.domain.encoding import ITEM, MalformedEncoding, element_tree
 from appliance.domain.findings import SegmentationType
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.catalog import load_catalog
@@ -240,7 +240,7 @@ def test_the_element_tree_follows_every_length_and_refuses_cut_or_padded_bytes(
             encoded + b"\0\0",
             encoded[:meta_end] + encoded[meta_end + 5 :],
         ):
-            with pytest.raises(InvalidInstance):
+            with pytest.raises(MalformedEncoding):
                 element_tree(broken, meta_end)
 
 
