@@ -66,7 +66,9 @@ class LanedBackend:
     def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         if self._held is None:
             started = time.perf_counter()
-            handle = open(self._path, "ab")  # noqa: SIM115 - held until release()
+            # not through a link someone else put at the path
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            handle = os.fdopen(os.open(self._path, flags, 0o600), "ab")
             fcntl.flock(handle, fcntl.LOCK_EX)
             self._held = handle
             self.waited = time.perf_counter() - started
