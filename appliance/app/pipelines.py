@@ -48,15 +48,19 @@ from appliance.inference.contract import Label, ModelContract
 from appliance.inference.ct import (
     CTVolume,
     confine_to_region,
+    grown,
     load_series,
     segment_ct,
     segment_in_region,
+    segment_mirrored_around,
 )
 from appliance.inference.measurements import number_lesions, outline
 from appliance.inference.ultrasound import decode_cine, segment_cine
 from appliance.results.findings import CTFindings, UltrasoundFindings
 
 SiteOf = Callable[[NDArray[np.bool_]], CodedConcept | None]
+# How far around a finding, in voxels, its mirrored second opinion is taken and compared.
+AGREEMENT_REACH = 2
 
 
 def make_backend(settings: InferenceSettings) -> InferenceBackend:
@@ -128,10 +132,13 @@ def run_volume(
     for stage in pipeline.stages:
         maps[stage.name] = _segment_stage(volume, pipeline, catalog, stage, maps, backend)
         if _checks_agreement(catalog, stage):
-            mirror = replace(volume, hu=volume.hu[:, :, ::-1])
-            flipped = {name: labels[:, :, ::-1] for name, labels in maps.items()}
-            second = _segment_stage(mirror, pipeline, catalog, stage, flipped, backend)
-            mirrored[stage.name] = second[:, :, ::-1]
+            contract = catalog.contract(stage.model)
+            second = segment_mirrored_around(
+                maps[stage.name], volume, backend, contract, AGREEMENT_REACH
+            )
+            if stage.region is not None:  # held to the region, as the first pass was
+                second = confine_to_region(second, region_mask(pipeline, catalog, stage, maps))
+            mirrored[stage.name] = second
     run = identity(pipeline, catalog, volume.geometry.sop_instance_uids)
     findings = volume_findings(
         run, pipeline, catalog, maps, volume.geometry.spacing, volume.hu, unchecked, mirrored
@@ -348,11 +355,8 @@ def _observed(
 def _agreement(
     labels: NDArray[np.uint8], number: int, box: tuple[slice, ...], second: NDArray[np.bool_]
 ) -> float:
-    """Dice between a segment and `second` around it (its box grown by two voxels)."""
-    around = tuple(
-        slice(max(part.start - 2, 0), min(part.stop + 2, size))
-        for part, size in zip(box, labels.shape, strict=True)
-    )
+    """Dice between a segment and `second` around it (its box grown by `AGREEMENT_REACH`)."""
+    around = grown(box, (AGREEMENT_REACH,) * labels.ndim, labels.shape)
     where, other = labels[around] == number, second[around]
     return 2 * float((where & other).sum()) / max(float(where.sum() + other.sum()), 1.0)
 

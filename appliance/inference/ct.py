@@ -193,13 +193,23 @@ def bounding_box(mask: NDArray[np.bool_], margins: Sequence[int]) -> tuple[slice
     kept inside the array; None when `mask` is empty. Found from one projection per axis, so a
     mask of a whole CT costs no list of its voxels."""
     box = []
-    for axis, (size, margin) in enumerate(zip(mask.shape, margins, strict=True)):
+    for axis in range(mask.ndim):
         others = tuple(other for other in range(mask.ndim) if other != axis)
         hits = np.flatnonzero(mask.any(axis=others))
         if hits.size == 0:
             return None
-        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, size)))
-    return tuple(box)
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return grown(tuple(box), margins, mask.shape)
+
+
+def grown(
+    box: tuple[slice, ...], margins: Sequence[int], shape: Sequence[int]
+) -> tuple[slice, ...]:
+    """`box` grown by `margins` voxels along each axis, kept inside an array of `shape`."""
+    return tuple(
+        slice(max(part.start - margin, 0), min(part.stop + margin, size))
+        for part, margin, size in zip(box, margins, shape, strict=True)
+    )
 
 
 def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -270,6 +280,78 @@ def segment_in_region(
     if box is not None:
         labels[box] = segment_grid(volume.hu[box], volume.geometry, backend, contract)
     return labels
+
+
+def segment_mirrored_around(
+    labels: NDArray[np.uint8],
+    volume: CTVolume,
+    backend: InferenceBackend,
+    contract: ModelContract,
+    reach: int = 2,
+) -> NDArray[np.uint8]:
+    """The model run again on `volume` mirrored left to right, around each finding of
+    `labels` only: the box `reach` voxels around it, labelled by a pass over a box centred
+    on it that gives the model one whole patch of real context (or the finding, if larger;
+    the whole volume where the model's patch extent is unknown). Findings whose box an
+    earlier pass covered take their answer from it. A second opinion on each finding, for
+    a patch or two each instead of the whole region again."""
+    second = np.zeros_like(labels)
+    box = bounding_box(labels > 0, (0,) * labels.ndim)
+    if box is None:
+        return second
+    components, _ = ndimage.label(labels[box] > 0)
+    context = _context_voxels(contract, volume.geometry.spacing)
+    runs: list[tuple[tuple[slice, ...], NDArray[np.uint8]]] = []
+    for found in ndimage.find_objects(components):
+        finding = tuple(
+            slice(part.start + corner.start, part.stop + corner.start)
+            for part, corner in zip(found, box, strict=True)
+        )
+        core = grown(finding, (reach,) * labels.ndim, labels.shape)
+        covering = [run for run in runs if _inside(core, run[0])]
+        if covering:
+            run, labelled = covering[0]
+        else:
+            run = _centred(finding, context, labels.shape)
+            mirrored = np.ascontiguousarray(volume.hu[run][:, :, ::-1])
+            labelled = segment_grid(mirrored, volume.geometry, backend, contract)[:, :, ::-1]
+            runs.append((run, labelled))
+        second[core] = labelled[
+            tuple(
+                slice(c.start - r.start, c.stop - r.start) for c, r in zip(core, run, strict=True)
+            )
+        ]
+    return second
+
+
+def _context_voxels(contract: ModelContract, spacing: Sequence[float]) -> list[int]:
+    """Per axis, the voxels of `spacing` within one patch of the model (its largest side at
+    its coarsest spacing, so the axis order of its patch does not matter; rounded down, so
+    that they resample to no more than one patch); a whole axis where the model's spacing
+    is unknown."""
+    model_spacing = contract.grid_spacing_mm
+    if model_spacing is None:
+        return [2**31] * len(spacing)
+    extent_mm = max(contract.patch) * max(model_spacing)
+    return [int(extent_mm // s) for s in spacing]
+
+
+def _centred(
+    box: tuple[slice, ...], sizes: Sequence[int], shape: Sequence[int]
+) -> tuple[slice, ...]:
+    """A box of `sizes` (or of `box`, where larger) centred on `box`, moved to lie inside an
+    array of `shape` rather than cut by its edge, and cut only where `shape` is smaller."""
+    centred = []
+    for part, size, limit in zip(box, sizes, shape, strict=True):
+        length = min(max(size, part.stop - part.start), limit)
+        start = (part.start + part.stop - length) // 2
+        start = min(max(start, 0), limit - length)
+        centred.append(slice(start, start + length))
+    return tuple(centred)
+
+
+def _inside(inner: tuple[slice, ...], outer: tuple[slice, ...]) -> bool:
+    return all(a.start >= b.start and a.stop <= b.stop for a, b in zip(inner, outer, strict=True))
 
 
 def segment_ct(

@@ -124,7 +124,7 @@ def _validated_tree(result: Dataset, label: str) -> Tree:
         raise InvalidResult(f"{label}: Specific Character Set is unusable: {exc}") from exc
     extended = any("2022" in str(term) for term in terms)
     tree: Tree = []
-    _walk(result, 0, _Text(encodings, extended), tree, label)
+    _walk(result, [result], _Text(encodings, extended), tree, label)
     return tree
 
 
@@ -137,7 +137,12 @@ class _Text:
     extended: bool
 
 
-def _walk(dataset: Dataset, depth: int, text: _Text, tree: Tree, label: str) -> None:
+def _walk(dataset: Dataset, ancestors: list[Dataset], text: _Text, tree: Tree, label: str) -> None:
+    """Validate `dataset` (`ancestors`: it and the data sets it lies in, nearest first) into
+    `tree`. Its elements are left converted and their VRs resolved, as the writer would
+    leave them, and the data set is marked as encoded so: the writer then does not redo it
+    for every item at every level of nesting (a quarter of writing a BINARY SEG)."""
+    depth = len(ancestors) - 1
     for tag in sorted(dataset.keys()):
         if tag.element == 0 and tag.group > 6:
             continue  # group lengths are retired and not written (PS3.5 7.2)
@@ -147,7 +152,7 @@ def _walk(dataset: Dataset, depth: int, text: _Text, tree: Tree, label: str) -> 
                 _validate_raw(raw, text, label)
             element = dataset[tag]
             if " or " in element.VR:  # resolved as the writer resolves it
-                correct_ambiguous_vr_element(element, dataset, True)
+                correct_ambiguous_vr_element(element, dataset, True, ancestors)
         except InvalidResult:
             raise
         except Exception as exc:  # a value that cannot even be converted is refused
@@ -156,11 +161,12 @@ def _walk(dataset: Dataset, depth: int, text: _Text, tree: Tree, label: str) -> 
         if element.VR == "SQ":
             for item in element.value:
                 tree.append((depth + 1, ITEM, ""))
-                _walk(item, depth + 1, text, tree, label)
+                _walk(item, [item, *ancestors], text, tree, label)
             continue
         name = element.keyword or str(element.tag)
         for value in _values(element):
             _validate(element.VR, name, _as_written(element.VR, value), text, label)
+    dataset.set_original_encoding(False, True, dataset._character_set)
 
 
 def _values(element: DataElement) -> Iterator[object]:

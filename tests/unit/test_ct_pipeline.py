@@ -19,8 +19,10 @@ from appliance.inference.ct import (
     UnsupportedSeries,
     bounding_box,
     filled,
+    grown,
     load_series,
     segment_ct,
+    segment_mirrored_around,
     sliding_window,
 )
 from appliance.inference.repository import render_config
@@ -135,6 +137,35 @@ def test_cascade_segments_only_around_the_region(phantom, tmp_path: Path) -> Non
     assert np.array_equal(whole[inside], labels[inside])
     empty = segment_in_region(volume, np.zeros_like(region), OnnxRuntimeBackend(tmp_path), contract)
     assert not empty.any()
+
+
+def test_the_mirrored_second_opinion_lands_around_each_finding_only(
+    phantom, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """With a voxel-wise model at the source spacing, the second opinion around each finding
+    must be exactly the model's own answer there, the right way round, and nothing outside
+    the box of reach 2 around each finding."""
+    contract = bone_model(tmp_path, [5.0, 7.0, 7.0])
+    volume = load_series(write_ct_series(phantom, tmp_path / "series"))
+    backend = OnnxRuntimeBackend(tmp_path)
+    z, y, x = np.argwhere(volume.hu > 200).max(axis=0)  # a corner of the bone
+    boxes = [
+        (slice(z - 3, z), slice(y - 4, y), slice(x - 3, x + 1)),
+        (slice(z - 3, z), slice(y - 4, y), slice(x - 6, x - 4)),  # within the first's pass
+        (slice(3, 6), slice(10, 14), slice(5, 9)),  # away from the centre, a flip would show
+    ]
+    first = np.zeros(volume.hu.shape, dtype=np.uint8)
+    cores = np.zeros(first.shape, dtype=bool)
+    for box in boxes:
+        first[box] = 7
+        cores[grown(box, (2, 2, 2), first.shape)] = True
+    second = segment_mirrored_around(first, volume, backend, contract, reach=2)
+    model = np.where(volume.hu > 200, 7, 0)  # what the model thresholds (window midpoint)
+    assert np.array_equal(second[cores], model[cores])
+    assert not second[~cores].any()
+    assert (second[cores] == 7).any()
+    assert (second[cores] == 0).any()
+    assert not segment_mirrored_around(np.zeros_like(first), volume, backend, contract).any()
 
 
 def test_bounding_box_grows_by_its_margins_inside_the_array() -> None:

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
-from appliance.phantoms.ct import Grid, LesionKind, Organ, Phase, generate_ct
+from appliance.phantoms.ct import Grid, LesionKind, Organ, Phase, cubic_zoom, generate_ct
 from appliance.phantoms.ultrasound import generate_cine, rayleigh_envelope
 
 GRID = Grid(shape=(100, 134, 134), spacing=(3.0, 3.0, 3.0))
@@ -25,6 +27,27 @@ def test_same_seed_same_phantom() -> None:
     assert np.array_equal(first.hu, second.hu)
     assert np.array_equal(first.organs, second.organs)
     assert not np.array_equal(first.hu, generate_ct(4, GRID).hu)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    coarse=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 6)),
+    shape=st.tuples(st.integers(1, 40), st.integers(1, 40), st.integers(1, 40)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_the_deformation_field_is_zoomed_as_scipy_zooms_it(
+    coarse: tuple[int, int, int], shape: tuple[int, int, int], seed: int
+) -> None:
+    """One axis at a time, the same field as scipy's cubic zoom of the whole, to within the
+    rounding of float32 (summed in another order), up or down, to any shape."""
+    field = np.random.default_rng(seed).normal(0.0, 1.0, size=coarse).astype(np.float32)
+    factors = [size / count for size, count in zip(shape, coarse, strict=True)]
+    whole = ndimage.zoom(field, factors, order=3, mode="nearest")[
+        : shape[0], : shape[1], : shape[2]
+    ]
+    ours = cubic_zoom(field, shape)
+    assert ours.shape == whole.shape == shape
+    assert np.allclose(ours, whole, rtol=0, atol=1e-6)
 
 
 def test_organ_volumes_are_adult_sized(phantom) -> None:  # type: ignore[no-untyped-def]
