@@ -9,6 +9,7 @@ label map, and OUTPUT.json beside it the image's origin, spacing and direction.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def read_series(directory: Path) -> sitk.Image:
 
 def main() -> None:
     cases = json.loads(Path(sys.argv[1]).read_text())
-    torch.set_num_threads(4)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # one per core: more only contend
     predictors: dict[tuple[str, tuple[int, ...], float, bool], nnUNetPredictor] = {}
     for case in cases:
         key = (case["model"], tuple(case["folds"]), case["step"], case["mirroring"])
