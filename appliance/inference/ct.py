@@ -287,7 +287,7 @@ def segment_mirrored_around(
     volume: CTVolume,
     backend: InferenceBackend,
     contract: ModelContract,
-    reach: int = 2,
+    reach: int,
 ) -> NDArray[np.uint8]:
     """The model run again on `volume` mirrored left to right, around each finding of
     `labels` only: the box `reach` voxels around it, labelled by a pass over a box centred

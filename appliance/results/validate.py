@@ -141,7 +141,7 @@ def _walk(dataset: Dataset, ancestors: list[Dataset], text: _Text, tree: Tree, l
     """Validate `dataset` (`ancestors`: it and the data sets it lies in, nearest first) into
     `tree`. Its elements are left converted and their VRs resolved, as the writer would
     leave them, and the data set is marked as encoded so: the writer then does not redo it
-    for every item at every level of nesting (a quarter of writing a BINARY SEG)."""
+    for every item at every level of nesting (a fifth of writing a BINARY SEG)."""
     depth = len(ancestors) - 1
     for tag in sorted(dataset.keys()):
         if tag.element == 0 and tag.group > 6:
@@ -166,6 +166,9 @@ def _walk(dataset: Dataset, ancestors: list[Dataset], text: _Text, tree: Tree, l
         name = element.keyword or str(element.tag)
         for value in _values(element):
             _validate(element.VR, name, _as_written(element.VR, value), text, label)
+    # The writer skips its conversion and VR correction where the data set says it was read
+    # as it is to be written (explicit VR little endian, its own character set: pydicom keeps
+    # that set in `_character_set`); any other transfer syntax still gets both.
     dataset.set_original_encoding(False, True, dataset._character_set)
 
 

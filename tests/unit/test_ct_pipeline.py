@@ -165,7 +165,7 @@ def test_the_mirrored_second_opinion_lands_around_each_finding_only(
     assert not second[~cores].any()
     assert (second[cores] == 7).any()
     assert (second[cores] == 0).any()
-    assert not segment_mirrored_around(np.zeros_like(first), volume, backend, contract).any()
+    assert not segment_mirrored_around(np.zeros_like(first), volume, backend, contract, 2).any()
 
 
 def test_bounding_box_grows_by_its_margins_inside_the_array() -> None:
