@@ -58,7 +58,8 @@ from appliance.inference.measurements import number_lesions, outline
 from appliance.inference.ultrasound import decode_cine, segment_cine
 from appliance.results.findings import CTFindings, UltrasoundFindings
 
-SiteOf = Callable[[NDArray[np.bool_]], CodedConcept | None]
+# Where a finding lies, from its box in the volume and its voxels within that box.
+SiteOf = Callable[[tuple[slice, ...], NDArray[np.bool_]], CodedConcept | None]
 # How far around a finding, in voxels, its mirrored second opinion is taken and compared.
 AGREEMENT_REACH = 2
 
@@ -220,17 +221,19 @@ def volume_findings(
         ]
         site = _site(pipeline, catalog, stage, maps)
         if stage.findings is Findings.PER_LABEL:
+            label_boxes = ndimage.find_objects(maps[stage.name])
             for label in wanted:
-                where = maps[stage.name] == label.value
-                if not where.any():
+                box = label_boxes[label.value - 1] if label.value <= len(label_boxes) else None
+                if box is None:
                     continue
+                where = maps[stage.name][box] == label.value
                 number = len(segments) + 1
-                labels[where] = number
+                labels[box][where] = number
                 segments.append(
                     Segment(
                         number, label.name.replace("_", " "), label.category, label.type,
                         label.name, run.uid("segment", label.name), algorithm(contract),
-                        site(where), stage.name, label.type_modifier,
+                        site(box, where), stage.name, label.type_modifier,
                         display_colour(label.colour, label.type, number),
                     )
                 )  # fmt: skip
@@ -245,17 +248,20 @@ def volume_findings(
         second = (
             one_of(mirrored[stage.name], kinds) if mirrored and stage.name in mirrored else None
         )
+        lesion_boxes = ndimage.find_objects(numbered)
         for lesion in found:
-            where = numbered == lesion.tracking_number
+            box = lesion_boxes[lesion.tracking_number - 1]
+            assert box is not None  # every lesion found has its voxels
+            where = numbered[box] == lesion.tracking_number
             number = len(segments) + 1
-            labels[where] = number
+            labels[box][where] = number
             name = f"{stage.name} {lesion.tracking_number}"
-            kind = _majority(classes, where, kinds)
+            kind = _majority(classes[box], where, kinds)
             segments.append(
                 Segment(
                     number, name, kind.category, kind.type, name,
                     run.uid(stage.name, str(lesion.tracking_number)), algorithm(contract),
-                    site(where), stage.name, kind.type_modifier,
+                    site(box, where), stage.name, kind.type_modifier,
                     display_colour(kind.colour, kind.type, number),
                 )
             )  # fmt: skip
@@ -412,15 +418,15 @@ def _site(
     """Where a stage's findings lie: its declared site, or for a region stage the region
     label holding most of each finding (the region's labels cover every finding there)."""
     if stage.region is None:
-        return lambda where: stage.finding_site
+        return lambda box, where: stage.finding_site
     upstream = catalog.contract(pipeline.stage(stage.region.stage).model)
     regions = {label.value: label for label in upstream.labels if label.name in stage.region.labels}
     around = maps[stage.region.stage]
 
-    def inside(where: NDArray[np.bool_]) -> CodedConcept | None:
+    def inside(box: tuple[slice, ...], where: NDArray[np.bool_]) -> CodedConcept | None:
         if stage.finding_site is not None:
             return stage.finding_site
-        values, counts = np.unique(around[where], return_counts=True)
+        values, counts = np.unique(around[box][where], return_counts=True)
         ranked = [int(v) for _, v in sorted(zip(-counts, values, strict=True)) if v in regions]
         return regions[ranked[0]].type if ranked else next(iter(regions.values())).type
 
