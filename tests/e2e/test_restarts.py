@@ -29,7 +29,9 @@ from tests.support.processes import (
 )
 from tests.support.services import free_port
 
-pytestmark = pytest.mark.usefixtures("dcmtk")
+# It stops the machine's PostgreSQL, Redis and RabbitMQ, which every other test may be using:
+# scripts/test runs it alone, after the rest of the suite.
+pytestmark = [pytest.mark.usefixtures("dcmtk"), pytest.mark.alone]
 STUDIES = 3
 
 
