@@ -292,9 +292,9 @@ def segment_mirrored_around(
     """The model run again on `volume` mirrored left to right, around each finding of
     `labels` only: the box `reach` voxels around it, labelled by a pass over a box centred
     on it that gives the model one whole patch of real context (or the finding, if larger;
-    the whole volume where the model's patch extent is unknown). Findings whose box an
-    earlier pass covered take their answer from it. A second opinion on each finding, for
-    a patch or two each instead of the whole region again."""
+    the whole volume where the model's patch extent is unknown or it reads whole volumes).
+    Findings whose box an earlier pass covered take their answer from it. A second opinion
+    on each finding, for a patch or two each instead of the whole region again."""
     second = np.zeros_like(labels)
     box = bounding_box(labels > 0, (0,) * labels.ndim)
     if box is None:
@@ -328,9 +328,9 @@ def _context_voxels(contract: ModelContract, spacing: Sequence[float]) -> list[i
     """Per axis, the voxels of `spacing` within one patch of the model (its largest side at
     its coarsest spacing, so the axis order of its patch does not matter; rounded down, so
     that they resample to no more than one patch); a whole axis where the model's spacing
-    is unknown."""
+    is unknown or the model reads whole volumes."""
     model_spacing = contract.grid_spacing_mm
-    if model_spacing is None:
+    if model_spacing is None or contract.fixed_grid is not None:
         return [2**31] * len(spacing)
     extent_mm = max(contract.patch) * max(model_spacing)
     return [int(extent_mm // s) for s in spacing]
@@ -363,12 +363,7 @@ def segment_ct(
     is often half of the field of view, and so half of the patches. An imported nnU-Net model
     gets the whole volume, as its own predictor would (it crops to the non-zero box itself),
     and so does a whole-volume model, which needs its axes' directions too."""
-    if contract.fixed_grid is not None:
-        try:
-            return fixed_grid.segment(volume.hu, ras_directions(volume.geometry), backend, contract)
-        except fixed_grid.NotSegmentable as exc:
-            raise UnsupportedSeries(str(exc)) from exc
-    if contract.nnunet is not None:
+    if contract.fixed_grid is not None or contract.nnunet is not None:
         return segment_grid(volume.hu, volume.geometry, backend, contract)
     return segment_in_region(volume, volume.hu > BODY_HU, backend, contract)
 
@@ -387,14 +382,19 @@ def segment_grid(
     contract: ModelContract,
 ) -> NDArray[np.uint8]:
     """Label map on the grid of `hu` (slice, row, column; part or all of the volume of
-    `geometry`, whose spacing and axes it shares)."""
+    `geometry`, whose spacing and axes it shares; all of it for a whole-volume model)."""
     spacing = geometry.spacing
     if contract.nnunet is not None and contract.nnunet.preresample is not None:
         return preresample.segment(hu, spacing, ras_directions(geometry), backend, contract)
     if contract.nnunet is not None:
         return nnunet.segment(hu, spacing, backend, contract)
     if contract.fixed_grid is not None:
-        raise UnsupportedSeries(f"{contract.ref} reads whole volumes, not a region of one")
+        if hu.shape != geometry.shape:
+            raise UnsupportedSeries(f"{contract.ref} reads whole volumes, not a region of one")
+        try:
+            return fixed_grid.segment(hu, ras_directions(geometry), backend, contract)
+        except fixed_grid.NotSegmentable as exc:
+            raise UnsupportedSeries(str(exc)) from exc
     if contract.spacing_mm is None:
         raise UnsupportedSeries("the model has no target spacing")
     factors = [s / t for s, t in zip(spacing, contract.spacing_mm, strict=True)]

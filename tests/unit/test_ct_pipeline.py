@@ -32,25 +32,36 @@ from appliance.phantoms.dicom import write_ct_series
 PATCH = [16, 16, 16]
 
 
-def bone_model(repository: Path, spacing: list[float]) -> ModelContract:
-    """A 1x1x1 convolution: label 1 wherever the normalised intensity exceeds one half."""
+def bone_model(
+    repository: Path,
+    spacing: list[float] | None,
+    patch: list[int] = PATCH,
+    fixed_grid: dict[str, object] | None = None,
+) -> ModelContract:
+    """A 1x1x1 convolution: label 1 wherever the normalised intensity exceeds one half (the
+    CT window's midpoint); or, read as a whole-volume model with `fixed_grid`'s recipe,
+    wherever its normalised intensity exceeds one."""
     weights = numpy_helper.from_array(np.array([[[[[-1.0]]]], [[[[1.0]]]]], np.float32), "w")
     bias = numpy_helper.from_array(np.array([0.5, -0.5], np.float32), "b")
     graph = helper.make_graph(
         [helper.make_node("Conv", ["image", "w", "b"], ["logits"])],
         "bone",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, *PATCH])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2, *PATCH])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, *patch])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2, *patch])],
         initializer=[weights, bias],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
+    window = {"kind": "ct_window", "window": [-1000.0, 1400.0]}
+    recipe = (
+        {"fixed_grid": fixed_grid} if fixed_grid is not None
+        else {"spacing_mm": spacing, "intensity": window}
+    )  # fmt: skip
     contract = {
         "name": "bone", "version": 1, "modality": "CT", "synthetic": True,
-        "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, *PATCH]},
-        "output": {"name": "logits", "dtype": "float32", "shape": [-1, 2, *PATCH]},
-        "spacing_mm": spacing, "patch": PATCH,
-        "intensity": {"kind": "ct_window", "window": [-1000.0, 1400.0]},
+        "input": {"name": "image", "dtype": "float32", "shape": [-1, 1, *patch]},
+        "output": {"name": "logits", "dtype": "float32", "shape": [-1, 2, *patch]},
+        "patch": patch, **recipe,
         "labels": [{"value": 7, "name": "vertebrae",
                     "category": {"scheme": "SCT", "value": "91723000",
                                  "meaning": "Anatomical Structure"},
@@ -166,6 +177,34 @@ def test_the_mirrored_second_opinion_lands_around_each_finding_only(
     assert (second[cores] == 7).any()
     assert (second[cores] == 0).any()
     assert not segment_mirrored_around(np.zeros_like(first), volume, backend, contract, 2).any()
+
+
+def test_a_whole_volume_models_second_opinion_reads_the_whole_volume_mirrored(
+    phantom, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A whole-volume model (its patch the volume itself, so nothing is resampled) gets its
+    second opinion from one pass over the whole volume mirrored, flipped back, and kept
+    within reach 2 of each finding."""
+    volume = load_series(write_ct_series(phantom, tmp_path / "series"))
+    ras_shape = list(reversed(volume.hu.shape))  # an axial series: columns, rows, slices
+    recipe = {"percentile_grid": ras_shape, "percentiles": [0.5, 99.5]}
+    contract = bone_model(tmp_path, None, ras_shape, recipe)
+    backend = OnnxRuntimeBackend(tmp_path)
+    answer = segment_ct(volume, backend, contract)
+    found = np.argwhere(answer == 7)
+    right = found[found[:, 2] == found[:, 2].min()][0]  # the finding's rightmost voxel
+    box = grown(tuple(slice(int(c), int(c) + 1) for c in right), (2, 2, 2), answer.shape)
+    first = np.zeros_like(answer)
+    first[box] = answer[box]
+    cores = np.zeros(first.shape, dtype=bool)
+    cores[grown(box, (2, 2, 2), first.shape)] = True
+    assert not np.array_equal(answer[cores], answer[:, :, ::-1][cores])  # a flip would show
+
+    second = segment_mirrored_around(first, volume, backend, contract, reach=2)
+
+    # a voxel-wise model, its largest part and its holes filled: the same answer mirrored
+    assert np.array_equal(second[cores], answer[cores])
+    assert not second[~cores].any()
 
 
 def test_bounding_box_grows_by_its_margins_inside_the_array() -> None:
