@@ -259,7 +259,9 @@ class ModelContract(_Strict):
         if regions and {region.paints for region in regions} != set(values):
             raise ValueError("a region-based model's labels are the values its regions paint")
         channels = len(regions) if regions else len(self.labels) + 1
-        if self.output.shape[1] != channels:
+        # a whole-volume model may give its one structure's probability alone
+        single = self.fixed_grid is not None and self.output.shape[1] == 1
+        if self.output.shape[1] != channels and not single:
             raise ValueError(
                 "output channels must be one per region" if regions
                 else "output channels must be one per label plus background"

@@ -108,11 +108,29 @@ def normalise(
     return out
 
 
-def _probability(
-    backend: InferenceBackend, model: ModelRef, image: NDArray[np.float32], channel: int
-) -> NDArray[np.float32]:
+def _window(image: NDArray[np.float32], recipe: FixedGridRecipe) -> tuple[np.float32, np.float32]:
+    """The recipe's percentiles of `image` resized to its percentile grid."""
+    sample = resize(image, recipe.percentile_grid)
+    low = quantile(sample, recipe.percentiles[0] / 100)
+    high = quantile(sample, recipe.percentiles[1] / 100)
+    if not high > low:
+        raise NotSegmentable(
+            f"the volume has no contrast: its {recipe.percentiles[0]:g} and "
+            f"{recipe.percentiles[1]:g} percentiles are equal"
+        )
+    return low, high
+
+
+def _found(
+    backend: InferenceBackend,
+    model: ModelRef,
+    image: NDArray[np.float32],
+    channel: int,
+    threshold: float,
+) -> NDArray[np.bool_]:
+    """Where the model's `channel` probability on `image` exceeds `threshold`."""
     output = backend.infer(model, np.ascontiguousarray(image[None, None], dtype=np.float32))
-    return np.asarray(output[0, channel], dtype=np.float32)
+    return np.asarray(output[0, channel] > threshold)
 
 
 def largest_part(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
@@ -159,30 +177,25 @@ def segment(
     recipe = contract.fixed_grid
     assert recipe is not None
     orientation = closest_ras(directions)
-    image = to_ras(np.nan_to_num(volume), orientation)
-    sample = resize(image, recipe.percentile_grid)
-    low = quantile(sample, recipe.percentiles[0] / 100)
-    high = quantile(sample, recipe.percentiles[1] / 100)
-    if not high > low:
-        raise NotSegmentable(
-            f"the volume has no contrast: its {recipe.percentiles[0]:g} and "
-            f"{recipe.percentiles[1]:g} percentiles are equal"
-        )
+    # a copy only where there is something to replace: it would be held through the model
+    image = to_ras(volume if np.isfinite(volume).all() else np.nan_to_num(volume), orientation)
+    low, high = _window(image, recipe)
     box: tuple[slice, ...] = (slice(None),) * 3
     if recipe.locator is not None:
         locator = recipe.locator
-        small = resize(image, locator.patch)
-        found = _probability(
-            backend, locator.ref, normalise(small, low, high, recipe), locator.channel
-        )
-        box = locate(largest_part(found > locator.threshold), image.shape, locator)
+        found = _found(
+            backend, locator.ref, normalise(resize(image, locator.patch), low, high, recipe),
+            locator.channel, locator.threshold,
+        )  # fmt: skip
+        box = locate(largest_part(found), image.shape, locator)
     inside = image[box]
-    probability = _probability(
+    found = _found(
         backend, contract.ref, normalise(resize(inside, contract.patch), low, high, recipe),
-        recipe.channel,
+        recipe.channel, recipe.threshold,
     )  # fmt: skip
     mask = np.zeros(image.shape, dtype=bool)
-    found_inside = resize(probability, inside.shape) > recipe.threshold
+    # nearest-exact resizing picks voxels, so thresholding first gives the same mask
+    found_inside = resize(found, inside.shape)
     if found_inside.any():
         if recipe.largest_component:
             found_inside = largest_part(found_inside)

@@ -7,25 +7,38 @@ PyTorch is needed for the export only (`onnx_export.export_torchscript`, the imp
 this module reads and writes files and never imports it.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from pydantic import ValidationError
 
-from appliance.domain.pipelines import ModelRef
 from appliance.inference.backend import MODEL_FILE
 from appliance.inference.contract import ModelContract, Source
 from appliance.inference.importing import ImportRefused, declare_pipeline, free_version, sha256
 from appliance.inference.repository import add_version
 
 RECIPES = Path(__file__).parent / "recipes"
-# Exports `source` to ONNX at `path`: (source, path, input shape without batch, names).
-Export = Callable[[Path, Path, Sequence[int], str, str], None]
+
+
+class Export(Protocol):
+    """Exports `source` to ONNX at `path` (`onnx_export.export_torchscript`); `input_shape`
+    is without the batch; `foreground`, the one channel of a two-channel softmax to keep."""
+
+    def __call__(
+        self,
+        source: Path,
+        path: Path,
+        input_shape: Sequence[int],
+        input_name: str,
+        output_name: str,
+        *,
+        foreground: int | None = None,
+    ) -> None: ...
 
 
 def read_template(path: Path) -> dict[str, Any]:
@@ -41,15 +54,17 @@ def read_template(path: Path) -> dict[str, Any]:
 
 
 def build_contract(
-    template: dict[str, Any], name: str, version: int, locator: ModelRef | None
+    template: dict[str, Any], name: str, version: int, locator: ModelContract | None
 ) -> ModelContract:
-    """The template as a contract of `name` `version`, its locator pinned to `locator`."""
+    """The template as a contract of `name` `version`, its locator pinned to `locator` (and
+    to channel 0 where the locator's output is the one channel its own recipe reads)."""
     tree = {**template, "name": name, "version": version, "source": Source.TORCHSCRIPT.value}
     grid = tree.get("fixed_grid")
     if locator is not None and isinstance(grid, dict) and isinstance(grid.get("locator"), dict):
-        tree["fixed_grid"] = {
-            **grid, "locator": {**grid["locator"], "name": locator.name, "version": locator.version}
-        }  # fmt: skip
+        pinned = {"name": locator.name, "version": locator.version}
+        if locator.output.shape[1] == 1:
+            pinned["channel"] = 0
+        tree["fixed_grid"] = {**grid, "locator": {**grid["locator"], **pinned}}
     try:
         return ModelContract.model_validate(tree)
     except ValidationError as exc:
@@ -76,6 +91,20 @@ def card(source: Path, contract: ModelContract, notes: str) -> str:
     )
 
 
+def read_channel_only(contract: ModelContract) -> tuple[int | None, ModelContract]:
+    """A whole-volume model reads one channel of its two-channel output: the repository keeps
+    that channel alone (the export folds the softmax into it, `onnx_graph`), and its contract
+    says so. Returns the channel to keep (None: the output as it is) and the contract."""
+    recipe = contract.fixed_grid
+    if recipe is None or contract.output.shape[1] != 2:
+        return None, contract
+    output = contract.output.model_copy(update={"shape": [-1, 1, *contract.output.shape[2:]]})
+    one = contract.model_copy(
+        update={"output": output, "fixed_grid": recipe.model_copy(update={"channel": 0})}
+    )
+    return recipe.channel, ModelContract.model_validate(one.model_dump())
+
+
 def import_torchscript(
     source: Path,
     repository: Path,
@@ -85,7 +114,7 @@ def import_torchscript(
     name: str | None = None,
     version: int | None = None,
     notes: str = "",
-    locator: ModelRef | None = None,
+    locator: ModelContract | None = None,
     pipeline: bool = True,
 ) -> ModelContract:
     """Import the archive `source` into `repository` by the contract template; `pipeline`
@@ -97,16 +126,18 @@ def import_torchscript(
     number = free_version(repository, chosen, version)
     contract = build_contract(template, chosen, number, locator)  # a bad template stops here
 
+    foreground, stored = read_channel_only(contract)
+
     def stage(directory: Path) -> ModelContract:
         try:
             export(
                 source, directory / MODEL_FILE, contract.input.shape[1:], contract.input.name,
-                contract.output.name,
+                contract.output.name, foreground=foreground,
             )  # fmt: skip
         except Exception as exc:  # torch meets a file it cannot load in any way
             raise ImportRefused(f"{source.name} cannot be exported: {exc}") from exc
-        (directory / contract.card).write_text(card(source, contract, notes), encoding="utf-8")
-        return contract
+        (directory / stored.card).write_text(card(source, stored, notes), encoding="utf-8")
+        return stored
 
     added = add_version(repository, chosen, number, stage)
     if pipeline:
@@ -146,6 +177,6 @@ def import_deepbet(
     )  # fmt: skip
     brain = import_torchscript(
         found.brain, repository, RECIPES / "deepbet.yaml", export, notes=notes,
-        locator=locator.ref,
+        locator=locator,
     )  # fmt: skip
     return locator, brain
