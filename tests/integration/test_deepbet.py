@@ -86,6 +86,16 @@ def test_import_lists_both_models_audited_and_servable(imported: Imported) -> No
     card = (imported.repository / "deepbet" / "1" / "card.md").read_text()
     for words in ("SHA-256", "MIT licence", "research tool"):
         assert words in card, card
+    # each network keeps only the softmax channel its recipe reads, and the brain model
+    # reads its locator's one channel
+    catalog = load_catalog(imported.repository)
+    brain, locator = (
+        catalog.contract(ModelRef(name, 1)) for name in ("deepbet", "deepbet_locator")
+    )
+    assert brain.output.shape[1] == locator.output.shape[1] == 1
+    assert brain.fixed_grid is not None
+    assert brain.fixed_grid.locator is not None
+    assert (brain.fixed_grid.channel, brain.fixed_grid.locator.channel) == (0, 0)
 
 
 def test_brain_mask_matches_deepbets_own_run_and_the_templates_anatomy(
