@@ -312,7 +312,7 @@ def segment_mirrored_around(
         if covering:
             run, labelled = covering[0]
         else:
-            run = _centred(finding, context, labels.shape)
+            run = _centred(core, context, labels.shape)  # holds the core, however large
             mirrored = np.ascontiguousarray(volume.hu[run][:, :, ::-1])
             labelled = segment_grid(mirrored, volume.geometry, backend, contract)[:, :, ::-1]
             runs.append((run, labelled))

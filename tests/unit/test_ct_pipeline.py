@@ -179,6 +179,26 @@ def test_the_mirrored_second_opinion_lands_around_each_finding_only(
     assert not segment_mirrored_around(np.zeros_like(first), volume, backend, contract, 2).any()
 
 
+def test_a_finding_wider_than_the_models_patch_gets_its_whole_second_opinion(
+    phantom, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The pass around a finding wider than one patch of context (16 voxels here) covers the
+    finding and its reach, not the finding alone."""
+    contract = bone_model(tmp_path, [5.0, 7.0, 7.0])
+    volume = load_series(write_ct_series(phantom, tmp_path / "series"))
+    backend = OnnxRuntimeBackend(tmp_path)
+    box = (slice(8, 12), slice(28, 32), slice(8, 38))  # 30 columns wide, across the spine
+    first = np.zeros(volume.hu.shape, dtype=np.uint8)
+    first[box] = 7
+    core = grown(box, (2, 2, 2), first.shape)
+
+    second = segment_mirrored_around(first, volume, backend, contract, reach=2)
+
+    model = np.where(volume.hu > 200, 7, 0)
+    assert (model[core] == 7).any()
+    assert np.array_equal(second[core], model[core])
+
+
 def test_a_whole_volume_models_second_opinion_reads_the_whole_volume_mirrored(
     phantom, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
