@@ -214,6 +214,8 @@ def volume_findings(
     measured: list[tuple[int, Stage]] = []
     coded: dict[int, Label] = {}
     seconds: dict[int, NDArray[np.bool_]] = {}  # per segment, its kind in a mirrored pass
+    # per lesion, the region its stage searched and the stage's first segment number
+    hosts: dict[int, tuple[NDArray[np.bool_], int]] = {}
     for stage in pipeline.stages:
         contract = catalog.contract(stage.model)
         wanted = [
@@ -244,6 +246,11 @@ def volume_findings(
             continue
         classes = maps[stage.name]
         kinds = {label.value: label for label in wanted}
+        host = (
+            (region_mask(pipeline, catalog, stage, maps), len(segments) + 1)
+            if stage.region
+            else None
+        )
         numbered, found = number_lesions(one_of(classes, kinds), spacing)
         second = (
             one_of(mirrored[stage.name], kinds) if mirrored and stage.name in mirrored else None
@@ -275,6 +282,8 @@ def volume_findings(
             )
             coded[number] = kind
             measured.append((number, stage))
+            if host is not None:
+                hosts[number] = host
             if second is not None:
                 seconds[number] = second
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -285,7 +294,7 @@ def volume_findings(
         bounds = coded[segment.number].plausible
         seen = _observed(
             labels, segment.number, boxes[index], counts, voxel_ml, hu, bounds,
-            seconds.get(segment.number),
+            seconds.get(segment.number), hosts.get(segment.number),
         )  # fmt: skip
         segments[index] = replace(segment, review=(*doubts, *review_reasons(bounds, seen)))
     measurements = tuple(
@@ -336,10 +345,12 @@ def _observed(
     hu: NDArray[np.floating] | None,
     bounds: Plausible | None,
     second: NDArray[np.bool_] | None = None,
+    host: tuple[NDArray[np.bool_], int] | None = None,
 ) -> Observed:
     """What the plausibility check of one painted segment reads, within its bounding box;
-    densities and parts only where its bounds name them, and its agreement with `second`
-    (the same kind found by a mirrored pass) within a voxel or two of that box."""
+    densities, parts and contrast only where its bounds name them (the contrast against the
+    `host` region's tissue around it, where it has one), and its agreement with
+    `second` (the same kind found by a mirrored pass) within a voxel or two of that box."""
     volume_ml = float(counts[number]) * voxel_ml
     if bounds is None or box is None:  # no bounds, or painted over by a later stage
         return Observed(volume_ml=volume_ml)
@@ -355,7 +366,39 @@ def _observed(
         parts=parts,
         cut_by_field_of_view=box[0].start == 0 or box[0].stop == labels.shape[0],
         agreement=_agreement(labels, number, box, second) if second is not None else None,
+        contrast_hu=(
+            _contrast(labels, number, box, hu, host)
+            if hu is not None and bounds.min_contrast_hu is not None
+            else None
+        ),
     )
+
+
+CONTRAST_RING = 3  # voxels around a segment whose density it is compared with
+
+
+def _contrast(
+    labels: NDArray[np.uint8],
+    number: int,
+    box: tuple[slice, ...],
+    hu: NDArray[np.floating],
+    host: tuple[NDArray[np.bool_], int] | None,
+) -> float | None:
+    """The mean density within `CONTRAST_RING` voxels around a segment less the segment's
+    own; with a `host` (a region, and its stage's first segment number), only of the
+    region's voxels that no segment of that stage or a later one covers. None where nothing
+    is around it."""
+    around = grown(box, (CONTRAST_RING,) * labels.ndim, labels.shape)
+    painted = labels[around]
+    where = painted == number
+    ring = ndimage.binary_dilation(where, iterations=CONTRAST_RING) & ~where
+    if host is not None:
+        region, first = host
+        ring &= region[around] & (painted < first)
+    if not ring.any():
+        return None
+    values = hu[around]
+    return float(values[ring].mean() - values[where].mean())
 
 
 def _agreement(

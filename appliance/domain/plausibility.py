@@ -38,6 +38,10 @@ class Plausible:
     # Dice between the structure and what a second, mirrored pass of its model finds there
     # (test-time augmentation): a finding that comes and goes with a flip is not one to state.
     min_agreement: float | None = None
+    # HU between the structure's mean density and that of the tissue around it (its site,
+    # within a few voxels), either way: a lesion as dense as the parenchyma around it is one
+    # that noise or texture can make.
+    min_contrast_hu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Observed:
     area_fraction: float | None = None
     confidence: float | None = None
     agreement: float | None = None
+    contrast_hu: float | None = None  # its mean density against the tissue around it
 
 
 def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
@@ -89,5 +94,14 @@ def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
         reasons.append(
             f"a mirrored pass of the model agrees {seen.agreement:.2f}, "
             f"below {bounds.min_agreement:.2f}"
+        )
+    if (
+        bounds.min_contrast_hu is not None
+        and seen.contrast_hu is not None
+        and abs(seen.contrast_hu) < bounds.min_contrast_hu
+    ):
+        reasons.append(
+            f"{abs(seen.contrast_hu):.0f} HU from the tissue around it, "
+            f"below {bounds.min_contrast_hu:g} HU"
         )
     return tuple(reasons)

@@ -203,10 +203,10 @@ def test_a_lesion_a_mirrored_pass_does_not_find_is_flagged_and_one_it_finds_is_n
     second[12:16, 5:9, 23:27] = 2  # counted up to two voxels beyond the lesion's box
     maps = {"organs": organ_map, "lesion": lesion_map}
     run = identity(pipeline, catalog, ["1.2.3"])
+    hu = np.where(lesion_map > 0, 40.0, 100.0)  # lesions 60 HU below the liver
     findings = volume_findings(
-        run, pipeline, catalog, maps, (2.0, 2.0, 2.0), np.full(organ_map.shape, 40.0),
-        mirrored={"lesion": second},
-    )  # fmt: skip
+        run, pipeline, catalog, maps, (2.0, 2.0, 2.0), hu, mirrored={"lesion": second}
+    )
     reviews = {s.tracking_id: s.review for s in findings.segments if s.stage == "lesion"}
     assert reviews == {
         "lesion 1": (),
@@ -215,3 +215,30 @@ def test_a_lesion_a_mirrored_pass_does_not_find_is_flagged_and_one_it_finds_is_n
     }
     without = volume_findings(run, pipeline, catalog, maps, (2.0, 2.0, 2.0))
     assert not any(s.review for s in without.segments if s.stage == "lesion")
+
+
+def test_a_lesion_as_dense_as_the_liver_around_it_is_flagged() -> None:
+    """The reference lesion labels ask for 25 HU between a lesion and the liver within three
+    voxels of it; only the liver counts, not the fat beyond its edge."""
+    catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines["ct"]
+    organ_map = np.zeros((20, 40, 40), dtype=np.uint8)
+    organ_map[2:18, 2:38, 2:38] = 1  # liver
+    hu = np.where(organ_map == 1, 100.0, -100.0)  # fat around it
+    lesion_map = np.zeros_like(organ_map)
+    lesion_map[5:10, 8:14, 8:14] = 1
+    hu[5:10, 8:14, 8:14] = 40.0  # 60 HU below the liver: stated
+    lesion_map[5:10, 25:31, 25:31] = 1
+    hu[5:10, 25:31, 25:31] = 90.0  # 10 HU below it: for review
+    lesion_map[12:16, 2:6, 20:24] = 1
+    hu[12:16, 2:6, 20:24] = 50.0  # at the liver's edge: with the fat beyond, its ring is near 50
+    run = identity(pipeline, catalog, ["1.2.3"])
+    findings = volume_findings(
+        run, pipeline, catalog, {"organs": organ_map, "lesion": lesion_map}, (2.0, 2.0, 2.0), hu
+    )
+    reviews = {s.tracking_id: s.review for s in findings.segments if s.stage == "lesion"}
+    assert reviews == {
+        "lesion 1": (),
+        "lesion 2": ("10 HU from the tissue around it, below 25 HU",),
+        "lesion 3": (),
+    }

@@ -49,3 +49,13 @@ def test_a_finding_a_mirrored_pass_disagrees_with_needs_review() -> None:
     assert review_reasons(lesion, Observed(volume_ml=2, agreement=0.2)) == (
         "a mirrored pass of the model agrees 0.20, below 0.50",
     )
+
+
+def test_a_finding_as_dense_as_the_tissue_around_it_needs_review() -> None:
+    lesion = Plausible(min_contrast_hu=25)
+    assert review_reasons(lesion, Observed(volume_ml=2, contrast_hu=-40)) == ()  # brighter
+    assert review_reasons(lesion, Observed(volume_ml=2, contrast_hu=60)) == ()
+    assert review_reasons(lesion, Observed(volume_ml=2)) == ()  # nothing around it
+    assert review_reasons(lesion, Observed(volume_ml=2, contrast_hu=12.4)) == (
+        "12 HU from the tissue around it, below 25 HU",
+    )
