@@ -180,9 +180,24 @@ def region_mask(
 ) -> NDArray[np.bool_]:
     """The voxels of a region stage's region: its upstream stage's region labels."""
     assert stage.region is not None
+    return one_of(maps[stage.region.stage], _region_values(pipeline, catalog, stage))
+
+
+def _region_values(pipeline: Pipeline, catalog: Catalog, stage: Stage) -> tuple[int, ...]:
+    """The values of a region stage's region labels in its upstream stage's map."""
+    assert stage.region is not None
     upstream = catalog.contract(pipeline.stage(stage.region.stage).model)
-    values = [label.value for label in upstream.labels if label.name in stage.region.labels]
-    return one_of(maps[stage.region.stage], values)
+    return tuple(label.value for label in upstream.labels if label.name in stage.region.labels)
+
+
+@dataclass(frozen=True)
+class _Host:
+    """Where a region stage's finding lies: its upstream stage's map, the region's values in
+    it, and the stage's first segment number (those from it on are its and later stages')."""
+
+    map: NDArray[np.uint8]
+    values: tuple[int, ...]
+    first: int
 
 
 def one_of(labels: NDArray[np.uint8], values: Iterable[int]) -> NDArray[np.bool_]:
@@ -214,8 +229,7 @@ def volume_findings(
     measured: list[tuple[int, Stage]] = []
     coded: dict[int, Label] = {}
     seconds: dict[int, NDArray[np.bool_]] = {}  # per segment, its kind in a mirrored pass
-    # per lesion, the region its stage searched and the stage's first segment number
-    hosts: dict[int, tuple[NDArray[np.bool_], int]] = {}
+    hosts: dict[int, _Host] = {}  # per lesion of a region stage, the region it lies in
     for stage in pipeline.stages:
         contract = catalog.contract(stage.model)
         wanted = [
@@ -247,10 +261,13 @@ def volume_findings(
         classes = maps[stage.name]
         kinds = {label.value: label for label in wanted}
         host = (
-            (region_mask(pipeline, catalog, stage, maps), len(segments) + 1)
+            _Host(
+                maps[stage.region.stage], _region_values(pipeline, catalog, stage),
+                len(segments) + 1,
+            )
             if stage.region
             else None
-        )
+        )  # fmt: skip
         numbered, found = number_lesions(one_of(classes, kinds), spacing)
         second = (
             one_of(mirrored[stage.name], kinds) if mirrored and stage.name in mirrored else None
@@ -345,7 +362,7 @@ def _observed(
     hu: NDArray[np.floating] | None,
     bounds: Plausible | None,
     second: NDArray[np.bool_] | None = None,
-    host: tuple[NDArray[np.bool_], int] | None = None,
+    host: _Host | None = None,
 ) -> Observed:
     """What the plausibility check of one painted segment reads, within its bounding box;
     densities, parts and contrast only where its bounds name them (the contrast against the
@@ -382,19 +399,17 @@ def _contrast(
     number: int,
     box: tuple[slice, ...],
     hu: NDArray[np.floating],
-    host: tuple[NDArray[np.bool_], int] | None,
+    host: _Host | None,
 ) -> float | None:
     """The mean density within `CONTRAST_RING` voxels around a segment less the segment's
-    own; with a `host` (a region, and its stage's first segment number), only of the
-    region's voxels that no segment of that stage or a later one covers. None where nothing
-    is around it."""
+    own; with a `host`, only of its region's voxels that no segment of its stage or a later
+    one covers. None where nothing is around it."""
     around = grown(box, (CONTRAST_RING,) * labels.ndim, labels.shape)
     painted = labels[around]
     where = painted == number
     ring = ndimage.binary_dilation(where, iterations=CONTRAST_RING) & ~where
     if host is not None:
-        region, first = host
-        ring &= region[around] & (painted < first)
+        ring &= one_of(host.map[around], host.values) & (painted < host.first)
     if not ring.any():
         return None
     values = hu[around]
