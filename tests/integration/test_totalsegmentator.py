@@ -133,21 +133,18 @@ def test_the_five_parts_merged_match_totalsegmentators_own_runner(
         "organs", "vertebrae", "cardiac", "muscles", "ribs",
     ]  # fmt: skip
     run = run_volume(pipeline, catalog, reference.series["axial"], backend)
-    ids = {  # the task's one label set, as the importer renumbered the parts' classes
-        label.name: label.value
+    # each part's classes in the task's one label set, as the importer renumbered them
+    parts = {
+        stage.name: {label.name: label.value for label in catalog.contract(stage.model).labels}
         for stage in pipeline.stages
-        for label in catalog.contract(stage.model).labels
     }
+    ids = {name: value for classes in parts.values() for name, value in classes.items()}
     ours = np.zeros_like(run.findings.labels)
     for segment in run.findings.segments:
         ours[run.findings.labels == segment.number] = ids[segment.tracking_id]
     theirs = reference.labels["axial", "total"]
     print_parity("axial total", ours, theirs)
-    values = {
-        stage.name: [label.value for label in catalog.contract(stage.model).labels]
-        for stage in pipeline.stages
-    }
-    found = [part for part, own in values.items() if np.isin(theirs, own).any()]
+    found = [part for part, classes in parts.items() if np.isin(theirs, [*classes.values()]).any()]
     assert len(found) >= 4, f"most parts' classes are in the merge: {found}"
     # the muscles part's stand-in lies on the vertebrae part's class: the later part is kept
     maps = run.stages
