@@ -312,6 +312,7 @@ def volume_findings(
         seen = _observed(
             labels, segment.number, boxes[index], counts, voxel_ml, hu, bounds,
             seconds.get(segment.number), hosts.get(segment.number),
+            diameters[segment.number][0] if segment.number in diameters else None,
         )  # fmt: skip
         segments[index] = replace(segment, review=(*doubts, *review_reasons(bounds, seen)))
     measurements = tuple(
@@ -363,14 +364,16 @@ def _observed(
     bounds: Plausible | None,
     second: NDArray[np.bool_] | None = None,
     host: _Host | None = None,
+    diameter_mm: float | None = None,
 ) -> Observed:
     """What the plausibility check of one painted segment reads, within its bounding box;
     densities, parts and contrast only where its bounds name them (the contrast against the
     `host` region's tissue around it, where it has one), and its agreement with
-    `second` (the same kind found by a mirrored pass) within a voxel or two of that box."""
+    `second` (the same kind found by a mirrored pass) within a voxel or two of that box;
+    a lesion's `diameter_mm` as measured."""
     volume_ml = float(counts[number]) * voxel_ml
     if bounds is None or box is None:  # no bounds, or painted over by a later stage
-        return Observed(volume_ml=volume_ml)
+        return Observed(volume_ml=volume_ml, diameter_mm=diameter_mm)
     where = labels[box] == number
     parts = None
     if bounds.max_parts is not None:
@@ -388,6 +391,7 @@ def _observed(
             if hu is not None and bounds.min_contrast_hu is not None
             else None
         ),
+        diameter_mm=diameter_mm,
     )
 
 

@@ -42,6 +42,9 @@ class Plausible:
     # within a few voxels), either way: a lesion as dense as the parenchyma around it is one
     # that noise or texture can make.
     min_contrast_hu: float | None = None
+    # A lesion's longest axial diameter below which it is too small to characterise: RECIST
+    # 1.1 counts a CT lesion measurable from 10 mm; smaller ones are reported for review.
+    min_diameter_mm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class Observed:
     confidence: float | None = None
     agreement: float | None = None
     contrast_hu: float | None = None  # its mean density against the tissue around it
+    diameter_mm: float | None = None  # a lesion's longest axial diameter
 
 
 def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
@@ -80,28 +84,25 @@ def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
         )
     if bounds.max_parts is not None and seen.parts is not None and seen.parts > bounds.max_parts:
         reasons.append(f"in {seen.parts} separate parts (at most {bounds.max_parts} expected)")
-    if (
-        bounds.min_confidence is not None
-        and seen.confidence is not None
-        and seen.confidence < bounds.min_confidence
-    ):
-        reasons.append(f"model confidence {seen.confidence:.2f} below {bounds.min_confidence:.2f}")
-    if (
-        bounds.min_agreement is not None
-        and seen.agreement is not None
-        and seen.agreement < bounds.min_agreement
-    ):
-        reasons.append(
-            f"a mirrored pass of the model agrees {seen.agreement:.2f}, "
-            f"below {bounds.min_agreement:.2f}"
-        )
-    if (
-        bounds.min_contrast_hu is not None
-        and seen.contrast_hu is not None
-        and abs(seen.contrast_hu) < bounds.min_contrast_hu
-    ):
-        reasons.append(
-            f"{abs(seen.contrast_hu):.0f} HU from the tissue around it, "
-            f"below {bounds.min_contrast_hu:g} HU"
-        )
+    least = (
+        (seen.confidence, bounds.min_confidence, "model confidence {:.2f} below {:.2f}"),
+        (
+            seen.agreement,
+            bounds.min_agreement,
+            "a mirrored pass of the model agrees {:.2f}, below {:.2f}",
+        ),
+        (
+            None if seen.contrast_hu is None else abs(seen.contrast_hu),
+            bounds.min_contrast_hu,
+            "{:.0f} HU from the tissue around it, below {:g} HU",
+        ),
+        (
+            seen.diameter_mm,
+            bounds.min_diameter_mm,
+            "{:.0f} mm across, too small to characterise (below {:g} mm)",
+        ),
+    )
+    for value, bound, reason in least:
+        if value is not None and bound is not None and value < bound:
+            reasons.append(reason.format(value, bound))
     return tuple(reasons)

@@ -242,3 +242,27 @@ def test_a_lesion_as_dense_as_the_liver_around_it_is_flagged() -> None:
         "lesion 2": ("10 HU from the tissue around it, below 25 HU",),
         "lesion 3": (),
     }
+
+
+def test_a_lesion_under_ten_millimetres_is_flagged_too_small_to_characterise() -> None:
+    """The reference lesion labels ask for 10 mm of longest axial diameter (RECIST 1.1's
+    measurable lesion); the diameter is the one the SR states."""
+    catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines["ct"]
+    organ_map = np.zeros((20, 40, 40), dtype=np.uint8)
+    organ_map[2:18, 2:38, 2:38] = 1  # liver
+    lesion_map = np.zeros_like(organ_map)
+    lesion_map[5:9, 8:12, 8:12] = 1  # 4 x 4 voxels of 2 mm: 10.5 mm across the diagonal
+    lesion_map[5:9, 25:28, 25:28] = 1  # 3 x 3: 7.7 mm
+    hu = np.where(lesion_map > 0, 40.0, 100.0)
+    run = identity(pipeline, catalog, ["1.2.3"])
+    findings = volume_findings(
+        run, pipeline, catalog, {"organs": organ_map, "lesion": lesion_map}, (2.0, 2.0, 2.0), hu
+    )
+    lesions = [s for s in findings.segments if s.stage == "lesion"]
+    diameters = {m.segment: m.longest_axial_diameter_mm for m in findings.measurements}
+    assert [round(diameters[s.number], 1) for s in lesions] == [10.5, 7.7]
+    assert [s.review for s in lesions] == [
+        (),
+        ("8 mm across, too small to characterise (below 10 mm)",),
+    ]

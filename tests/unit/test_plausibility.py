@@ -59,3 +59,12 @@ def test_a_finding_as_dense_as_the_tissue_around_it_needs_review() -> None:
     assert review_reasons(lesion, Observed(volume_ml=2, contrast_hu=12.4)) == (
         "12 HU from the tissue around it, below 25 HU",
     )
+
+
+def test_a_lesion_too_small_to_characterise_needs_review() -> None:
+    lesion = Plausible(min_diameter_mm=10)
+    assert review_reasons(lesion, Observed(volume_ml=2, diameter_mm=10.0)) == ()
+    assert review_reasons(lesion, Observed(volume_ml=2)) == ()  # not a lesion: not measured
+    assert review_reasons(lesion, Observed(volume_ml=0.1, diameter_mm=7.6)) == (
+        "8 mm across, too small to characterise (below 10 mm)",
+    )
