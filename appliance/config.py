@@ -81,11 +81,15 @@ class PeerSettings(_Section):
     complete_on_release: bool = Field(
         default=False,
         description="It sends each study whole on one association (as most PACS routing "
-        "does): complete the study a settle after the release when its series look whole, "
-        "not after the quiet period.",
+        "does): complete the study at the release when its series look whole, not after the "
+        "quiet period; its results leave a settle after the release, unless an instance "
+        "arriving meanwhile re-opens it.",
     )
     release_settle_seconds: float = Field(
-        default=2.0, ge=0, le=600, description="That settle, seconds after the release."
+        default=2.0,
+        ge=0,
+        le=600,
+        description="That settle, seconds after the release, before results may leave.",
     )
 
 

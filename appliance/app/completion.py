@@ -1,6 +1,7 @@
 """Completion: instances stored by the listener are folded into their studies, and a study
 that has gone quiet (or whose count hints say it is whole, or whose sender released the
-association that delivered it whole) becomes complete with a job for its current version.
+association that delivered it whole, the job then holding its results for a short settle)
+becomes complete with a job for its current version.
 The rules are `domain.assembly`; the compare-and-set that lets several sweepers run at once
 is `store.study_ledger`.
 """
@@ -18,8 +19,7 @@ def complete_studies(studies: StudyLedger) -> int:
     many were completed."""
     now = datetime.now(UTC)
     studies.fold_pending(now)
-    studies.settle_released()
-    completed = studies.complete_due(now)
+    completed = studies.start_released(now) + studies.complete_due(now)
     for study in completed:
         LOG.info(
             "study %d version %d complete (%s): job %d queued",

@@ -69,8 +69,18 @@ JOB_FAILURES = (
 )
 
 
+# A job held for its settle polls the sweeper's folding this often, for at most FOLD_WAIT
+# seconds past the settle (a sweeper that is down must not hold results for ever).
+SETTLE_POLL = 0.1
+FOLD_WAIT = 5.0
+
+
 class NoRoute(ValueError):
     """No routing rule takes any series of the study."""
+
+
+class Superseded(Exception):
+    """The study re-opened for a new version before this job's results could leave."""
 
 
 @dataclass
@@ -168,9 +178,14 @@ class JobRunner:
             self._jobs.move(job_id, JobState.FAILED, _now(), reason, attempt)
             LOG.exception("job %d failed on an internal error", job_id)
             return JobState.FAILED
-        timings = JobTimings(
-            time.perf_counter() - started, results.encoding, dict(backend.by_model)
-        )
+        pipeline = time.perf_counter() - started
+        try:
+            settle = self._settle(work)
+        except Superseded as exc:
+            self._jobs.move(job_id, JobState.CANCELLED, _now(), str(exc), attempt)
+            LOG.info("job %d cancelled: %s", job_id, exc)
+            return JobState.CANCELLED
+        timings = JobTimings(pipeline, results.encoding, dict(backend.by_model), settle)
         kept = f", {len(results.kept)} kept in shadow" if results.kept else ""
         confidence = [
             f"{count} {what}"
@@ -203,6 +218,31 @@ class JobRunner:
         self._jobs.move(job_id, JobState.DELIVERING, _now(), None, attempt)
         LOG.info("job %d: %d results queued for delivery%s", job_id, len(results.delivered), kept)
         return JobState.DELIVERING
+
+    def _settle(self, work: JobWork) -> float | None:
+        """A job its study's sender's release started holds its results, still running (so
+        a worker lost meanwhile leaves it to another), until the settle after the release has
+        passed and what arrived by then is folded in; the seconds it waited, or None for any
+        other job. Superseded where a late instance re-opened the study for a new version."""
+        started = time.monotonic()
+        folded_by = None  # how long what arrived within the settle may take to be folded in
+        while (settle := self._jobs.settle(work.job_id)) is not None:
+            if settle.superseded:
+                raise Superseded(
+                    "more instances of the study arrived within the settle after its sender's "
+                    "release: the job of its new version delivers"
+                )
+            remaining = (settle.until - _now()).total_seconds()
+            if remaining > 0:
+                time.sleep(min(remaining, 1.0))
+                continue
+            if settle.pending:
+                folded_by = folded_by or time.monotonic() + FOLD_WAIT
+                if time.monotonic() < folded_by:
+                    time.sleep(SETTLE_POLL)
+                    continue
+            return time.monotonic() - started
+        return None
 
     def _shelve(self, job_id: int, previews: list[Rendered]) -> None:
         """Keep the job's findings preview for the dashboard. A preview that cannot be made

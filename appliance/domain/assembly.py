@@ -5,10 +5,12 @@ when no instance arrived for a quiet period, when an operator forces it, or soon
 instance-count hints carried in the data (Images in Acquisition (0020,1002); Number of Frames
 (0028,0008) for multi-frame objects, which are whole by themselves) say every series seen is
 whole. Most PACS routing sends a study on one association and releases it: for a peer set to
-say so, a study completes a short settle after the associations that delivered it were
-released, when its series are consistent (no gap in the instance numbers, count hints met
-where present). Early completion still waits its settle period for a further series; anything
-that arrives later re-opens the study for a new job version.
+say so, a study completes when the associations that delivered it are released and its series
+are consistent (no gap in the instance numbers, count hints met where present), and its job
+starts then; only its results wait for a short settle after the release, for a further series
+that would re-open the study (the job of the version it replaces is then cancelled). Count
+hints still wait their settle period before completing; anything that arrives after a
+completion re-opens the study for a new job version.
 """
 
 from collections.abc import Mapping, Sequence

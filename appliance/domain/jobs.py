@@ -40,6 +40,7 @@ class Stage(StrEnum):
     PIPELINE = "pipeline"  # the pipelines' work, encoding included
     INFERENCE = "inference"  # model compute inside the pipeline, per model
     ENCODING = "encoding"  # SEG and SR encoding and the gate, inside the pipeline
+    SETTLE = "settle"  # results of a job started on its sender's release, held for the settle
     DELIVERY = "delivery"  # results encoded -> the last one stored at the destinations
     TOTAL = "total"  # last instance received -> the last result stored
 
@@ -51,6 +52,7 @@ class JobTimings:
     pipeline: float
     encoding: float
     inference: dict[str, float]  # model name -> seconds in its infer calls
+    settle: float | None = None  # results held for the settle after the sender's release
 
     @property
     def model_compute(self) -> float:

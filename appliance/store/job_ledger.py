@@ -58,6 +58,15 @@ class JobWork:
     series: tuple[SeriesWork, ...]
 
 
+@dataclass(frozen=True)
+class Settle:
+    """Where a job started on its sender's release stands against the settle after it."""
+
+    until: datetime  # when the settle ends: its results may not leave before
+    superseded: bool  # the study re-opened for a newer version, whose job delivers instead
+    pending: bool  # instances of the study stored but not yet folded in (they may re-open it)
+
+
 class JobLedger:
     def __init__(self, engine: Engine) -> None:
         self._sessions = session_factory(engine)
@@ -118,6 +127,8 @@ class JobLedger:
                 record_timing(session, job_id, Stage.ENCODING, timings.encoding, now)
                 for model, seconds in timings.inference.items():
                     record_timing(session, job_id, Stage.INFERENCE, seconds, now, model)
+                if timings.settle is not None:
+                    record_timing(session, job_id, Stage.SETTLE, timings.settle, now)
             if review is not None:
                 job.flagged, job.withheld = review.flagged, review.withheld
             self._move(session, job, self._study_uid(session, job), target, now, reason)
@@ -222,6 +233,27 @@ class JobLedger:
                 .order_by(AuditEvent.id)
             ).all()
         return [(when, detail or "") for when, detail in rows]
+
+    def settle(self, job_id: int) -> Settle | None:
+        """For a job its study's sender's release started (`StudyLedger.start_released`):
+        the settle its results wait for, and whether the study moved on meanwhile; None for
+        any other job."""
+        with self._sessions() as session:
+            job = session.get_one(Job, job_id)
+            if job.results_after is None:
+                return None
+            study = session.get_one(Study, job.study_id)
+            pending = session.scalar(
+                select(
+                    select(Instance.id)
+                    .where(
+                        Instance.study_instance_uid == study.study_instance_uid,
+                        Instance.folded.is_(False),
+                    )
+                    .exists()
+                )
+            )
+            return Settle(job.results_after, study.version != job.study_version, bool(pending))
 
     def state(self, job_id: int) -> JobState:
         with self._sessions() as session:

@@ -158,6 +158,8 @@ class Job(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True, index=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # its worker
+    # A job its study's sender's release started: its results leave after the settle.
+    results_after: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     # Findings of low confidence in the last encoded attempt: flagged for review, withheld.
     flagged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     withheld: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -209,22 +209,21 @@ class StudyLedger:
                 )
             )
 
-    def settle_released(self) -> int:
-        """Bring forward the deadline of every receiving study whose delivering associations
-        (those of its current version's instances) have all been released by a peer that
-        sends studies whole, and whose series look whole; how many were brought forward."""
+    def start_released(self, now: datetime) -> list[CompletedStudy]:
+        """Complete, with a job, every receiving study whose delivering associations (those of
+        its current version's instances) have all been released by a peer that sends studies
+        whole, and whose series look whole. Its job starts at once; its results wait for the
+        settle after the release (the job's `results_after`, `JobLedger.settle`), and a
+        late instance meanwhile re-opens the study for a version whose job replaces it."""
         if not self._policy.release_settle:
-            return 0
-        moved = 0
+            return []
+        released: list[tuple[int, int, datetime]] = []
         with self._engine.begin() as connection:
             waiting = connection.execute(
                 select(
                     studies.c.id, studies.c.study_instance_uid, studies.c.version,
                     studies.c.complete_after, studies.c.deadline_reason,
-                ).where(
-                    studies.c.state == StudyState.RECEIVING,
-                    studies.c.deadline_reason != CompletionReason.RELEASED.value,
-                )
+                ).where(studies.c.state == StudyState.RECEIVING)
             ).all()  # fmt: skip
             for study in waiting:
                 delivered = connection.execute(
@@ -254,15 +253,13 @@ class StudyLedger:
                 deadline = release_deadline(
                     peers.pop(), released_at, consistent, current, self._policy
                 )
-                if deadline is current:
-                    continue
-                connection.execute(
-                    update(studies)
-                    .where(studies.c.id == study.id, studies.c.version == study.version)
-                    .values(complete_after=deadline.at, deadline_reason=deadline.reason.value)
-                )
-                moved += 1
-        return moved
+                if deadline is not current:
+                    released.append((study.id, study.version, deadline.at))
+        started = (
+            self._complete(study_id, version, CompletionReason.RELEASED, now, SWEEPER, False, at)
+            for study_id, version, at in released
+        )
+        return [study for study in started if study is not None]
 
     @staticmethod
     def _consistent(connection: Connection, study_uid: str) -> bool:
@@ -343,6 +340,7 @@ class StudyLedger:
         now: datetime,
         actor: str,
         require_due: bool,
+        results_after: datetime | None = None,
     ) -> CompletedStudy | None:
         with self._sessions.begin() as session:
             conditions = [
@@ -366,6 +364,7 @@ class StudyLedger:
                 state=JobState.QUEUED,
                 created_at=now,
                 updated_at=now,
+                results_after=results_after,
             )
             session.add(job)
             session.flush()

@@ -94,7 +94,8 @@ class DatabaseCollector(Collector):
         stages = HistogramMetricFamily(
             "appliance_stage_seconds",
             "Seconds per stage of each job: quiet, dispatch, pipeline, inference (per model), "
-            "encoding, delivery, and total: last instance received to last result stored.",
+            "encoding, settle (results held after a release), delivery, and total: last "
+            "instance received to last result stored.",
             labels=["stage", "model"],
         )
         for histogram in self._monitoring.histograms(BUCKETS):

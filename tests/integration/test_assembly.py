@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from appliance.domain.assembly import CompletionPolicy, UnknownStudy
+from appliance.domain.assembly import CompletedStudy, CompletionPolicy, UnknownStudy
 from appliance.domain.ingest import SERIES_CONFLICT
 from appliance.domain.jobs import JobState
-from appliance.store.models import AuditEvent, Job, Study
+from appliance.store.models import Association, AuditEvent, Job, Study
 from appliance.store.study_ledger import StudyLedger
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import storescu
@@ -169,14 +169,14 @@ RELEASING = CompletionPolicy(
 )
 
 
-def settled(service: StudyLedger) -> int:
-    """Settle released studies, waiting out the listener's record of the release (storescu
+def started(service: StudyLedger) -> list[CompletedStudy]:
+    """Start the released studies, waiting out the listener's record of the release (storescu
     may exit before it is written)."""
-    found = wait_for(service.settle_released, 10, interval=0.1)
-    return int(found)
+    found = wait_for(lambda: service.start_released(datetime.now(UTC)), 10, interval=0.1)
+    return list(found)
 
 
-def test_a_study_completes_a_settle_after_its_association_is_released(
+def test_a_released_study_gets_its_job_at_once_its_results_held_for_the_settle(
     start, tmp_path: Path
 ) -> None:
     running = start()
@@ -184,11 +184,19 @@ def test_a_study_completes_a_settle_after_its_association_is_released(
     assert storescu(running.port, write_series(spec, tmp_path)).returncode == 0
     service = StudyLedger(running.engine, RELEASING)
     service.fold_pending(datetime.now(UTC))
-    assert settled(service) == 1
-    assert service.settle_released() == 0, "once"
-    assert service.complete_due(later(0.5)) == []
-    (done,) = service.complete_due(later(3))
-    assert done.reason.value == "released"
+    (done,) = started(service)
+    assert (done.study_instance_uid, done.version, done.reason.value) == (
+        spec.study_uid, 1, "released",
+    )  # fmt: skip
+    assert service.start_released(datetime.now(UTC)) == [], "once"
+    assert service.complete_due(later(60)) == [], "complete: the quiet period has nothing to do"
+    (job,) = jobs(running.engine)
+    assert job.state == JobState.QUEUED
+    with Session(running.engine) as session:
+        released = session.scalar(select(Association.ended_at).order_by(Association.id.desc()))
+    assert released is not None
+    assert job.results_after is not None
+    assert job.results_after - released == timedelta(seconds=2)
     shown = service.show(spec.study_uid).study
     assert shown.completion_reason == "released"
 
@@ -204,15 +212,16 @@ def test_a_gap_or_a_trickling_peer_falls_back_to_the_quiet_period(start, tmp_pat
     trickling = StudyLedger(running.engine, POLICY)  # a peer not set to complete on release
     service.fold_pending(datetime.now(UTC))
     time.sleep(1)  # the releases are recorded
-    assert trickling.settle_released() == 0
-    assert service.settle_released() == 1, "the whole series only"
-    done = {d.study_instance_uid: d.reason.value for d in service.complete_due(later(3))}
-    assert done == {trickled.study_uid: "released"}
+    assert trickling.start_released(datetime.now(UTC)) == []
+    done = {d.study_instance_uid: d.reason.value for d in started(service)}
+    assert done == {trickled.study_uid: "released"}, "the whole series only"
+    assert service.complete_due(later(3)) == []
     late = {d.study_instance_uid: d.reason.value for d in service.complete_due(later(31))}
     assert late == {gapped.study_uid: "quiet_period"}
+    (quiet, _) = sorted(jobs(running.engine), key=lambda job: job.results_after is not None)
+    assert quiet.results_after is None, "a quiet period's job has no settle to wait for"
 
     assert storescu(running.port, [files[2]]).returncode == 0  # the missing slice, late
     service.fold_pending(datetime.now(UTC))
-    assert settled(service) == 1, "re-opened, and whole now"
-    (again,) = service.complete_due(later(3))
-    assert (again.study_instance_uid, again.version) == (gapped.study_uid, 2)
+    (again,) = started(service)
+    assert (again.study_instance_uid, again.version) == (gapped.study_uid, 2), "whole now"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -25,21 +26,23 @@ from appliance.inference.triton_cpu import CpuTritonServer, TritonUnavailable
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series, write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
-from appliance.store.models import AuditEvent
+from appliance.store.models import AuditEvent, Delivery, Job, StageTiming
 from appliance.store.queries import DashboardQueries
 from appliance.store.study_ledger import StudyLedger
 from tests.support.dcmtk import storescu
 from tests.support.orthanc import AE_TITLE, running_orthanc
 from tests.support.services import ON_SQLITE_ONLY, missing_service
+from tests.support.settings import TEST_PEERS
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 
 
-def appliance_for(start, pacs_port: int, outbox: Path):  # type: ignore[no-untyped-def]
+def appliance_for(start, pacs_port: int, outbox: Path, **sections):  # type: ignore[no-untyped-def]
     """A listener whose settings route to the committed models and deliver to the PACS."""
     return start(
+        **sections,
         inference={"repository": str(REPOSITORY), "threads": 2},
         delivery={
             "outbox": str(outbox),
@@ -251,3 +254,77 @@ def test_each_destination_gets_the_seg_form_it_accepts(start, tmp_path: Path) ->
         assert objects["SEG"].SOPInstanceUID in evidence
     uids = [ds.SOPInstanceUID for objects in received.values() for ds in objects.values()]
     assert len(set(uids)) == 4
+
+
+def test_a_job_started_on_release_holds_its_results_for_the_settle_and_a_late_instance_cancels_it(
+    start, tmp_path: Path
+) -> None:
+    """A peer that sends studies whole: the job starts as the association is released, and
+    its results leave only after the settle (2 s); a study that gets another instance
+    within the settle re-opens, and the job of its first version is cancelled, never
+    delivered; the new version's job delivers."""
+    cines = [
+        write_us_cine(generate_cine(300_010 + k, frames=4), tmp_path / f"us{k}" / "cine.dcm")
+        for k in range(2)
+    ]
+    peers = [{**peer, "complete_on_release": True} for peer in TEST_PEERS]
+    with running_orthanc(tmp_path / "pacs") as pacs:
+        running = appliance_for(
+            start,
+            pacs.dicom_port,
+            tmp_path / "outbox",
+            listener={"port": 0, "peers": peers},
+            study={"hint_settle_seconds": 30},  # the release, not the count hints, decides
+        )
+        studies = StudyLedger(running.engine, running.settings.completion_policy())
+        runner = JobRunner(running.settings, running.engine, lane=InferenceLane(tmp_path / "l"))
+
+        def released(cine: Path) -> int:
+            assert storescu(running.port, [cine]).returncode == 0
+            studies.fold_pending(datetime.now(UTC))
+            found = wait_for(lambda: studies.start_released(datetime.now(UTC)), 10, interval=0.1)
+            (study,) = found
+            assert study.reason.value == "released"
+            return study.job_id
+
+        held = released(cines[0])
+        assert runner.run(held) is JobState.DELIVERING
+        with Session(running.engine) as session:
+            job = session.get_one(Job, held)
+            assert job.results_after is not None
+            encoded = session.scalars(
+                select(AuditEvent.occurred_at).where(
+                    AuditEvent.job_id == held,
+                    AuditEvent.detail.startswith("running -> encoded"),
+                )
+            ).one()
+            waited = session.scalars(
+                select(StageTiming.seconds).where(
+                    StageTiming.job_id == held, StageTiming.stage == "settle"
+                )
+            ).one()
+        assert encoded >= job.results_after, "its results waited for the settle"
+        assert waited > 0
+
+        superseded = released(cines[1])
+        late = dcmread(cines[1])  # a second cine of the same series, within the settle
+        late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        late.InstanceNumber = 2
+        late.save_as(tmp_path / "late.dcm", enforce_file_format=True)
+        assert storescu(running.port, [tmp_path / "late.dcm"]).returncode == 0
+        studies.fold_pending(datetime.now(UTC))
+        assert runner.run(superseded) is JobState.CANCELLED
+        (_, reason), *_ = reversed(runner.jobs.history(superseded))
+        assert "arrived within the settle after its sender's release" in reason
+        (again,) = wait_for(lambda: studies.start_released(datetime.now(UTC)), 10, interval=0.1)
+        assert again.version == 2
+        assert runner.run(again.job_id) is JobState.DELIVERING
+
+        delivered = Deliverer(running.settings.delivery, running.engine).deliver_due(
+            datetime.now(UTC)
+        )
+        assert delivered.delivered == 9  # SEG, SR and outlined copy of the first cine and both
+        # cines of the second study: none of the cancelled job's
+        with Session(running.engine) as session:
+            sent = session.scalars(select(Delivery.job_id)).all()
+        assert sorted(set(sent)) == [held, again.job_id]
