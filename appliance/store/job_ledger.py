@@ -63,8 +63,10 @@ class Settle:
     """Where a job started on its sender's release stands against the settle after it."""
 
     until: datetime  # when the settle ends: its results may not leave before
-    superseded: bool  # the study re-opened for a newer version, whose job delivers instead
-    pending: bool  # instances of the study stored but not yet folded in (they may re-open it)
+    # An instance received within the settle re-opened the study for a newer version, whose
+    # job delivers instead.
+    superseded: bool
+    pending: bool  # instances received within the settle, not yet folded in (they may re-open it)
 
 
 class JobLedger:
@@ -243,17 +245,21 @@ class JobLedger:
             if job.results_after is None:
                 return None
             study = session.get_one(Study, job.study_id)
-            pending = session.scalar(
+            within = (
+                Instance.study_instance_uid == study.study_instance_uid,
+                Instance.received_at <= job.results_after,
+            )
+            later = session.scalar(
                 select(
                     select(Instance.id)
-                    .where(
-                        Instance.study_instance_uid == study.study_instance_uid,
-                        Instance.folded.is_(False),
-                    )
+                    .where(*within, Instance.study_version > job.study_version)
                     .exists()
                 )
             )
-            return Settle(job.results_after, study.version != job.study_version, bool(pending))
+            pending = session.scalar(
+                select(select(Instance.id).where(*within, Instance.folded.is_(False)).exists())
+            )
+            return Settle(job.results_after, bool(later), bool(pending))
 
     def state(self, job_id: int) -> JobState:
         with self._sessions() as session:

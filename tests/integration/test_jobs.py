@@ -6,6 +6,7 @@ import fcntl
 import re
 import shutil
 import threading
+import time
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
@@ -265,7 +266,7 @@ def test_a_job_started_on_release_holds_its_results_for_the_settle_and_a_late_in
     delivered; the new version's job delivers."""
     cines = [
         write_us_cine(generate_cine(300_010 + k, frames=4), tmp_path / f"us{k}" / "cine.dcm")
-        for k in range(2)
+        for k in range(3)
     ]
     peers = [{**peer, "complete_on_release": True} for peer in TEST_PEERS]
     with running_orthanc(tmp_path / "pacs") as pacs:
@@ -306,25 +307,35 @@ def test_a_job_started_on_release_holds_its_results_for_the_settle_and_a_late_in
         assert encoded >= job.results_after, "its results waited for the settle"
         assert waited > 0
 
+        def another(cine: Path) -> None:
+            """A second cine of the same series."""
+            late = dcmread(cine)
+            late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            late.InstanceNumber = 2
+            late.save_as(cine.with_name("late.dcm"), enforce_file_format=True)
+            assert storescu(running.port, [cine.with_name("late.dcm")]).returncode == 0
+            studies.fold_pending(datetime.now(UTC))
+
         superseded = released(cines[1])
-        late = dcmread(cines[1])  # a second cine of the same series, within the settle
-        late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        late.InstanceNumber = 2
-        late.save_as(tmp_path / "late.dcm", enforce_file_format=True)
-        assert storescu(running.port, [tmp_path / "late.dcm"]).returncode == 0
-        studies.fold_pending(datetime.now(UTC))
+        another(cines[1])  # within the settle
         assert runner.run(superseded) is JobState.CANCELLED
         (_, reason), *_ = reversed(runner.jobs.history(superseded))
         assert "arrived within the settle after its sender's release" in reason
         (again,) = wait_for(lambda: studies.start_released(datetime.now(UTC)), 10, interval=0.1)
         assert again.version == 2
         assert runner.run(again.job_id) is JobState.DELIVERING
+        kept = released(cines[2])
+        time.sleep(2.5)
+        another(cines[2])  # after the settle: the next version's, not a reason to hold this one
+        assert runner.run(kept) is JobState.DELIVERING
 
         delivered = Deliverer(running.settings.delivery, running.engine).deliver_due(
             datetime.now(UTC)
         )
-        assert delivered.delivered == 9  # SEG, SR and outlined copy of the first cine and both
-        # cines of the second study: none of the cancelled job's
+        # SEG, SR and outlined copy of each cine its job found: the first study's one, the
+        # second's two (by its second version's job) and the third's two (its first
+        # version's job ran after the late one came); none of the cancelled job's
+        assert delivered.delivered == 15
         with Session(running.engine) as session:
             sent = session.scalars(select(Delivery.job_id)).all()
-        assert sorted(set(sent)) == [held, again.job_id]
+        assert sorted(set(sent)) == sorted([held, again.job_id, kept])
