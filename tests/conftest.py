@@ -3,7 +3,7 @@ Fixtures only: the helpers they and the tests use live in `tests.support`."""
 
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +79,11 @@ def start(tmp_path: Path, engine: Engine, db_url: str) -> Iterator[Any]:
     """Start a listener in this process; keyword arguments override settings sections."""
     running: list[Listener] = []
 
-    def _start(**sections: dict[str, Any]) -> RunningListener:
+    def _start(ended: Callable[[], None] | None = None, **sections: Any) -> RunningListener:
         settings = make_settings(
             tmp_path, LISTENER_UNDER_TEST, {"database": {"url": db_url}}, sections
         )
-        listener = start_listener(settings, engine)
+        listener = start_listener(settings, engine, ended=ended)
         running.append(listener)
         return RunningListener(listener, settings, engine)
 

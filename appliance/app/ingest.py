@@ -4,6 +4,8 @@ A C-STORE is acknowledged only once the spool has made its bytes durable and the
 committed its rows (`dicom.listener`); this module turns the settings into that listener.
 """
 
+from collections.abc import Callable
+
 from sqlalchemy import Engine
 
 from appliance.config import Settings
@@ -53,9 +55,18 @@ def spool(settings: Settings) -> Spool:
     return Spool(settings.spool.path, settings.spool.disk_watermark_percent)
 
 
-def start_listener(settings: Settings, engine: Engine, reuse_port: bool = False) -> Listener:
+def start_listener(
+    settings: Settings,
+    engine: Engine,
+    reuse_port: bool = False,
+    ended: Callable[[], None] | None = None,
+) -> Listener:
+    """The listener, started; `ended` is told each time an association's end is recorded
+    (a sweeper in the same process looks at once for a study its release completes)."""
     listener = Listener(
-        listener_options(settings, reuse_port), spool(settings), DatabaseIngestLedger(engine)
+        listener_options(settings, reuse_port),
+        spool(settings),
+        DatabaseIngestLedger(engine, ended),
     )
     listener.start()
     return listener

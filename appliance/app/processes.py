@@ -10,6 +10,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
@@ -41,9 +42,13 @@ SUPERVISE_INTERVAL_SECONDS = 1.0
 AUDIT_FORWARD_SECONDS = 5.0
 
 
-def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> None:
+def run_sweeper(
+    settings: Settings, engine: Engine, stop: threading.Event, nudge: threading.Event | None = None
+) -> None:
     """Complete due studies, dispatch their jobs, attempt due deliveries, and send the audit
-    trail on to the audit repository where one is configured, until `stop`."""
+    trail on to the audit repository where one is configured, until `stop`. A `nudge` (set
+    by a listener in this process when an association ends, and on stop) starts the next
+    sweep at once rather than at the interval: a released study's job starts without it."""
     studies = StudyLedger(engine, settings.completion_policy())
     dispatcher = Dispatcher(settings, engine)
     deliverer = Deliverer(settings.delivery, engine)
@@ -65,7 +70,9 @@ def run_sweeper(settings: Settings, engine: Engine, stop: threading.Event) -> No
                 auditing.forward()
             except (OSError, SQLAlchemyError) as exc:
                 LOG.error("audit repository not reached, trying again: %s", exc)
-        stop.wait(settings.study.sweep_interval_seconds)
+        (nudge or stop).wait(settings.study.sweep_interval_seconds)
+        if nudge is not None:
+            nudge.clear()
 
 
 def run_worker(settings: Settings, parent: int | None = None) -> None:
@@ -193,9 +200,12 @@ class WorkerProcess:
 class ListenerGroup:
     """Runs the listener in this process, or in N processes that share the port."""
 
-    def __init__(self, settings: Settings, engine: Engine) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, ended: Callable[[], None] | None = None
+    ) -> None:
         self._settings = settings
         self._engine = engine
+        self._ended = ended  # told when an association ends: in this process only
         self._listener: Listener | None = None
         self._processes: list[BaseProcess] = []
         self._spawn = multiprocessing.get_context("spawn")
@@ -206,7 +216,7 @@ class ListenerGroup:
             LOG.warning("removed %d partial files left by an earlier crash", removed)
         count = self._settings.listener.processes
         if count == 1:
-            self._listener = start_listener(self._settings, self._engine)
+            self._listener = start_listener(self._settings, self._engine, ended=self._ended)
             return
         self._processes = [self._start_process(index) for index in range(count)]
 
@@ -230,7 +240,7 @@ class ListenerGroup:
         if self._listener is not None and not self._listener.alive():
             LOG.error("the listener stopped accepting: starting it again")
             self._listener.stop()
-            self._listener = start_listener(self._settings, self._engine)
+            self._listener = start_listener(self._settings, self._engine, ended=self._ended)
         for index, process in enumerate(self._processes):
             if not process.is_alive():
                 LOG.error("%s exited with %s: restarting", process.name, process.exitcode)
@@ -266,7 +276,12 @@ def run(settings: Settings, roles: Roles) -> None:
     stop = threading.Event()
     _stop_on_signals(stop)
     web = worker = sweeper = None
-    group = ListenerGroup(settings, engine) if roles.listen else None
+    nudge = threading.Event()  # an association ended, or stop: the sweeper looks at once
+    group = (
+        ListenerGroup(settings, engine, nudge.set if roles.sweep else None)
+        if roles.listen
+        else None
+    )
     try:
         if roles.dashboard:
             # Imported by a process that serves the dashboard only: the web stack would cost
@@ -293,7 +308,10 @@ def run(settings: Settings, roles: Roles) -> None:
             group.start()
         if roles.sweep:
             sweeper = threading.Thread(
-                target=run_sweeper, args=(settings, engine, stop), name="sweeper", daemon=True
+                target=run_sweeper,
+                args=(settings, engine, stop, nudge),
+                name="sweeper",
+                daemon=True,
             )
             sweeper.start()
         while not stop.wait(SUPERVISE_INTERVAL_SECONDS):
@@ -305,6 +323,7 @@ def run(settings: Settings, roles: Roles) -> None:
                 raise OSError(f"the dashboard stopped: is {web.address} taken?")
     finally:
         stop.set()
+        nudge.set()
         if web is not None:
             web.stop()
         if worker is not None:

@@ -5,7 +5,7 @@ row, its audit event) that commits before the listener answers success. Study pr
 completion deadlines are folded in afterwards by the sweeper (`audit.studies`).
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
@@ -98,10 +98,11 @@ def _peer_event(
 class DatabaseIngestLedger:
     """Implements the listener's ledger protocol on the audit database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, ended: Callable[[], None] | None = None) -> None:
         self._engine = engine
         self._sessions: sessionmaker[Session] = session_factory(engine)
         self._hot = _HotStatements(engine)
+        self._ended = ended  # told once an association's end is recorded
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
@@ -194,6 +195,8 @@ class DatabaseIngestLedger:
                 association_id=association_id,
                 detail=f"{outcome}: {stored} stored, {failed} failed",
             )
+        if self._ended is not None:
+            self._ended()
 
     def admission(self, record: InstanceRecord) -> Admission:
         with self._translated(), self._engine.connect() as connection:

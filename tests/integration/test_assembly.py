@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from appliance.app.processes import run_sweeper
 from appliance.domain.assembly import CompletedStudy, CompletionPolicy, UnknownStudy
 from appliance.domain.ingest import SERIES_CONFLICT
 from appliance.domain.jobs import JobState
@@ -16,6 +17,7 @@ from appliance.store.models import Association, AuditEvent, Job, Study
 from appliance.store.study_ledger import StudyLedger
 from tests.support.datasets import new_series, write_series
 from tests.support.dcmtk import storescu
+from tests.support.settings import TEST_PEERS
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -225,3 +227,32 @@ def test_a_gap_or_a_trickling_peer_falls_back_to_the_quiet_period(start, tmp_pat
     service.fold_pending(datetime.now(UTC))
     (again,) = started(service)
     assert (again.study_instance_uid, again.version) == (gapped.study_uid, 2), "whole now"
+
+
+def test_an_association_ending_wakes_the_sweeper_so_a_released_study_starts_at_once(
+    start, tmp_path: Path
+) -> None:
+    """`serve` runs the listener and the sweeper in one process: the listener tells the
+    sweeper when an association ends, so a study its release completes gets its job within
+    the second, not at the next sweep (30 s away here)."""
+    nudge, stop = threading.Event(), threading.Event()
+    peers = [{**peer, "complete_on_release": True} for peer in TEST_PEERS]
+    running = start(
+        ended=nudge.set,
+        listener={"port": 0, "peers": peers},
+        study={"sweep_interval_seconds": 30, "hint_settle_seconds": 30},
+    )
+    sweeper = threading.Thread(
+        target=run_sweeper, args=(running.settings, running.engine, stop, nudge), daemon=True
+    )
+    sweeper.start()
+    time.sleep(0.5)  # its first sweep found nothing; the next is 30 s away
+    sent = time.monotonic()
+    assert storescu(running.port, write_series(new_series(3), tmp_path)).returncode == 0
+    (job,) = wait_for(lambda: jobs(running.engine), 10, interval=0.05)
+    assert time.monotonic() - sent < 5
+    assert job.results_after is not None, "started by the release"
+    stop.set()
+    nudge.set()
+    sweeper.join(timeout=10)
+    assert not sweeper.is_alive(), "a stop nudges it out of its wait"
