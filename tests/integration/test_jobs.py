@@ -261,14 +261,17 @@ def test_a_job_started_on_release_holds_its_results_for_the_settle_and_a_late_in
     start, tmp_path: Path
 ) -> None:
     """A peer that sends studies whole: the job starts as the association is released, and
-    its results leave only after the settle (2 s); a study that gets another instance
+    its results leave only after the settle; a study that gets another instance
     within the settle re-opens, and the job of its first version is cancelled, never
     delivered; the new version's job delivers."""
     cines = [
         write_us_cine(generate_cine(300_010 + k, frames=4), tmp_path / f"us{k}" / "cine.dcm")
         for k in range(3)
     ]
-    peers = [{**peer, "complete_on_release": True} for peer in TEST_PEERS]
+    # a settle of 5 s: the late instances must come within it under a loaded CI machine
+    peers = [
+        {**peer, "complete_on_release": True, "release_settle_seconds": 5} for peer in TEST_PEERS
+    ]
     with running_orthanc(tmp_path / "pacs") as pacs:
         running = appliance_for(
             start,
@@ -325,7 +328,7 @@ def test_a_job_started_on_release_holds_its_results_for_the_settle_and_a_late_in
         assert again.version == 2
         assert runner.run(again.job_id) is JobState.DELIVERING
         kept = released(cines[2])
-        time.sleep(2.5)
+        time.sleep(5.5)
         another(cines[2])  # after the settle: the next version's, not a reason to hold this one
         assert runner.run(kept) is JobState.DELIVERING
 
