@@ -304,9 +304,9 @@ def volume_findings(
             if second is not None:
                 seconds[number] = second
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=len(segments) + 1)
-    doubts = _doubts(unchecked)
     boxes = ndimage.find_objects(labels, len(segments))
+    counts = _voxel_counts(labels, boxes)
+    doubts = _doubts(unchecked)
     for index, segment in enumerate(segments):
         bounds = coded[segment.number].plausible
         seen = _observed(
@@ -332,6 +332,18 @@ def volume_findings(
         if stage.findings is Findings.PER_COMPONENT
     )
     return CTFindings(run, labels, tuple(segments), measurements, searches)
+
+
+def _voxel_counts(
+    labels: NDArray[np.uint8], boxes: list[tuple[slice, ...] | None]
+) -> NDArray[np.intp]:
+    """Each segment's voxels (index 0 unused), counted inside its box: `np.bincount` over a
+    whole CT's label map casts it to 64-bit first (0.9 s for 512 x 512 x 300)."""
+    counts = np.zeros(len(boxes) + 1, dtype=np.intp)
+    for number, box in enumerate(boxes, start=1):
+        if box is not None:
+            counts[number] = np.count_nonzero(labels[box] == number)
+    return counts
 
 
 def _largest_section(

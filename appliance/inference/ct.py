@@ -248,17 +248,18 @@ def confine_to_region(labels: NDArray[np.uint8], region: NDArray[np.bool_]) -> N
     first stage did not call liver still lies in the liver) is where findings may be: a
     connected finding of `labels` lying mostly outside it is dropped, the rest of each finding
     is cut to it."""
-    inside = filled(region)
-    confined = np.where(inside, labels, 0).astype(np.uint8)
+    confined = np.zeros_like(labels)
     box = bounding_box(labels > 0, (0,) * labels.ndim)
     if box is None:
         return confined
-    components, _ = ndimage.label(labels[box] > 0, structure=_FACES)
+    inside = filled(region)[box]  # nothing to keep outside the findings' box
+    found = labels[box]
+    components, _ = ndimage.label(found > 0, structure=_FACES)
     total = np.bincount(components.ravel())
-    kept = np.bincount(components.ravel(), weights=inside[box].ravel(), minlength=len(total))
+    kept = np.bincount(components.ravel(), weights=inside.ravel(), minlength=len(total))
     outside = 2 * kept <= total  # not mostly inside
     outside[0] = False
-    confined[box][outside[components]] = 0
+    confined[box] = np.where(inside & ~outside[components], found, 0)
     return confined
 
 
