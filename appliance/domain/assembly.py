@@ -125,9 +125,11 @@ def release_deadline(
     current: CompletionDeadline,
     policy: CompletionPolicy,
 ) -> CompletionDeadline:
-    """The study's deadline once every association that delivered it from `calling_ae` was
-    released at `released_at` (the last of them): a settle after it for a peer that sends
-    studies whole and a study that looks whole, else `current` (the quiet period's)."""
+    """Once every association that delivered the study from `calling_ae` was released at
+    `released_at` (the last of them): for a peer that sends studies whole and a study that
+    looks whole, the end of the settle after it (the study completes at once and its results
+    leave then, `StudyLedger.start_released`), where that comes before `current` (the quiet
+    period's or the count hints' deadline); else `current`, which the study waits for."""
     settle = policy.release_settle.get(calling_ae)
     if settle is None or not consistent:
         return current
