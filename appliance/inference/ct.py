@@ -22,6 +22,7 @@ from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeomet
 from appliance.inference import fixed_grid, nnunet, preresample
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import Intensity, ModelContract
+from appliance.inference.resize import nearest_zoom
 
 OVERLAP = 0.5
 BATCH = 2
@@ -131,7 +132,11 @@ def normalise(hu: NDArray[np.float32], intensity: Intensity | None) -> NDArray[n
     if intensity is None or intensity.window is None:
         raise UnsupportedSeries("the model has no CT window")
     low, high = intensity.window
-    return ((np.clip(hu, low, high) - low) / (high - low)).astype(np.float32)
+    # One float32 copy, then worked in place: a CT's volume is 300 MB a copy.
+    normalised = np.clip(hu, np.float32(low), np.float32(high)).astype(np.float32, copy=False)
+    normalised -= np.float32(low)
+    normalised /= np.float32(high - low)
+    return normalised
 
 
 def importance_map(patch: Sequence[int]) -> NDArray[np.float32]:
@@ -222,7 +227,7 @@ def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
         return mask
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    largest = np.zeros_like(mask)
+    largest = np.zeros(mask.shape, dtype=bool)
     largest[box] = components == int(sizes.argmax())
     return largest
 
@@ -232,7 +237,7 @@ def filled(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     worked out in the box around `mask` grown by one voxel: the background outside the box is
     all connected to the border either way, so the answer is the same, at the cost of the box
     instead of the whole CT."""
-    whole = np.zeros_like(mask)
+    whole = np.zeros(mask.shape, dtype=bool)
     box = bounding_box(mask, (1,) * mask.ndim)
     if box is not None:
         whole[box] = ndimage.binary_fill_holes(mask[box])
@@ -248,7 +253,7 @@ def confine_to_region(labels: NDArray[np.uint8], region: NDArray[np.bool_]) -> N
     first stage did not call liver still lies in the liver) is where findings may be: a
     connected finding of `labels` lying mostly outside it is dropped, the rest of each finding
     is cut to it."""
-    confined = np.zeros_like(labels)
+    confined = np.zeros(labels.shape, dtype=labels.dtype)
     box = bounding_box(labels > 0, (0,) * labels.ndim)
     if box is None:
         return confined
@@ -296,7 +301,7 @@ def segment_mirrored_around(
     the whole volume where the model's patch extent is unknown or it reads whole volumes).
     Findings whose box an earlier pass covered take their answer from it. A second opinion
     on each finding, for a patch or two each instead of the whole region again."""
-    second = np.zeros_like(labels)
+    second = np.zeros(labels.shape, dtype=labels.dtype)
     box = bounding_box(labels > 0, (0,) * labels.ndim)
     if box is None:
         return second
@@ -407,5 +412,5 @@ def segment_grid(
     channel_values = np.array([0] + [label.value for label in contract.labels], dtype=np.uint8)
     labels = channel_values[probabilities.argmax(axis=0)]
     back = [target / current for target, current in zip(hu.shape, labels.shape, strict=True)]
-    on_source = ndimage.zoom(labels, back, order=0, grid_mode=True, mode="nearest")
+    on_source = nearest_zoom(labels, back, grid_mode=True)
     return np.asarray(on_source[: hu.shape[0], : hu.shape[1], : hu.shape[2]], dtype=np.uint8)

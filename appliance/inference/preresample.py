@@ -17,6 +17,7 @@ from appliance.inference import nnunet
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import ModelContract, Preresample
 from appliance.inference.fixed_grid import closest_ras, from_ras, to_ras
+from appliance.inference.resize import nearest_zoom
 
 SPLIT_MIN_PLANES = 200  # `nnUNet_predict_image`: no split of a volume of fewer planes
 
@@ -49,7 +50,7 @@ def segment(
     del resampled
     if on_canonical.shape != canonical.shape:
         factors = np.array(canonical.shape) / np.array(on_canonical.shape)
-        on_canonical = ndimage.zoom(on_canonical, factors, order=0, mode="nearest")
+        on_canonical = nearest_zoom(on_canonical, factors)
     return np.ascontiguousarray(from_ras(on_canonical, orientation), dtype=np.uint8)
 
 

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import ModelContract
+from appliance.inference.resize import nearest_zoom
 
 BATCH = 16
 MIN_AREA_PX = 40  # in the model's patch; smaller predictions are noise
@@ -146,8 +147,8 @@ def segment_cine(
             evidence = float(np.partition(target.ravel(), -MIN_AREA_PX)[-MIN_AREA_PX])
             confidence = float(target[predicted].mean()) if present else 1.0 - evidence
             if present:
-                back = ndimage.zoom(
-                    predicted.astype(np.uint8), (rows / patch[0], columns / patch[1]), order=0
+                back = nearest_zoom(
+                    predicted.astype(np.uint8), (rows / patch[0], columns / patch[1])
                 )[:rows, :columns]
                 masks[index, : back.shape[0], : back.shape[1]] = back.astype(bool)
             area_px = int(masks[index].sum())
