@@ -83,6 +83,10 @@ def serve(
     )
     process = start_role(config, "serve")
     wait_for_listener(port)
+    # A study reaches a running appliance: its worker ready too, not still starting (which
+    # took 0.3-0.6 s of the first study's dispatch when the listener alone was waited for).
+    log = config.parent / "appliance.log"
+    wait_for(lambda: b" ready." in log.read_bytes(), 120)
     return process
 
 

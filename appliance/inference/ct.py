@@ -253,11 +253,19 @@ def confine_to_region(labels: NDArray[np.uint8], region: NDArray[np.bool_]) -> N
     first stage did not call liver still lies in the liver) is where findings may be: a
     connected finding of `labels` lying mostly outside it is dropped, the rest of each finding
     is cut to it."""
+    return confine_to_filled(labels, filled(region))
+
+
+def confine_to_filled(
+    labels: NDArray[np.uint8], filled_region: NDArray[np.bool_]
+) -> NDArray[np.uint8]:
+    """`confine_to_region` with the region already filled (`filled`), for a caller that
+    confines more than one map to the same region."""
     confined = np.zeros(labels.shape, dtype=labels.dtype)
     box = bounding_box(labels > 0, (0,) * labels.ndim)
     if box is None:
         return confined
-    inside = filled(region)[box]  # nothing to keep outside the findings' box
+    inside = filled_region[box]  # nothing to keep outside the findings' box
     found = labels[box]
     components, _ = ndimage.label(found > 0, structure=_FACES)
     total = np.bincount(components.ravel())

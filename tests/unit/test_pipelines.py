@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from appliance.app.pipelines import identity, volume_findings
+from appliance.app.pipelines import identity, one_of, volume_findings
 from appliance.domain.pipelines import (
     Findings,
     Governance,
@@ -266,3 +268,15 @@ def test_a_lesion_under_ten_millimetres_is_flagged_too_small_to_characterise() -
         (),
         ("8 mm across, too small to characterise (below 10 mm)",),
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 255), max_size=8),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_one_of_answers_as_isin_does(values: list[int], seed: int) -> None:
+    """By comparisons (few values) or by its table (many): the same voxels either way."""
+    labels = np.random.default_rng(seed).integers(0, 256, (5, 7, 9)).astype(np.uint8)
+    labels.flat[: len(values)] = values  # every value present somewhere
+    np.testing.assert_array_equal(one_of(labels, values), np.isin(labels, values))
