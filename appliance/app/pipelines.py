@@ -47,6 +47,7 @@ from appliance.inference.catalog import Catalog
 from appliance.inference.contract import Label, ModelContract
 from appliance.inference.ct import (
     CTVolume,
+    bounding_box,
     confine_to_filled,
     filled,
     grown,
@@ -206,6 +207,16 @@ def one_of(labels: NDArray[np.uint8], values: Iterable[int]) -> NDArray[np.bool_
     return where
 
 
+def _one_of_in_box(labels: NDArray[np.uint8], values: Iterable[int]) -> NDArray[np.bool_]:
+    """`one_of` for a map that is empty but for a few findings: worked out in the box around
+    them, the rest of the answer left as the untouched zeros it is allocated as."""
+    where = np.zeros(labels.shape, dtype=bool)
+    box = bounding_box(labels, (0,) * labels.ndim)
+    if box is not None:
+        where[box] = one_of(labels[box], values)
+    return where
+
+
 def volume_findings(
     run: RunIdentity,
     pipeline: Pipeline,
@@ -266,15 +277,27 @@ def volume_findings(
             if stage.region
             else None
         )  # fmt: skip
-        numbered, found = number_lesions(one_of(classes, kinds), spacing)
+        # A lesion map is empty but for its findings: they are numbered in the box around
+        # them, not over the whole CT.
+        area = bounding_box(classes, (0,) * classes.ndim)
+        if area is None:
+            continue
+        corner = [part.start for part in area]
+        numbered, found = number_lesions(one_of(classes[area], kinds), spacing, at=corner)
         second = (
-            one_of(mirrored[stage.name], kinds) if mirrored and stage.name in mirrored else None
+            _one_of_in_box(mirrored[stage.name], kinds)
+            if mirrored and stage.name in mirrored
+            else None
         )
         lesion_boxes = ndimage.find_objects(numbered)
         for lesion in found:
-            box = lesion_boxes[lesion.tracking_number - 1]
-            assert box is not None  # every lesion found has its voxels
-            where = numbered[box] == lesion.tracking_number
+            inner = lesion_boxes[lesion.tracking_number - 1]
+            assert inner is not None  # every lesion found has its voxels
+            where = numbered[inner] == lesion.tracking_number
+            box = tuple(
+                slice(part.start + start, part.stop + start)
+                for part, start in zip(inner, corner, strict=True)
+            )
             number = len(segments) + 1
             labels[box][where] = number
             name = f"{stage.name} {lesion.tracking_number}"

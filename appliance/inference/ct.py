@@ -193,10 +193,10 @@ def sliding_window(
     return totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
 
 
-def bounding_box(mask: NDArray[np.bool_], margins: Sequence[int]) -> tuple[slice, ...] | None:
-    """The box around the True voxels of `mask`, grown by `margins` voxels along each axis and
-    kept inside the array; None when `mask` is empty. Found from one projection per axis, so a
-    mask of a whole CT costs no list of its voxels."""
+def bounding_box(mask: NDArray[np.generic], margins: Sequence[int]) -> tuple[slice, ...] | None:
+    """The box around the True (non-zero) voxels of `mask`, grown by `margins` voxels along
+    each axis and kept inside the array; None when `mask` is empty. Found from one projection
+    per axis, so a mask of a whole CT costs no list of its voxels."""
     box = []
     for axis in range(mask.ndim):
         others = tuple(other for other in range(mask.ndim) if other != axis)

@@ -9,6 +9,7 @@ as long as the stated diameter.
 """
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,16 +66,21 @@ def measure_lesions(
 
 
 def number_lesions(
-    mask: NDArray[np.bool_], spacing: tuple[float, float, float], min_voxels: int = 1
+    mask: NDArray[np.bool_],
+    spacing: tuple[float, float, float],
+    min_voxels: int = 1,
+    at: Sequence[int] = (0, 0, 0),
 ) -> tuple[NDArray[np.uint16], list[LesionMeasurement]]:
     """`measure_lesions`, and a map of `mask`'s grid holding each measured lesion's tracking
-    number (0 elsewhere, and on components under `min_voxels`)."""
+    number (0 elsewhere, and on components under `min_voxels`). Where `mask` is a box cut
+    from a volume, `at` is the box's first voxel in it, and the lesions' positions are
+    given in the volume's voxels."""
     numbered = np.zeros(mask.shape, dtype=np.uint16)
     found: list[tuple[float, float, tuple[float, ...], int, int, tuple[object, ...]]] = []
     box = bounding_box(mask, (0, 0, 0))
     if box is None:
         return numbered, []
-    origin = [axis.start for axis in box]
+    origin = [axis.start + offset for axis, offset in zip(box, at, strict=True)]
     components, _ = ndimage.label(mask[box], structure=_CONNECTIVITY)
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
     for index, bounds in enumerate(ndimage.find_objects(components), start=1):
