@@ -75,7 +75,7 @@ def load_series(paths: Sequence[Path]) -> CTVolume:
     for k, uid in enumerate(geometry.sop_instance_uids):
         path = headers[uid][0]
         with _refusing(path):
-            hu[k] = _slice_hu(path, geometry.shape[1:])
+            _read_hu(path, hu[k])
     return CTVolume(hu, geometry, tuple(headers[uid][1] for uid in geometry.sop_instance_uids))
 
 
@@ -110,7 +110,9 @@ def _slice_geometry(uid: str, header: Dataset) -> SliceGeometry:
     )
 
 
-def _slice_hu(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32]:
+def _read_hu(path: Path, hu: NDArray[np.float32]) -> None:
+    """The slice at `path` into `hu` (its place in the volume) in HU, worked in place."""
+    shape = hu.shape
     dataset = dcmread(path)
     if not dataset.file_meta.TransferSyntaxUID.is_compressed:  # pydicom would cut or pad it
         expected = int(np.prod(shape)) * int(dataset.BitsAllocated) // 8
@@ -124,7 +126,9 @@ def _slice_hu(path: Path, shape: tuple[int, ...]) -> NDArray[np.float32]:
         raise UnsupportedSeries(f"{path.name}: pixel data is {pixels.shape}, not {shape}")
     slope = float(dataset.get("RescaleSlope", 1) or 1)
     intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * slope + intercept
+    np.copyto(hu, pixels, casting="unsafe")
+    hu *= np.float32(slope)
+    hu += np.float32(intercept)
 
 
 def normalise(hu: NDArray[np.float32], intensity: Intensity | None) -> NDArray[np.float32]:

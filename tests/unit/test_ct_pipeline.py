@@ -91,6 +91,19 @@ def test_series_loads_in_geometric_order_with_rescale(phantom, tmp_path: Path) -
     assert np.array_equal(volume.hu, phantom.hu.astype(np.float32))
 
 
+def test_a_rescale_slope_is_applied_as_stored_values_times_slope_plus_intercept(
+    phantom, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    paths = write_ct_series(phantom, tmp_path)
+    for path in paths:
+        dataset = dcmread(path)
+        dataset.RescaleSlope, dataset.RescaleIntercept = "0.5", "-1000.25"
+        dataset.save_as(path)
+    stored = np.stack([dcmread(path).pixel_array for path in paths]).astype(np.float32)
+    volume = load_series(paths)
+    assert np.array_equal(volume.hu, stored * np.float32(0.5) + np.float32(-1000.25))
+
+
 def test_irregular_series_is_refused_with_its_reason(phantom, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     paths = write_ct_series(phantom, tmp_path)
     del paths[10]
