@@ -185,13 +185,16 @@ def sliding_window(
         batch = np.stack(
             [padded[z : z + patch[0], y : y + patch[1], x : x + patch[2]] for z, y, x in group]
         )[:, None]
-        logits = backend.infer(contract.ref, batch)
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
+        # Worked in place: a patch's probabilities are megabytes, and each fresh temporary
+        # of that size costs its page faults again.
+        probabilities = backend.infer(contract.ref, batch)
+        probabilities -= probabilities.max(axis=1, keepdims=True)
+        np.exp(probabilities, out=probabilities)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         for (z, y, x), probability in zip(group, probabilities, strict=True):
             window = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
-            totals[(slice(None), *window)] += probability * importance
+            probability *= importance
+            totals[(slice(None), *window)] += probability
             weights[window] += importance
     totals /= weights
     return totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
