@@ -10,11 +10,12 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from appliance.app.delivery import Deliverer
+from appliance.app.pipelines import models_in_service
 from appliance.config import DestinationSettings, Settings
 from appliance.dicom.spool import Spool
 from appliance.domain.delivery import DestinationUnavailable
 from appliance.domain.monitoring import Check
-from appliance.domain.pipelines import Governance, State
+from appliance.domain.pipelines import Governance
 from appliance.inference.backend import BackendError, InferenceBackend
 from appliance.inference.catalog import Catalog
 
@@ -56,14 +57,7 @@ def inference(backend: InferenceBackend, catalog: Catalog, governance: Governanc
     catalog loaded whole."""
     if catalog.problems:
         return Check("inference", False, f"catalog: {'; '.join(catalog.problems)}")
-    wanted = sorted(
-        {
-            model
-            for pipeline in catalog.pipelines.values()
-            if governance.pipeline_state(pipeline) is not State.DISABLED
-            for model in pipeline.models
-        }
-    )
+    wanted = models_in_service(catalog, governance)
     try:
         missing = [str(model) for model in wanted if not backend.ready(model)]
     except BackendError as exc:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
@@ -30,7 +31,13 @@ from sqlalchemy.exc import OperationalError
 from appliance import __version__
 from appliance.app.delivery import Deliverer
 from appliance.app.lane import InferenceLane, default_lane_path
-from appliance.app.pipelines import make_backend, pipeline_states, run_frames, run_volume
+from appliance.app.pipelines import (
+    make_backend,
+    models_in_service,
+    pipeline_states,
+    run_frames,
+    run_volume,
+)
 from appliance.app.previews import PreviewShelf
 from appliance.config import Settings
 from appliance.domain.applicability import Acquisition, Verdict
@@ -38,6 +45,7 @@ from appliance.domain.jobs import DatabaseUnavailable, ForReview, JobState, JobT
 from appliance.domain.routing import SeriesFacts, route
 from appliance.inference.applicability import acquisition_of, verdict
 from appliance.inference.backend import (
+    BackendError,
     InferenceBackend,
     PermanentBackendError,
     RetryableBackendError,
@@ -125,6 +133,26 @@ class JobRunner:
     @property
     def jobs(self) -> JobLedger:
         return self._jobs
+
+    def warm(self) -> int:
+        """Run every model an enabled or shadow pipeline runs once, on zeros, before the
+        first job: a model's first run loads it and sets up its memory (on a GPU server, its
+        engine's too, which can take seconds), and that should not be the first study's
+        wait. A model that fails here is left to the jobs that need it, which record why.
+        How many models ran."""
+        catalog = load_catalog(self._settings.inference.repository)
+        started = time.perf_counter()
+        warmed = 0
+        for model in models_in_service(catalog, self._governance.current()):
+            shape = catalog.contract(model).input.shape[1:]
+            try:
+                self._backend.infer(model, np.zeros((1, *shape), dtype=np.float32))
+            except BackendError as exc:
+                LOG.warning("model %s not warmed: %s", model, exc)
+                continue
+            warmed += 1
+        LOG.info("%d models warmed in %.1f s", warmed, time.perf_counter() - started)
+        return warmed
 
     def run(self, job_id: int) -> JobState:
         """Run one attempt of a job; the state it ends this attempt in. While it runs, its

@@ -37,6 +37,7 @@ from appliance.domain.pipelines import (
     Findings,
     Governance,
     Measurement,
+    ModelRef,
     Pipeline,
     Stage,
     State,
@@ -75,6 +76,18 @@ def make_backend(settings: InferenceSettings) -> InferenceBackend:
 
         return TritonBackend(settings.triton_url, settings.triton_protocol)
     return OnnxRuntimeBackend(settings.repository, threads=settings.threads)
+
+
+def models_in_service(catalog: Catalog, governance: Governance) -> list[ModelRef]:
+    """Every model version that an enabled or shadow pipeline runs, in order."""
+    return sorted(
+        {
+            model
+            for pipeline in catalog.pipelines.values()
+            if governance.pipeline_state(pipeline) is not State.DISABLED
+            for model in pipeline.models
+        }
+    )
 
 
 class UnknownPipeline(ValueError):

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import KombuError
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -84,14 +84,31 @@ def run_worker(settings: Settings, parent: int | None = None) -> None:
     engine = open_database(settings.database.url, migrate=False)
     app = make_app(settings.queue)
     deliverer = Deliverer(settings.delivery, engine)
+    runners: list[JobRunner] = []  # the one of this process, made where it runs jobs
+
+    def runner() -> JobRunner:
+        if not runners:
+            runners.append(JobRunner(settings, engine))
+        return runners[0]
+
+    def warm(**_: object) -> None:
+        try:
+            runner().warm()
+        except Exception:  # a database or repository hiccup: the jobs will say what it is
+            LOG.exception("the models could not be warmed; the first job loads them")
+
     register(
         app,
-        lambda: JobRunner(settings, engine).run,
+        lambda: runner().run,
         lambda: lambda: deliver_and_settle(deliverer, JobLedger(engine)),
         retry_seconds=settings.queue.retry_seconds,
     )
     _check_spare_cores(settings)
     pool = "solo" if settings.queue.worker_concurrency == 1 else "prefork"
+    if pool == "solo":  # jobs run in this process
+        warm()
+    else:  # in each pool process, as it starts
+        worker_process_init.connect(warm, weak=False)
     worker_ready.connect(_no_restart_on_hangup, weak=False)
     app.worker_main(
         [

@@ -21,6 +21,7 @@ from appliance.domain.delivery import DeliveryState
 from appliance.domain.jobs import JobState
 from appliance.domain.pipelines import ModelRef, State
 from appliance.domain.routing import RouteRule
+from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.phantoms.dicom import write_us_cine
 from appliance.phantoms.ultrasound import generate_cine
 from appliance.store.models import AuditEvent, Delivery, Job
@@ -160,3 +161,39 @@ def test_a_dry_run_replays_routing_and_changes_nothing(governed: Any, tmp_path: 
     assert dry_run(governed.engine, governed.governor, current, current, since).changes == []
     with Session(governed.engine) as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent)) == before
+
+
+class _Recording:
+    """The worker's backend, recording which models run and on what."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.runs: list[tuple[ModelRef, tuple[int, ...]]] = []
+
+    def ready(self, model: ModelRef) -> bool:
+        return bool(self._backend.ready(model))
+
+    def metadata(self, model: ModelRef) -> Any:
+        return self._backend.metadata(model)
+
+    def infer(self, model: ModelRef, batch: Any) -> Any:
+        self.runs.append((model, tuple(batch.shape)))
+        return self._backend.infer(model, batch)
+
+
+@ON_SQLITE_ONLY
+def test_a_worker_warms_the_models_in_service_and_not_a_disabled_pipelines(
+    governed: Any,
+) -> None:
+    """Each model of an enabled or shadow pipeline runs once before the first job, the real
+    model on a batch of one; a model only a disabled pipeline runs is left cold."""
+    backend = _Recording(OnnxRuntimeBackend(governed.settings.inference.repository, threads=1))
+    runner = JobRunner(governed.settings, governed.engine, backend=backend)
+    assert runner.warm() == 3
+    assert sorted(model.name for model, _ in backend.runs) == ["lesion_ct", "organ_ct", "us_frame"]
+    assert all(shape[0] == 1 for _, shape in backend.runs)
+    governed.governor.set_pipeline("ct", State.DISABLED, "console:otto")
+    governed.governor.set_pipeline("ct_organs", State.DISABLED, "console:otto")
+    backend.runs.clear()
+    assert runner.warm() == 1
+    assert [model.name for model, _ in backend.runs] == ["us_frame"]
