@@ -48,15 +48,13 @@ from appliance.inference.catalog import Catalog
 from appliance.inference.contract import Label, ModelContract
 from appliance.inference.ct import (
     CTVolume,
-    bounding_box,
     confine_to_filled,
-    filled,
-    grown,
     load_series,
     segment_ct,
     segment_in_region,
     segment_mirrored_around,
 )
+from appliance.inference.masks import bounding_box, filled, grown
 from appliance.inference.measurements import number_lesions, outline
 from appliance.inference.ultrasound import decode_cine, segment_cine
 from appliance.results.findings import CTFindings, UltrasoundFindings

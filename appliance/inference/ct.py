@@ -22,6 +22,7 @@ from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeomet
 from appliance.inference import fixed_grid, nnunet, preresample
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import Intensity, ModelContract
+from appliance.inference.masks import bounding_box, filled, grown
 from appliance.inference.resize import nearest_zoom
 
 OVERLAP = 0.5
@@ -200,30 +201,6 @@ def sliding_window(
     return totals[:, : volume.shape[0], : volume.shape[1], : volume.shape[2]]
 
 
-def bounding_box(mask: NDArray[np.generic], margins: Sequence[int]) -> tuple[slice, ...] | None:
-    """The box around the True (non-zero) voxels of `mask`, grown by `margins` voxels along
-    each axis and kept inside the array; None when `mask` is empty. Found from one projection
-    per axis, so a mask of a whole CT costs no list of its voxels."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(other for other in range(mask.ndim) if other != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return grown(tuple(box), margins, mask.shape)
-
-
-def grown(
-    box: tuple[slice, ...], margins: Sequence[int], shape: Sequence[int]
-) -> tuple[slice, ...]:
-    """`box` grown by `margins` voxels along each axis, kept inside an array of `shape`."""
-    return tuple(
-        slice(max(part.start - margin, 0), min(part.stop + margin, size))
-        for part, margin, size in zip(box, margins, shape, strict=True)
-    )
-
-
 def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """The largest face-connected part of `mask` (all of it when it has one part or none)."""
     box = bounding_box(mask, (0,) * mask.ndim)
@@ -237,18 +214,6 @@ def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     largest = np.zeros(mask.shape, dtype=bool)
     largest[box] = components == int(sizes.argmax())
     return largest
-
-
-def filled(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """`mask` with its enclosed holes filled, as `ndimage.binary_fill_holes` fills them, but
-    worked out in the box around `mask` grown by one voxel: the background outside the box is
-    all connected to the border either way, so the answer is the same, at the cost of the box
-    instead of the whole CT."""
-    whole = np.zeros(mask.shape, dtype=bool)
-    box = bounding_box(mask, (1,) * mask.ndim)
-    if box is not None:
-        whole[box] = ndimage.binary_fill_holes(mask[box])
-    return whole
 
 
 # Face-connected components, as lesions are counted (`measurements`).

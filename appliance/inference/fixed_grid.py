@@ -20,6 +20,7 @@ from scipy import ndimage
 from appliance.domain.pipelines import ModelRef
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import FixedGridRecipe, Locator, ModelContract
+from appliance.inference.masks import filled
 
 Element = TypeVar("Element", bound=np.generic)
 Orientation = NDArray[np.int64]  # (3, 2): per array axis, its RAS axis and its sign
@@ -200,7 +201,7 @@ def segment(
         if recipe.largest_component:
             found_inside = largest_part(found_inside)
         if recipe.fill_holes:
-            found_inside = ndimage.binary_fill_holes(found_inside)
+            found_inside = filled(found_inside)
     mask[box] = found_inside
     labels = np.where(from_ras(mask, orientation), np.uint8(contract.labels[0].value), np.uint8(0))
     return np.ascontiguousarray(labels, dtype=np.uint8)

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from appliance.inference.ct import bounding_box
+from appliance.inference.masks import bounding_box, filled
 
 # Face-connected components only: lesions touching at an edge are two lesions.
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
@@ -135,7 +135,7 @@ def outline(mask: NDArray[np.bool_]) -> tuple[tuple[float, float], ...]:
     if count == 0:
         return ()
     sizes = np.bincount(components.ravel())[1:]
-    region = ndimage.binary_fill_holes(components == int(sizes.argmax()) + 1)
+    region = filled(components == int(sizes.argmax()) + 1)
     padded = np.pad(region, 1)
     inside = padded[1:-1, 1:-1]
     rows, columns = np.nonzero(inside)

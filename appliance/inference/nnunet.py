@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import ModelContract, NnunetRecipe, Normalisation, Resampling
+from appliance.inference.masks import filled
 
 # Inputs per backend call: one tile in all its mirrorings, or several tiles unmirrored.
 BATCH_INPUTS = 8
@@ -98,7 +99,7 @@ def values_of_channels(channels: NDArray[np.uint8], contract: ModelContract) -> 
 def nonzero_box(data: NDArray[np.float32]) -> tuple[tuple[slice, ...], NDArray[np.bool_]]:
     """`crop_to_nonzero`: the non-zero voxels with enclosed holes filled, and the box around
     them (the whole array when every voxel is zero)."""
-    mask: NDArray[np.bool_] = ndimage.binary_fill_holes(data != 0)
+    mask = filled(data != 0)
     box = []
     for axis in range(data.ndim):
         others = tuple(other for other in range(data.ndim) if other != axis)

@@ -7,8 +7,6 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from pydicom import dcmread
 from scipy import ndimage
@@ -17,14 +15,12 @@ from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.contract import ModelContract, load_contract
 from appliance.inference.ct import (
     UnsupportedSeries,
-    bounding_box,
-    filled,
-    grown,
     load_series,
     segment_ct,
     segment_mirrored_around,
     sliding_window,
 )
+from appliance.inference.masks import bounding_box, grown
 from appliance.inference.repository import render_config
 from appliance.phantoms.ct import Grid, generate_ct
 from appliance.phantoms.dicom import write_ct_series
@@ -246,27 +242,6 @@ def test_bounding_box_grows_by_its_margins_inside_the_array() -> None:
     mask[6, 3, 22] = True
     assert bounding_box(mask, (1, 2, 10)) == (slice(3, 8), slice(0, 6), slice(10, 30))
     assert bounding_box(np.zeros_like(mask), (1, 1, 1)) is None
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    shape=st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 12)),
-    seed=st.integers(0, 2**32 - 1),
-    density=st.floats(0.05, 0.95),
-)
-def test_filling_holes_in_the_box_is_filling_them_in_the_whole(
-    shape: tuple[int, int, int], seed: int, density: float
-) -> None:
-    """Shells with cavities, masks touching the array's faces, empty masks: the same as
-    scipy's fill over the whole array."""
-    rng = np.random.default_rng(seed)
-    mask = rng.random(shape) < density
-    if rng.random() < 0.5:  # a hollow box somewhere, its cavity a hole
-        shell = np.zeros(shape, dtype=bool)
-        shell[1:-1, 1:-1, 1:-1] = True
-        shell[2:-2, 2:-2, 2:-2] = False
-        mask = shell
-    assert np.array_equal(filled(mask), ndimage.binary_fill_holes(mask))
 
 
 def test_a_series_too_large_is_refused_before_its_pixels_are_read(phantom, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,8 @@ from appliance.domain.geometry import VolumeGeometry
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.catalog import load_catalog
 from appliance.inference.contract import load_contract
-from appliance.inference.ct import filled, segment_grid
+from appliance.inference.ct import segment_grid
+from appliance.inference.masks import filled
 from appliance.inference.measurements import number_lesions
 from appliance.inference.repository import check_model, model_directories
 from appliance.inference.ultrasound import Cine, segment_cine
