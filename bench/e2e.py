@@ -19,8 +19,9 @@ Two shares are printed. Orchestration is what the appliance adds around the pipe
 dispatch, claiming and leasing the job, state changes, the outbox and delivery (target <= 5%).
 "All but model compute" is the stricter reading, which also counts the pipeline's own decoding,
 resampling and SEG/SR encoding. The named peer is the bare pipeline: the same files through
-`run_volume`/`run_frames` and the encoders, called directly in this process with the same
-models and threads, no listener, queue or PACS.
+`run_volume`/`run_frames` and the encoders, called directly with the same models and threads
+in a process of its own whose models were warmed first, as the worker's are (its first study
+in a process, as the bench's study is the worker's first); no listener, queue or PACS.
 
     .venv/bin/python -m bench.e2e [--quiet 2] [--release 2 --quiet 30]
 """
@@ -28,6 +29,7 @@ models and threads, no listener, queue or PACS.
 import argparse
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -37,7 +39,7 @@ from pydicom import dcmread
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.orm import Session
 
-from appliance.app.pipelines import run_frames, run_volume
+from appliance.app.pipelines import run_frames, run_volume, warm_models
 from appliance.dicom.sender import Association, Peer, outgoing
 from appliance.domain.findings import SegmentationType
 from appliance.domain.jobs import Stage
@@ -146,16 +148,27 @@ def seconds(start: datetime, end: datetime) -> float:
 
 
 def bare(kind: str, files: list[Path]) -> float:
-    """The peer: the same pipeline and encoders called directly, no appliance around them."""
+    """The peer's seconds: the same pipeline and encoders called directly, no appliance
+    around them, in a process of its own with its models warmed, as a worker's job runs in
+    the worker's (`run_bare`)."""
+    command = [sys.executable, "-m", "bench.e2e", "--bare", kind, *map(str, files)]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=root)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def run_bare(kind: str, files: list[Path]) -> float:
     backend = TimedBackend(OnnxRuntimeBackend(REPOSITORY, threads=2))
     equipment = Equipment("bench", "bench", "bench", "bench")
-    started = time.perf_counter()
     catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines[kind]
+    warm_models(backend, catalog, pipeline.models)
+    started = time.perf_counter()
     if kind == "ct":
-        run = run_volume(catalog.pipelines["ct"], catalog, files, backend)
+        run = run_volume(pipeline, catalog, files, backend)
         ct_results(run.volume.headers, run.findings, SegmentationType.BINARY, equipment)
     else:
-        us = run_frames(catalog.pipelines["us"], catalog, files[0], backend)
+        us = run_frames(pipeline, catalog, files[0], backend)
         ultrasound_results(us.source, us.findings, equipment, us.frames)  # with the outlines
     return time.perf_counter() - started
 
@@ -169,7 +182,11 @@ def main() -> None:
         default=None,
         help="complete each study this many seconds after its association's release",
     )
+    parser.add_argument("--bare", nargs="+", help=argparse.SUPPRESS)  # the peer's process
     args = parser.parse_args()
+    if args.bare:
+        print(run_bare(args.bare[0], [Path(path) for path in args.bare[1:]]))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ct = write_ct_series(

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine
@@ -37,6 +36,7 @@ from appliance.app.pipelines import (
     pipeline_states,
     run_frames,
     run_volume,
+    warm_models,
 )
 from appliance.app.previews import PreviewShelf
 from appliance.config import Settings
@@ -45,7 +45,6 @@ from appliance.domain.jobs import DatabaseUnavailable, ForReview, JobState, JobT
 from appliance.domain.routing import SeriesFacts, route
 from appliance.inference.applicability import acquisition_of, verdict
 from appliance.inference.backend import (
-    BackendError,
     InferenceBackend,
     PermanentBackendError,
     RetryableBackendError,
@@ -135,22 +134,12 @@ class JobRunner:
         return self._jobs
 
     def warm(self) -> int:
-        """Run every model an enabled or shadow pipeline runs once, on zeros, before the
-        first job: a model's first run loads it and sets up its memory (on a GPU server, its
-        engine's too, which can take seconds), and that should not be the first study's
-        wait. A model that fails here is left to the jobs that need it, which record why.
-        How many models ran."""
+        """Every model an enabled or shadow pipeline runs, run once before the first job
+        (`warm_models`); how many ran."""
         catalog = load_catalog(self._settings.inference.repository)
         started = time.perf_counter()
-        warmed = 0
-        for model in models_in_service(catalog, self._governance.current()):
-            shape = catalog.contract(model).input.shape[1:]
-            try:
-                self._backend.infer(model, np.zeros((1, *shape), dtype=np.float32))
-            except BackendError as exc:
-                LOG.warning("model %s not warmed: %s", model, exc)
-                continue
-            warmed += 1
+        models = models_in_service(catalog, self._governance.current())
+        warmed = warm_models(self._backend, catalog, models)
         LOG.info("%d models warmed in %.1f s", warmed, time.perf_counter() - started)
         return warmed
 

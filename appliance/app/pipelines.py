@@ -10,6 +10,7 @@ whose facts could not be checked against the models' domain, is flagged for revi
 withheld, as the site's setting says.
 """
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +44,7 @@ from appliance.domain.pipelines import (
     State,
 )
 from appliance.domain.plausibility import Handling, Observed, Plausible, review_reasons
-from appliance.inference.backend import InferenceBackend, OnnxRuntimeBackend
+from appliance.inference.backend import BackendError, InferenceBackend, OnnxRuntimeBackend
 from appliance.inference.catalog import Catalog
 from appliance.inference.contract import Label, ModelContract
 from appliance.inference.ct import (
@@ -58,6 +59,8 @@ from appliance.inference.masks import bounding_box, filled, grown
 from appliance.inference.measurements import number_lesions, outline
 from appliance.inference.ultrasound import decode_cine, segment_cine
 from appliance.results.findings import CTFindings, UltrasoundFindings
+
+LOG = logging.getLogger(__name__)
 
 # Where a finding lies, from its box in the volume and its voxels within that box.
 SiteOf = Callable[[tuple[slice, ...], NDArray[np.bool_]], CodedConcept | None]
@@ -86,6 +89,23 @@ def models_in_service(catalog: Catalog, governance: Governance) -> list[ModelRef
             for model in pipeline.models
         }
     )
+
+
+def warm_models(backend: InferenceBackend, catalog: Catalog, models: Iterable[ModelRef]) -> int:
+    """Run each of `models` once on zeros (a batch of one), so that a first study does not
+    pay for loading them: a model's first run loads it and sets up its memory (on a GPU
+    server, its engine's too, which can take seconds). A model that fails here is left to the
+    jobs that need it, which record why. How many ran."""
+    warmed = 0
+    for model in models:
+        shape = catalog.contract(model).input.shape[1:]
+        try:
+            backend.infer(model, np.zeros((1, *shape), dtype=np.float32))
+        except BackendError as exc:
+            LOG.warning("model %s not warmed: %s", model, exc)
+            continue
+        warmed += 1
+    return warmed
 
 
 class UnknownPipeline(ValueError):
