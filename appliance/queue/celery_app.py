@@ -15,7 +15,6 @@ from appliance.config import QueueSettings
 from appliance.domain.routing import Priority
 
 PROCESS_STUDY = "appliance.process_study"
-DELIVER = "appliance.deliver"
 QUEUES = (Priority.URGENT.value, Priority.NORMAL.value)
 SQL_PREFIX = "sqla+"
 

@@ -1,9 +1,11 @@
-"""The worker's tasks, by job ID: process a study, then deliver its results at once.
+"""The worker's task, by job ID: process a study, then deliver its results at once, in the
+same task: a delivery sent as a task of its own waited for the worker's next poll of the
+broker, and behind any job already queued ahead of it (an urgent study's whole pipeline).
 
 The runners (models, backend sessions, database engine) are built once per worker process, on
 its first task, so a prefork child never shares a connection with its parent. Delivery also
-runs from the sweeper on its interval (retries with backoff); the `deliver` task only saves a
-just-encoded job that wait.
+runs from the sweeper on its interval (retries with backoff), which takes over whatever this
+attempt could not deliver.
 """
 
 import logging
@@ -11,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
-from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from appliance.domain.jobs import DatabaseUnavailable, JobState, UnknownJob, backoff
-from appliance.queue.celery_app import DELIVER, PROCESS_STUDY
+from appliance.queue.celery_app import PROCESS_STUDY
 
 LOG = logging.getLogger(__name__)
 
@@ -28,12 +30,12 @@ def register(
     make_delivery: Callable[[], Delivery],
     retry_seconds: float,
 ) -> None:
-    """Register the tasks on `app`; a job sent back to the queue (its inference server was
+    """Register the task on `app`; a job sent back to the queue (its inference server was
     unavailable) is retried after `retry_seconds`, doubling with each retry up to an hour; the
     job's own `queue.max_attempts` ends the retries."""
     built: dict[str, Any] = {}
 
-    # shared=False: these belong to `app` alone, never to another app in the same process.
+    # shared=False: it belongs to `app` alone, never to another app in the same process.
     @app.task(  # type: ignore[untyped-decorator]
         name=PROCESS_STUDY, bind=True, acks_late=True, reject_on_worker_lost=True, shared=False
     )
@@ -54,16 +56,10 @@ def register(
             LOG.info("job %d back in the queue; retrying in %.0f s", job_id, wait)
             raise task.retry(countdown=wait, max_retries=None)
         if state is JobState.DELIVERING:
+            if "delivery" not in built:
+                built["delivery"] = make_delivery()
             try:
-                app.send_task(DELIVER, queue=task.request.delivery_info.get("routing_key"))
-            except KombuOperationalError as exc:  # the sweeper delivers on its interval
-                LOG.warning(
-                    "job %d: delivery left to the sweeper: broker unavailable: %s", job_id, exc
-                )
+                built["delivery"]()
+            except (OSError, SQLAlchemyError) as exc:  # the sweeper delivers on its interval
+                LOG.warning("job %d: delivery left to the sweeper: %s", job_id, exc)
         return state.value
-
-    @app.task(name=DELIVER, acks_late=True, reject_on_worker_lost=True, shared=False)  # type: ignore[untyped-decorator]
-    def deliver() -> None:
-        if "delivery" not in built:
-            built["delivery"] = make_delivery()
-        built["delivery"]()
