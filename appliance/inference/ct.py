@@ -22,7 +22,7 @@ from appliance.domain.geometry import GeometryError, SliceGeometry, VolumeGeomet
 from appliance.inference import fixed_grid, nnunet, preresample
 from appliance.inference.backend import InferenceBackend
 from appliance.inference.contract import Intensity, ModelContract
-from appliance.inference.masks import bounding_box, filled, grown
+from appliance.inference.masks import bounding_box, grown
 from appliance.inference.resize import nearest_zoom
 
 OVERLAP = 0.5
@@ -220,19 +220,14 @@ def largest_component(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
 _FACES = ndimage.generate_binary_structure(3, 1)
 
 
-def confine_to_region(labels: NDArray[np.uint8], region: NDArray[np.bool_]) -> NDArray[np.uint8]:
-    """A cascade's hard constraint. `region` with its enclosed holes filled (a lesion the
-    first stage did not call liver still lies in the liver) is where findings may be: a
-    connected finding of `labels` lying mostly outside it is dropped, the rest of each finding
-    is cut to it."""
-    return confine_to_filled(labels, filled(region))
-
-
 def confine_to_filled(
     labels: NDArray[np.uint8], filled_region: NDArray[np.bool_]
 ) -> NDArray[np.uint8]:
-    """`confine_to_region` with the region already filled (`filled`), for a caller that
-    confines more than one map to the same region."""
+    """A cascade's hard constraint. The region with its enclosed holes filled (`filled`: a
+    lesion the first stage did not call liver still lies in the liver) is where findings may
+    be: a connected finding of `labels` lying mostly outside it is dropped, the rest of each
+    finding is cut to it. The region comes filled, as a stage confines more than one map
+    (its pass and its mirrored one) to it."""
     confined = np.zeros(labels.shape, dtype=labels.dtype)
     box = bounding_box(labels > 0, (0,) * labels.ndim)
     if box is None:

@@ -28,7 +28,8 @@ from appliance.domain.pipelines import (
 )
 from appliance.domain.routing import Priority, RouteRule, SeriesFacts, priority_of, route
 from appliance.inference.catalog import load_catalog
-from appliance.inference.ct import confine_to_region
+from appliance.inference.ct import confine_to_filled
+from appliance.inference.masks import filled
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 ORGANS = ModelRef("organ_ct", 1)
@@ -178,15 +179,15 @@ def test_a_cascade_keeps_only_what_lies_mostly_in_its_region() -> None:
     labels[7:11, 3:5, 3:5] = 2  # half inside (z 7 and 8), half out: cut to the region
     labels[0:2, 10:12, 10:12] = 1  # outside: dropped
     labels[8:12, 9:11, 2:3] = 2  # one voxel of eight inside: dropped whole
-    confined = confine_to_region(labels, region)
+    confined = confine_to_filled(labels, filled(region))
     assert confined[5, 5, 5] == 1
     assert (confined[4:7, 4:7, 4:7] == 1).all()
     assert (confined[7:9, 3:5, 3:5] == 2).all()
     assert not confined[9:11].any()
     assert not confined[0:2].any()
-    filled = region.copy()
-    filled[5, 5, 5] = True
-    assert not ((confined > 0) & ~filled).any()
+    inside = region.copy()
+    inside[5, 5, 5] = True
+    assert not ((confined > 0) & ~inside).any()
 
 
 def test_a_lesion_a_mirrored_pass_does_not_find_is_flagged_and_one_it_finds_is_not() -> None:
