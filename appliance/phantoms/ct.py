@@ -218,12 +218,12 @@ class _Looks:
     def metastasis(
         self, grid: Grid, hu: NDArray[np.float32], mask: NDArray[np.bool_], liver_hu: float
     ) -> None:
-        """A varied metastasis: its contrast redrawn from 20 to 80 HU, and one in three with
+        """A varied metastasis: its contrast redrawn from 20 to 80 HU, and one in two with
         a rim 1.5 to 3.5 mm thick enhancing up to 25 HU above the liver."""
         if self.rng is None:
             return
         hu[mask] = liver_hu - float(self.rng.uniform(20, 80))
-        if self.rng.random() < 1 / 3:
+        if self.rng.random() < 1 / 2:
             (tight,) = ndimage.find_objects(mask.astype(np.uint8))
             box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in tight)
             depth = ndimage.distance_transform_edt(mask[box], sampling=grid.spacing)

@@ -2,7 +2,7 @@
 checkpointed training loop, and the model behind the serving pipeline's backend protocol."""
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +11,10 @@ from numpy.typing import NDArray
 from torch import nn
 from tqdm import tqdm
 
+from appliance.training.augmentation import Volume
+
 CHECKPOINT_EVERY = 25
 LEARNING_RATE = 2e-3
-Volume = tuple[NDArray[np.float32], NDArray[np.int64]]  # normalised image, class labels
 
 
 class TorchBackend:
@@ -82,9 +83,11 @@ def fit(
     batch: int = 2,
     class_weights: Sequence[float] | None = None,
     decay_from: int | None = None,
+    augmented: Callable[[np.random.Generator, Volume], Volume] | None = None,
 ) -> None:
-    """Train from step `done` to `steps`: cross-entropy plus Dice on foreground crops. With
-    `decay_from`, the learning rate falls on a cosine from that step to zero at `steps`."""
+    """Train from step `done` to `steps`: cross-entropy plus Dice on foreground crops, each
+    passed through `augmented` if given. With `decay_from`, the learning rate falls on a
+    cosine from that step to zero at `steps`."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=1e-4)
     weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     cross_entropy = nn.CrossEntropyLoss(weight=weights)
@@ -99,6 +102,8 @@ def fit(
             foreground_crop(rng, volumes[int(rng.integers(len(volumes)))], patch)
             for _ in range(batch)
         ]
+        if augmented is not None:
+            crops = [augmented(rng, crop) for crop in crops]
         x = torch.from_numpy(np.stack([c[0] for c in crops])[:, None].copy())
         y = torch.from_numpy(np.stack([c[1] for c in crops]).copy())
         logits = model(x)
