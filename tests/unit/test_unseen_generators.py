@@ -50,3 +50,9 @@ def test_the_organ_model_holds_on_studies_it_never_saw(ct: CTScores) -> None:
     bars = {"liver": 0.85, "spleen": 0.85, "kidney_left": 0.85, "kidney_right": 0.85,
             "aorta": 0.75, "ivc": 0.75, "vertebrae": 0.75}  # fmt: skip
     assert {organ: ct.dice[organ] for organ in bars if ct.dice[organ] < bars[organ]} == {}
+
+
+def test_the_lesion_model_states_at_most_one_false_lesion_per_study(ct: CTScores) -> None:
+    """A false lesion may be reported only flagged for review (the mirrored pass disagrees,
+    too little contrast, too small to characterise): stated as a finding, at most one a study."""
+    assert ct.false_lesions_stated_per_study <= 1.0, ct
