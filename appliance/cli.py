@@ -767,32 +767,85 @@ def models_check(ctx: click.Context) -> None:
         sys.exit(EXIT_REFUSED)
 
 
+def _output_folder(help: str) -> "Callable[[Callable[..., Any]], Callable[..., Any]]":
+    """The `--output FOLDER` option a command writes into."""
+    return click.option(
+        "--output", type=click.Path(path_type=Path, file_okay=False), required=True, help=help
+    )
+
+
+@models.command("probes")
+@click.argument("pipeline")
+@click.argument("series", type=click.Path(path_type=Path, exists=True))
+@_output_folder("Where to write MODEL.VERSION.npy for each model the pipeline runs.")
+@click.option("--keep", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.pass_context
+def models_probes(ctx: click.Context, pipeline: str, series: Path, output: Path, keep: int) -> None:
+    """Run PIPELINE on SERIES (a folder of one series' files, or a cine's file) with ONNX
+    Runtime and keep up to KEEP of the inputs each model reads, spread over the run: the
+    probes `build-trt --probes` holds FP16 engines to. They are image data: keep them on
+    the host."""
+    import numpy as np
+
+    from appliance.app.pipelines import run_frames, run_volume
+    from appliance.inference.backend import OnnxRuntimeBackend, RecordingBackend
+    from appliance.inference.catalog import load_catalog
+    from appliance.inference.ct import UnsupportedSeries
+
+    settings = _settings(ctx).inference
+    catalog = load_catalog(settings.repository)
+    if pipeline not in catalog.pipelines:
+        click.echo(f"appliance: no pipeline {pipeline!r} in {settings.repository}", err=True)
+        sys.exit(EXIT_REFUSED)
+    chosen = catalog.pipelines[pipeline]
+    backend = RecordingBackend(OnnxRuntimeBackend(settings.repository, settings.threads), keep)
+    try:
+        if chosen.frames:
+            run_frames(chosen, catalog, series, backend)
+        else:
+            run_volume(chosen, catalog, sorted(p for p in series.iterdir() if p.is_file()), backend)
+    except (UnsupportedSeries, OSError, ValueError) as exc:
+        click.echo(f"appliance: {pipeline} cannot read {series}: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    output.mkdir(parents=True, exist_ok=True)
+    for model, inputs in sorted(backend.inputs.items()):
+        np.save(output / f"{model.name}.{model.version}.npy", np.stack(inputs))
+        click.echo(f"{model.name} v{model.version}: {len(inputs)} inputs")
+
+
 @models.command("build-trt")
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Where to write the TensorRT model repository.",
-)
+@_output_folder("Where to write the TensorRT model repository.")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--fp32", is_flag=True, help="Build FP32 engines instead of FP16.")
+@click.option(
+    "--probes",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="MODEL.npy (or MODEL.VERSION.npy) inputs, each as the model reads them: an FP16 "
+    "engine is kept only where its labels on them agree with FP32 (Dice >= 0.99 per class).",
+)
 @click.pass_context
-def models_build_trt(ctx: click.Context, output: Path, max_batch: int, fp32: bool) -> None:
+def models_build_trt(
+    ctx: click.Context, output: Path, max_batch: int, fp32: bool, probes: Path | None
+) -> None:
     """Build TensorRT engines (on the GPU host) and their tensorrt_plan configs."""
     from appliance.inference.tensorrt import (
         EngineBuildFailed,
+        ProbeUnusable,
         TensorRTUnavailable,
         build_tensorrt_repository,
     )
 
     try:
         built = build_tensorrt_repository(
-            _settings(ctx).inference.repository, output, max_batch, fp16=not fp32
+            _settings(ctx).inference.repository, output, max_batch, not fp32, probes
         )
-    except (TensorRTUnavailable, EngineBuildFailed) as exc:
+    except (TensorRTUnavailable, EngineBuildFailed, ProbeUnusable) as exc:
         click.echo(f"appliance: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
-    click.echo(f"built {', '.join(built)} into {output}")
+    for parity in built:
+        click.echo(f"{parity.model} v{parity.version}: {parity.precision} ({parity.reason})")
+    click.echo(f"written to {output}")
 
 
 @main.group()

@@ -65,13 +65,11 @@ class InferenceBackend(Protocol):
         ...
 
 
-class TimedBackend:
-    """A backend that adds up the time its `infer` calls take, per model: the model compute
-    share of a job, as opposed to everything around it."""
+class WrappedBackend:
+    """A backend in front of another, to which every call passes; wrappers add to `infer`."""
 
     def __init__(self, backend: InferenceBackend) -> None:
         self._backend = backend
-        self.by_model: dict[str, float] = {}
 
     def ready(self, model: ModelRef) -> bool:
         return self._backend.ready(model)
@@ -80,9 +78,48 @@ class TimedBackend:
         return self._backend.metadata(model)
 
     def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        return self._backend.infer(model, batch)
+
+
+class RecordingBackend(WrappedBackend):
+    """Keeps up to `keep` of the inputs each model version is fed, spread evenly over the run
+    (every input while there is room, then every second, fourth, ...): probes of what the
+    model reads in service, to hold an engine's answers to the model's own."""
+
+    def __init__(self, backend: InferenceBackend, keep: int) -> None:
+        super().__init__(backend)
+        self._keep = keep
+        self.inputs: dict[ModelRef, list[NDArray[np.float32]]] = {}
+        self._seen: dict[ModelRef, int] = {}
+        self._stride: dict[ModelRef, int] = {}
+
+    def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
+        kept = self.inputs.setdefault(model, [])
+        for one in batch:
+            seen = self._seen.get(model, 0)
+            self._seen[model] = seen + 1
+            stride = self._stride.get(model, 1)
+            if seen % stride:
+                continue
+            kept.append(one.copy())
+            if len(kept) > self._keep:  # keep the multiples of twice the stride
+                kept[:] = kept[::2]
+                self._stride[model] = stride * 2
+        return super().infer(model, batch)
+
+
+class TimedBackend(WrappedBackend):
+    """A backend that adds up the time its `infer` calls take, per model: the model compute
+    share of a job, as opposed to everything around it."""
+
+    def __init__(self, backend: InferenceBackend) -> None:
+        super().__init__(backend)
+        self.by_model: dict[str, float] = {}
+
+    def infer(self, model: ModelRef, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         started = time.perf_counter()
         try:
-            return self._backend.infer(model, batch)
+            return super().infer(model, batch)
         finally:
             elapsed = time.perf_counter() - started
             key = str(model)

@@ -10,6 +10,10 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from appliance.domain.jobs import JobState
+from appliance.inference.contract import load_contract
+from appliance.inference.tensorrt import load_probe
+from appliance.phantoms.ct import Grid, generate_ct
+from appliance.phantoms.dicom import write_ct_series
 from appliance.store.job_ledger import JobLedger
 from appliance.store.models import AuditEvent
 from tests.support.cli import run_cli
@@ -116,6 +120,32 @@ def test_models_commands_on_the_committed_repository(tmp_path: Path) -> None:
     checked = run_cli(None, "models", "check")
     assert checked.returncode == 0, checked.stdout
     assert "us_frame: ok" in checked.stdout
+
+
+def test_probes_are_what_each_model_of_a_pipeline_reads(tmp_path: Path) -> None:
+    """`models probes` runs the `ct` pipeline on a series and keeps, per model, inputs as the
+    model reads them (its CT window, on its grid), which `build-trt --probes` accepts."""
+    phantom = generate_ct(300_200, Grid((80, 160, 160), (2.5, 2.2, 2.2)), lesion_count=2)
+    write_ct_series(phantom, tmp_path / "series")
+    probes = tmp_path / "probes"
+    made = run_cli(
+        None, "models", "probes", "ct", str(tmp_path / "series"),
+        "--output", str(probes), "--keep", "4", timeout=300,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    for model in ("organ_ct", "lesion_ct"):
+        assert f"{model} v1:" in made.stdout
+        probe = load_probe(
+            probes / f"{model}.1.npy", load_contract(Path("model_repository") / model / "1")
+        )
+        assert 1 <= len(probe) <= 4
+        assert 0.0 <= float(probe.min()) < float(probe.max()) <= 1.0  # the window, normalised
+        assert len({one.tobytes() for one in probe}) == len(probe)  # from across the run
+    unknown = run_cli(
+        None, "models", "probes", "nope", str(tmp_path / "series"), "--output", str(probes)
+    )
+    assert unknown.returncode == 4
+    assert "no pipeline 'nope'" in unknown.stderr
 
 
 def test_states_are_set_from_the_console_and_audited(tmp_path: Path) -> None:
