@@ -2,7 +2,8 @@
 
 The organ model finds the liver; this 3D U-Net segments metastases and cysts at 1.5 mm inside
 the box around it (`inference.ct.segment_in_region`). Training crops come from phantoms with
-two to four lesions each, centred on a lesion two times in three.
+two to four lesions each, centred on a lesion two times in three; the last stage augments
+them as other scanners would have made them (`training/augmentation.py`).
 """
 
 import os
@@ -40,7 +41,7 @@ class Stage(NamedTuple):
     seeds: range  # its plain phantoms
     decay: bool  # whether its learning rate falls to zero on a cosine
     varied: range = range(0)  # its varied phantoms (`generate_ct(varied=True)`)
-    augmented: bool = False  # crops through `volumes.augment`
+    augmented: bool = False  # crops through `augmentation.augment`
 
 
 # Stages, each with a fresh optimiser. The first alone over-fitted its 30 phantoms (a lower
@@ -221,7 +222,7 @@ def _stages(schedule: tuple[Stage, ...], steps: int) -> str:
         f"steps {start}-{min(stage.end, steps)} on seeds "
         f"{stage.seeds.start}-{stage.seeds.stop - 1}"
         + (f" and varied {stage.varied.start}-{stage.varied.stop - 1}" if stage.varied else "")
-        + (", augmented" if stage.augmented else "")
+        + (" (crops augmented)" if stage.augmented else "")
         + (" with a cosine learning-rate decay" if stage.decay else "")
         for start, stage in _started(schedule)
         if start < steps
