@@ -154,10 +154,8 @@ def load_probe(path: Path, contract: ModelContract) -> NDArray[np.float32]:
     return np.ascontiguousarray(probe, dtype=np.float32)
 
 
-def verdict(contract: ModelContract, dice: dict[int, float] | None) -> Parity:
+def verdict(contract: ModelContract, dice: dict[int, float]) -> Parity:
     """FP16 where every class agrees with FP32 to `PARITY_DICE`; FP32 otherwise."""
-    if dice is None:
-        return Parity(contract.name, contract.version, "fp32", {}, "no probe to prove FP16 on")
     failing = {value: d for value, d in dice.items() if d < PARITY_DICE}
     if failing:
         worst = min(failing, key=lambda value: failing[value])
@@ -205,19 +203,17 @@ def build_tensorrt_repository(
         for contract in versions:
             version = str(contract.version)
             onnx_path = directory / version / MODEL_FILE
-            plan = build_engine(onnx_path, contract, max_batch_size, fp16)
-            if fp16:
-                probe = _probe_file(probes, contract)
-                dice = (
-                    None
-                    if probe is None
-                    else fp16_agreement(plan, onnx_path, contract, load_probe(probe, contract))
-                )
-                parity = verdict(contract, dice)
+            probe = _probe_file(probes, contract) if fp16 else None
+            if probe is None:
+                why = "no probe to prove FP16 on" if fp16 else "FP32 asked for"
+                parity = Parity(contract.name, contract.version, "fp32", {}, why)
+                plan = build_engine(onnx_path, contract, max_batch_size, fp16=False)
+            else:
+                inputs = load_probe(probe, contract)
+                plan = build_engine(onnx_path, contract, max_batch_size, fp16=True)
+                parity = verdict(contract, fp16_agreement(plan, onnx_path, contract, inputs))
                 if parity.precision == "fp32":
                     plan = build_engine(onnx_path, contract, max_batch_size, fp16=False)
-            else:
-                parity = Parity(contract.name, contract.version, "fp32", {}, "FP32 asked for")
             (destination / version).mkdir(parents=True, exist_ok=True)
             (destination / version / PLAN_FILE).write_bytes(plan)
             (destination / version / PARITY_FILE).write_text(

@@ -84,7 +84,6 @@ def test_an_fp16_engine_that_empties_a_class_is_built_in_fp32(tmp_path: Path) ->
         contract, per_class_dice(labels_of(fp32, contract), labels_of(close, contract), [1])
     )
     assert kept.precision == "fp16"
-    assert verdict(contract, None).precision == "fp32"  # nothing proves FP16 without a probe
 
 
 def test_a_probe_must_be_finite_inputs_of_the_models_shape(tmp_path: Path) -> None:
