@@ -19,7 +19,7 @@ from appliance.store.models import AuditEvent, Instance, Study
 from appliance.store.study_ledger import StudyLedger
 from tests.support.datasets import ct_slice, dataset_bytes, new_series, write_series
 from tests.support.dcmtk import dcmtk_env, echoscu, storescu
-from tests.support.scu import associate, send_files
+from tests.support.scu import associate, send_files, store
 from tests.support.services import ON_SQLITE_ONLY, missing_service
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
@@ -233,6 +233,29 @@ def test_bad_input_gets_failure_status_and_audit_then_echo_works(start, tmp_path
     assert any("SOPInstanceUID is missing" in r for r in reasons)
     assert count(running.engine, Instance) == 1
     assert echoscu(running.port).returncode == 0
+
+
+def test_a_status_pynetdicoms_reactor_takes_is_still_read_off_the_wire(
+    start, tmp_path: Path
+) -> None:
+    """The tests' SCU judges the listener by what it sent. pynetdicom's requestor reactor can take
+    a C-STORE response off the queue before send_c_store looks for it (pydicom/pynetdicom#875),
+    and send_c_store then times out: here the reactor is made to win that race every time."""
+    running = start()
+    (path,) = write_series(new_series(1), tmp_path)
+    assoc = associate(running.port, [(CTImageStorage, ["1.2.840.10008.1.2.1"])])
+    assert assoc.is_established
+    taken_by_the_reactor = assoc.dimse.get_msg
+
+    def too_late(block: bool = False) -> tuple[None, None]:
+        taken_by_the_reactor(block=True)
+        return None, None
+
+    assoc.dimse.get_msg = too_late  # type: ignore[method-assign]
+
+    assert store(assoc, path) == Status.SUCCESS
+    assert not assoc.is_established  # send_c_store saw no response, and aborted
+    assert count(running.engine, Instance) == 1
 
 
 def test_unsupported_sop_class_refused_with_audit(start, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from appliance.dicom.spool import data_set_of
 from appliance.inference.ct import load_series
 from appliance.inference.ultrasound import decode_cine
 from tests.support.datasets import SeriesSpec, ct_slice, new_series
-from tests.support.scu import associate
+from tests.support.scu import associate, store
 
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 
@@ -276,7 +276,7 @@ class Sender:
         assert self._assoc is not None
         self._path.write_bytes(case.part10)
         try:
-            response = self._assoc.send_c_store(self._path)
+            status = store(self._assoc, self._path)
         except (RuntimeError, OSError, ValueError, TypeError) as exc:
             if self._assoc.is_established:  # pynetdicom could not build a request from it
                 tally.unsendable += 1
@@ -284,11 +284,11 @@ class Sender:
             tally.unanswered.append(f"{case.seed.name}: {case.mutation}: {exc}")
             self.close()
             return
-        if "Status" not in response:
+        if status is None:
             tally.unanswered.append(f"{case.seed.name}: {case.mutation}: no response")
             self.close()
             return
-        tally.statuses[int(response.Status)] += 1
+        tally.statuses[status] += 1
         self._sent += 1
         if self._sent % self._per_association == 0:
             self.close()

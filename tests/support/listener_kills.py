@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from appliance.store.db import create_db_engine, upgrade
 from appliance.store.models import Instance
 from tests.support.datasets import dataset_bytes, new_series, write_series
-from tests.support.scu import associate
+from tests.support.scu import associate, store
 from tests.support.settings import Layer, write_config
 from tests.support.waiting import wait_for
 
@@ -151,10 +151,10 @@ def _send(assoc: Association, paths: list[Path], record: SenderRecord) -> bool:
     for path in paths:
         record.attempts[path] = record.attempts.get(path, 0) + 1
         try:
-            response = assoc.send_c_store(path)
+            status = store(assoc, path)
         except (RuntimeError, OSError):
             return False
-        if response.get("Status") != 0:
+        if status != 0:
             return False
         record.acknowledged.append(path)
     return True

@@ -30,7 +30,7 @@ from tests.support.datasets import ct_slice, new_series
 from tests.support.dcmtk import echoscu
 from tests.support.listener_kills import CALLING_AE, EXPLICIT_LITTLE, listener_layer
 from tests.support.processes import start_role
-from tests.support.scu import associate
+from tests.support.scu import associate, store
 from tests.support.services import free_port
 from tests.support.settings import write_config
 from tests.support.waiting import wait_for, wait_for_http
@@ -133,12 +133,12 @@ def send_studies(port: int, seconds: float, instances_per_study: int) -> Sender:
             dataset.ImagePositionPatient = [-200.0, -200.0, -3.0 * index]
             started = time.perf_counter()
             try:
-                response = assoc.send_c_store(dataset)
+                status = store(assoc, dataset)
             except RuntimeError:  # the association was aborted
                 sender.aborted_associations += 1
                 break
             sender.store_seconds.append(time.perf_counter() - started)
-            if response.get("Status") == 0:
+            if status == 0:
                 sender.acknowledged.append(str(dataset.SOPInstanceUID))
             else:
                 sender.failed += 1
