@@ -215,7 +215,7 @@ def _region_values(pipeline: Pipeline, catalog: Catalog, stage: Stage) -> tuple[
 
 
 @dataclass(frozen=True)
-class _Host:
+class Host:
     """Where a region stage's finding lies: its upstream stage's map, the region's values in
     it, and the stage's first segment number (those from it on are its and later stages')."""
 
@@ -269,7 +269,7 @@ def volume_findings(
     measured: list[tuple[int, Stage]] = []
     coded: dict[int, Label] = {}
     seconds: dict[int, NDArray[np.bool_]] = {}  # per segment, its kind in a mirrored pass
-    hosts: dict[int, _Host] = {}  # per lesion of a region stage, the region it lies in
+    hosts: dict[int, Host] = {}  # per lesion of a region stage, the region it lies in
     for stage in pipeline.stages:
         contract = catalog.contract(stage.model)
         wanted = [
@@ -301,7 +301,7 @@ def volume_findings(
         classes = maps[stage.name]
         kinds = {label.value: label for label in wanted}
         host = (
-            _Host(
+            Host(
                 maps[stage.region.stage], _region_values(pipeline, catalog, stage),
                 len(segments) + 1,
             )
@@ -427,7 +427,7 @@ def _observed(
     hu: NDArray[np.floating] | None,
     bounds: Plausible | None,
     second: NDArray[np.bool_] | None = None,
-    host: _Host | None = None,
+    host: Host | None = None,
     diameter_mm: float | None = None,
 ) -> Observed:
     """What the plausibility check of one painted segment reads, within its bounding box;
@@ -451,7 +451,7 @@ def _observed(
         cut_by_field_of_view=box[0].start == 0 or box[0].stop == labels.shape[0],
         agreement=_agreement(labels, number, box, second) if second is not None else None,
         contrast_hu=(
-            _contrast(labels, number, box, hu, host)
+            contrast(labels, number, box, hu, host)
             if hu is not None and bounds.min_contrast_hu is not None
             else None
         ),
@@ -462,12 +462,12 @@ def _observed(
 CONTRAST_RING = 3  # voxels around a segment whose density it is compared with
 
 
-def _contrast(
+def contrast(
     labels: NDArray[np.uint8],
     number: int,
     box: tuple[slice, ...],
     hu: NDArray[np.floating],
-    host: _Host | None,
+    host: Host | None,
 ) -> float | None:
     """The mean density within `CONTRAST_RING` voxels around a segment less the segment's
     own; with a `host`, only of its region's voxels that no segment of its stage or a later

@@ -10,21 +10,22 @@ import argparse
 import re
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
-from appliance.app.pipelines import run_volume
+from appliance.app.pipelines import Host, contrast, run_volume
 from appliance.inference.backend import OnnxRuntimeBackend
 from appliance.inference.catalog import load_catalog
 from appliance.inference.measurements import number_lesions
 from appliance.inference.ultrasound import Cine, segment_cine
 from appliance.phantoms.ct import CTPhantom, Grid, Phase
 from appliance.phantoms.dicom import write_ct_series
-from tests.support.unseen_ct import unseen_study
+from tests.support.unseen_ct import LIVER, Study, unseen_study
 from tests.support.unseen_ultrasound import PIXEL_MM, unseen_cine
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -32,6 +33,9 @@ CT_SEEDS = range(800_000, 800_004)
 US_SEEDS = range(700_000, 700_030)
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "aorta", "ivc", "vertebrae")
 DETECTABLE_MM = 10.0
+# How far a lesion's mean density lies from the liver around it, as the appliance measures a
+# finding's contrast (`pipelines.contrast`), in bands: where the lesions that are missed lie.
+CONTRAST_BANDS_HU = {"30 HU or more": 30.0, "15 to 30 HU": 15.0, "under 15 HU": 0.0}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class CTScores:
     false_lesions_per_study: float
     studies: int
     false_lesions_stated_per_study: float = 0.0  # not flagged for review: stated as findings
+    # per band of CONTRAST_BANDS_HU: (detected, lesions over 10 mm)
+    detected_by_contrast: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def ultrasound_scores(
@@ -85,6 +91,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
     overlap = dict.fromkeys(ORGANS, 0.0)
     total = dict.fromkeys(ORGANS, 0.0)
     detected = detectable = false = stated = studies = 0
+    by_contrast = dict.fromkeys(CONTRAST_BANDS_HU, (0, 0))
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
             study = unseen_study(seed)
@@ -104,17 +111,31 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
                 total[name] += float(predicted.sum() + truth.sum())
             lesions = [s for s in run.findings.segments if s.stage != "organs"]
             found = np.isin(run.findings.labels, [s.number for s in lesions])
-            d, n, f = _lesions(found, run.findings.labels, study.lesions, study.spacing)
-            detected, detectable, false = detected + d, detectable + n, false + f
+            outcome = _lesions(found, run.findings.labels, study.lesions, study.spacing)
+            detected += sum(outcome.detected.values())
+            detectable += len(outcome.detected)
+            false += outcome.false
+            for number, hit in outcome.detected.items():
+                band = _band(study, outcome.numbered, number)
+                found_before, total_before = by_contrast[band]
+                by_contrast[band] = (found_before + int(hit), total_before + 1)
             plain = np.isin(run.findings.labels, [s.number for s in lesions if not s.review])
-            stated += _lesions(plain, run.findings.labels, study.lesions, study.spacing)[2]
+            stated += _lesions(plain, run.findings.labels, study.lesions, study.spacing).false
     return CTScores(
         {name: overlap[name] / total[name] for name in ORGANS if total[name]},
         detected / max(detectable, 1),
         false / max(studies, 1),
         studies,
         stated / max(studies, 1),
+        by_contrast,
     )
+
+
+@dataclass(frozen=True)
+class _LesionOutcome:
+    numbered: NDArray[np.uint16]  # the true lesions, numbered
+    detected: dict[int, bool]  # per true lesion over 10 mm, whether a reported one touches it
+    false: int  # reported lesions touching none
 
 
 def _lesions(
@@ -122,19 +143,31 @@ def _lesions(
     labels: NDArray[np.uint8],
     truth: NDArray[np.uint16],
     spacing: tuple[float, float, float],
-) -> tuple[int, int, int]:
-    """(detected, detectable, false) for one study."""
+) -> _LesionOutcome:
+    """The true lesions over 10 mm of one study, each found or not, and the false ones."""
     numbered, measured = number_lesions(truth > 0, spacing)
-    detectable = [
-        m.tracking_number for m in measured if m.longest_axial_diameter_mm > DETECTABLE_MM
-    ]
-    detected = sum(int(found[numbered == number].any()) for number in detectable)
+    detected = {
+        m.tracking_number: bool(found[numbered == m.tracking_number].any())
+        for m in measured
+        if m.longest_axial_diameter_mm > DETECTABLE_MM
+    }
     false = sum(1 for number in np.unique(labels[found]) if not (truth[labels == number] > 0).any())
-    return detected, len(detectable), false
+    return _LesionOutcome(numbered, detected, false)
 
 
-def _card_section(title: str, rows: dict[str, float]) -> str:
-    lines = "\n".join(f"| {name} | {value:.3f} |" for name, value in rows.items())
+def _band(study: Study, numbered: NDArray[np.uint16], number: int) -> str:
+    """The band of CONTRAST_BANDS_HU a true lesion's contrast to the liver around it falls in."""
+    (box,) = ndimage.find_objects((numbered == number).astype(np.uint8))
+    host = Host(study.organs, (LIVER,), 1)  # the liver that no true lesion covers
+    measured = contrast(numbered.astype(np.uint8), number, box, study.hu, host)
+    return next(band for band, low in CONTRAST_BANDS_HU.items() if abs(measured or 0.0) >= low)
+
+
+def _card_section(title: str, rows: dict[str, float | str]) -> str:
+    lines = "\n".join(
+        f"| {name} | {value if isinstance(value, str) else f'{value:.3f}'} |"
+        for name, value in rows.items()
+    )
     return f"## {title}\n| metric | value |\n|---|---|\n{lines}\n"
 
 
@@ -179,6 +212,12 @@ def main() -> None:
                     "lesions_over_10mm_detected": ct.lesions_detected,
                     "false_lesions_per_study": ct.false_lesions_per_study,
                     "false_lesions_stated_per_study": ct.false_lesions_stated_per_study,
+                    **{
+                        f"lesions_over_10mm_detected, contrast to the liver {band}": (
+                            f"{found} of {total}"
+                        )
+                        for band, (found, total) in ct.detected_by_contrast.items()
+                    },
                 },
             ),
         )
