@@ -359,14 +359,19 @@ def volume_findings(
     boxes = ndimage.find_objects(labels, len(segments))
     counts = _voxel_counts(labels, boxes)
     doubts = _doubts(unchecked)
+    seen = [
+        _observed(
+            labels, segment.number, boxes[index], counts, voxel_ml, hu,
+            coded[segment.number].plausible, seconds.get(segment.number),
+            hosts.get(segment.number),
+            diameters[segment.number][0] if segment.number in diameters else None,
+        )
+        for index, segment in enumerate(segments)
+    ]  # fmt: skip
     for index, segment in enumerate(segments):
         bounds = coded[segment.number].plausible
-        seen = _observed(
-            labels, segment.number, boxes[index], counts, voxel_ml, hu, bounds,
-            seconds.get(segment.number), hosts.get(segment.number),
-            diameters[segment.number][0] if segment.number in diameters else None,
-        )  # fmt: skip
-        segments[index] = replace(segment, review=(*doubts, *review_reasons(bounds, seen)))
+        observed = _with_pair(segments, seen, index, bounds)
+        segments[index] = replace(segment, review=(*doubts, *review_reasons(bounds, observed)))
     measurements = tuple(
         VolumeMeasurement(number, float(counts[number]) * voxel_ml, *diameters[number])
         if Measurement.LONGEST_AXIAL_DIAMETER in stage.measurements
@@ -446,7 +451,11 @@ def _observed(
         parts = int((sizes >= 0.1 * sizes.sum()).sum())
     return Observed(
         volume_ml=volume_ml,
-        mean_hu=float(hu[box][where].mean()) if hu is not None and bounds.mean_hu else None,
+        mean_hu=(
+            float(hu[box][where].mean())
+            if hu is not None and (bounds.mean_hu or bounds.pair)
+            else None
+        ),
         parts=parts,
         cut_by_field_of_view=box[0].start == 0 or box[0].stop == labels.shape[0],
         agreement=_agreement(labels, number, box, second) if second is not None else None,
@@ -457,6 +466,24 @@ def _observed(
         ),
         diameter_mm=diameter_mm,
     )
+
+
+def _with_pair(
+    segments: Sequence[Segment], seen: Sequence[Observed], index: int, bounds: Plausible | None
+) -> Observed:
+    """What was seen of segment `index`, with its mean density against its pair's (the
+    segment of the label its bounds name as its pair, from the same stage), where both have
+    one."""
+    mine = seen[index].mean_hu
+    if bounds is None or bounds.pair is None or mine is None:
+        return seen[index]
+    stage = segments[index].stage
+    for other, observed in zip(segments, seen, strict=True):
+        if other.stage == stage and other.tracking_id == bounds.pair:
+            theirs = observed.mean_hu
+            if theirs is not None:
+                return replace(seen[index], pair_difference_hu=mine - theirs)
+    return seen[index]
 
 
 CONTRAST_RING = 3  # voxels around a segment whose density it is compared with

@@ -45,6 +45,13 @@ class Plausible:
     # A lesion's longest axial diameter below which it is too small to characterise: RECIST
     # 1.1 counts a CT lesion measurable from 10 mm; smaller ones are reported for review.
     min_diameter_mm: float | None = None
+    # The label of a paired structure of the same model (the other kidney) and how far, in
+    # HU, the two mean densities may lie apart: paired organs enhance together, so one much
+    # denser than the other is not a perfused organ, or is not that organ at all (a kidney
+    # found in the empty fossa of a nephrectomy, on muscle and bowel). Both are flagged: the
+    # appliance cannot tell which of the two is wrong.
+    pair: str | None = None
+    max_pair_difference_hu: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class Observed:
     agreement: float | None = None
     contrast_hu: float | None = None  # its mean density against the tissue around it
     diameter_mm: float | None = None  # a lesion's longest axial diameter
+    pair_difference_hu: float | None = None  # its mean density less its pair's
 
 
 def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
@@ -105,4 +113,10 @@ def review_reasons(bounds: Plausible | None, seen: Observed) -> tuple[str, ...]:
     for value, bound, reason in least:
         if value is not None and bound is not None and value < bound:
             reasons.append(reason.format(value, bound))
+    apart, most = seen.pair_difference_hu, bounds.max_pair_difference_hu
+    if apart is not None and most is not None and abs(apart) > most:
+        pair = (bounds.pair or "").replace("_", " ")
+        reasons.append(
+            f"mean density {abs(apart):.0f} HU from its pair's ({pair}), over {most:g} HU"
+        )
     return tuple(reasons)

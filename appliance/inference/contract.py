@@ -248,6 +248,11 @@ class ModelContract(_Strict):
         values = [label.value for label in self.labels]
         if len(set(values)) != len(values):
             raise ValueError("label values must be unique")
+        names = {label.name for label in self.labels}
+        for label in self.labels:
+            pair = label.plausible.pair if label.plausible else None
+            if pair is not None and (pair not in names or pair == label.name):
+                raise ValueError(f"{label.name}'s pair {pair} is not another of the model's labels")
         recipes = [self.intensity, self.nnunet, self.fixed_grid]
         if sum(recipe is not None for recipe in recipes) != 1:
             raise ValueError("a model has one of an intensity, an nnunet or a fixed_grid recipe")

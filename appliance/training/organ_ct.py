@@ -47,11 +47,23 @@ _CODES = {
 # Published adult bounds (MODELS.md): volumes as mean +/- 2 SD (liver 1281 +/- 219 mL,
 # spleen 195 +/- 78 mL); mean HU from unenhanced tissue to portal-venous enhancement with
 # room for noise and partial volume; one part per organ and vessel (the vertebrae are many).
+# Set here, not published: the kidneys within 40 HU of each other's mean density, since they
+# enhance together (a few HU apart but for noise and partial volume).
 _PLAUSIBLE = {
     Organ.LIVER: {"volume_ml": [843, 1719], "mean_hu": [30, 180], "max_parts": 1},
     Organ.SPLEEN: {"volume_ml": [39, 351], "mean_hu": [25, 190], "max_parts": 1},
-    Organ.KIDNEY_LEFT: {"mean_hu": [10, 260], "max_parts": 1},
-    Organ.KIDNEY_RIGHT: {"mean_hu": [10, 260], "max_parts": 1},
+    Organ.KIDNEY_LEFT: {
+        "mean_hu": [10, 260],
+        "max_parts": 1,
+        "pair": "kidney_right",
+        "max_pair_difference_hu": 40,
+    },
+    Organ.KIDNEY_RIGHT: {
+        "mean_hu": [10, 260],
+        "max_parts": 1,
+        "pair": "kidney_left",
+        "max_pair_difference_hu": 40,
+    },
     Organ.AORTA: {"mean_hu": [30, 400], "max_parts": 1},
     Organ.IVC: {"mean_hu": [30, 300], "max_parts": 1},
     Organ.VERTEBRAE: {"mean_hu": [150, 1500]},

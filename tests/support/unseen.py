@@ -54,6 +54,7 @@ class CTScores:
     false_lesions_stated_per_study: float = 0.0  # not flagged for review: stated as findings
     # per band of CONTRAST_BANDS_HU: (detected, lesions over 10 mm)
     detected_by_contrast: dict[str, tuple[int, int]] = field(default_factory=dict)
+    organs_stated_where_absent: int = 0  # found in a study without it, and not flagged
 
 
 def ultrasound_scores(
@@ -92,6 +93,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
     total = dict.fromkeys(ORGANS, 0.0)
     detected = detectable = false = stated = studies = 0
     by_contrast = dict.fromkeys(CONTRAST_BANDS_HU, (0, 0))
+    absent_stated = 0
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
             study = unseen_study(seed)
@@ -109,6 +111,14 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
                 )
                 overlap[name] += 2 * float((predicted & truth).sum())
                 total[name] += float(predicted.sum() + truth.sum())
+            absent_stated += sum(
+                1
+                for segment in run.findings.segments
+                if segment.stage == "organs"
+                and segment.tracking_id in ORGANS
+                and not segment.review
+                and not (study.organs == organs[segment.tracking_id]).any()
+            )
             lesions = [s for s in run.findings.segments if s.stage != "organs"]
             found = np.isin(run.findings.labels, [s.number for s in lesions])
             outcome = _lesions(found, run.findings.labels, study.lesions, study.spacing)
@@ -128,6 +138,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
         studies,
         stated / max(studies, 1),
         by_contrast,
+        absent_stated,
     )
 
 

@@ -60,6 +60,10 @@ def test_contract_shape_mismatch_is_reported(tmp_path: Path) -> None:
         ({"output": {**CONTRACT["output"], "shape": [-1, 3, 32, 32]}}, "one per label"),  # type: ignore[dict-item]
         ({"intensity": {"kind": "ct_window", "window": [300, -200]}}, "low < high"),
         ({"name": "Bad Name"}, "name"),
+        (
+            {"labels": [{**CONTRACT["labels"][0], "plausible": {"pair": "kidney"}}]},  # type: ignore[index]
+            "cyst's pair kidney is not another of the model's labels",
+        ),
     ],
 )
 def test_invalid_contracts_are_refused(tmp_path: Path, change: dict, message: str) -> None:  # type: ignore[type-arg]

@@ -271,6 +271,32 @@ def test_a_lesion_under_ten_millimetres_is_flagged_too_small_to_characterise() -
     ]
 
 
+def test_a_kidney_where_the_other_is_enhanced_and_it_is_not_flags_both() -> None:
+    """The reference kidneys ask to lie within 40 HU of each other's mean density: a "kidney"
+    the organ model finds on the muscle of an empty renal fossa (a nephrectomy) beside an
+    enhanced kidney is flagged, and so is its pair, since which is wrong cannot be told."""
+    catalog = load_catalog(REPOSITORY)
+    pipeline = catalog.pipelines["ct_organs"]
+    organ_map = np.zeros((20, 40, 40), dtype=np.uint8)
+    organ_map[5:15, 5:15, 5:12] = 3  # kidney left
+    organ_map[5:15, 5:15, 28:35] = 4  # kidney right
+    hu = np.where(organ_map == 3, 160.0, 50.0)
+    run = identity(pipeline, catalog, ["1.2.3"])
+
+    def kidney_reviews(hu: np.ndarray) -> dict[str, tuple[str, ...]]:
+        findings = volume_findings(run, pipeline, catalog, {"organs": organ_map}, (2.0,) * 3, hu)
+        return {s.tracking_id: s.review for s in findings.segments}
+
+    assert kidney_reviews(hu) == {
+        "kidney_left": ("mean density 110 HU from its pair's (kidney right), over 40 HU",),
+        "kidney_right": ("mean density 110 HU from its pair's (kidney left), over 40 HU",),
+    }
+    hu[organ_map == 4] = 145.0  # both enhanced, 15 HU apart
+    assert kidney_reviews(hu) == {"kidney_left": (), "kidney_right": ()}
+    organ_map[organ_map == 4] = 0  # one kidney: nothing to compare
+    assert kidney_reviews(hu) == {"kidney_left": ()}
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     values=st.lists(st.integers(0, 255), max_size=8),

@@ -68,3 +68,12 @@ def test_a_lesion_too_small_to_characterise_needs_review() -> None:
     assert review_reasons(lesion, Observed(volume_ml=0.1, diameter_mm=7.6)) == (
         "8 mm across, too small to characterise (below 10 mm)",
     )
+
+
+def test_a_structure_far_denser_or_fainter_than_its_pair_needs_review() -> None:
+    kidney = Plausible(mean_hu=(10, 260), pair="kidney_right", max_pair_difference_hu=40)
+    assert review_reasons(kidney, Observed(mean_hu=150, pair_difference_hu=-12)) == ()
+    assert review_reasons(kidney, Observed(mean_hu=150)) == ()  # no pair found: nothing to say
+    assert review_reasons(kidney, Observed(mean_hu=46, pair_difference_hu=-93.4)) == (
+        "mean density 93 HU from its pair's (kidney right), over 40 HU",
+    )
