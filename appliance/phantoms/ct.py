@@ -417,7 +417,7 @@ def generate_ct(
             z_top - 120.0 - (10.0 if side < 0 else 0.0) + vary.uniform(-25, 25),
         )
         kidney = _ellipsoid(x, y, z, center, (26.0, 22.0, length / 2))
-        if not vary.chance(0.06):  # a nephrectomy
+        if not vary.chance(0.15):  # a nephrectomy (often, so that the empty fossa is learned)
             place(organ, kidney & (organs == 0), "kidney")
 
     # Liver lesions: metastases and cysts inside the liver. Varied phantoms draw how they look
