@@ -97,15 +97,21 @@ def shot(page: Any, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+# OHIF's first-visit tour (Shepherd) lays an overlay over the viewer that swallows clicks; it
+# comes up a moment after the thumbnails, later under load, so it is marked seen beforehand
+# (OHIF keeps the tours seen in localStorage) rather than dismissed after a guessed wait.
+TOUR_SEEN = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']))"
+
+
 def open_study(browser: Any, url: str, study_uid: str) -> Any:
     page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.add_init_script(TOUR_SEEN)
     page.goto(f"{url}/viewer?StudyInstanceUIDs={study_uid}")
     page.wait_for_selector('[data-cy^="study-browser-thumbnail"]', timeout=90_000)
     time.sleep(2)
-    for label in ("Skip all", "Confirm and hide"):  # first-run dialogs
-        button = page.get_by_text(label)
-        if button.count():
-            button.first.click()
+    confirm = page.get_by_text("Confirm and hide")  # a first-run dialog
+    if confirm.count():
+        confirm.first.click()
     return page
 
 
