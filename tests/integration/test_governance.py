@@ -29,6 +29,7 @@ from appliance.store.study_ledger import StudyLedger
 from tests.support.dcmtk import storescu
 from tests.support.misbehaving_pacs import MisbehavingPacs
 from tests.support.services import ON_SQLITE_ONLY
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("dcmtk")
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -73,8 +74,13 @@ def governed(start, tmp_path: Path) -> Any:  # type: ignore[no-untyped-def]
 
 
 def job_for(running: Any, path: Path, seed: int) -> int:
+    """A job for one cine sent by storescu, once the listener has recorded the association's
+    end (written just after storescu has its release, so a test counting rows could see it
+    land later)."""
+    ended = len(audited(running.engine, "association_ended"))
     cine = write_us_cine(generate_cine(seed, frames=6), path)
     assert storescu(running.port, [cine]).returncode == 0
+    wait_for(lambda: len(audited(running.engine, "association_ended")) > ended, 10)
     studies = StudyLedger(running.engine, running.settings.study.completion_policy())
     studies.fold_pending(datetime.now(UTC))
     uid = str(dcmread(cine).StudyInstanceUID)
