@@ -68,9 +68,14 @@ def nearest_exact(size_in: int, size_out: int) -> NDArray[np.int64]:
 
 
 def resize(array: NDArray[Element], shape: Sequence[int]) -> NDArray[Element]:
-    resized = array
-    for axis, (size_in, size_out) in enumerate(zip(array.shape, shape, strict=True)):
-        resized = resized.take(nearest_exact(size_in, size_out), axis=axis)
+    """`array` (3D) resized to `shape` by `nearest_exact`, one output plane at a time: no
+    whole-volume intermediate (a take along each axis in turn held two, 42 MiB more on
+    deepbet's way to 256^3), and less fresh memory to fault in."""
+    depth, height, width = shape
+    rows, columns = nearest_exact(array.shape[1], height), nearest_exact(array.shape[2], width)
+    resized = np.empty((depth, height, width), dtype=array.dtype)
+    for plane, source in zip(resized, nearest_exact(array.shape[0], depth), strict=True):
+        np.take(array[source].take(rows, axis=0), columns, axis=1, out=plane)
     return resized
 
 
@@ -178,8 +183,12 @@ def segment(
     recipe = contract.fixed_grid
     assert recipe is not None
     orientation = closest_ras(directions)
-    # a copy only where there is something to replace: it would be held through the model
-    image = to_ras(volume if np.isfinite(volume).all() else np.nan_to_num(volume), orientation)
+    # One copy, laid out in RAS order: resizing reads it plane by plane three times, and from
+    # the strided view of an axial series every voxel read was a cache line of its own
+    # (0.26 s of deepbet's resizing, 0.03 s from the copy).
+    finite = volume if np.isfinite(volume).all() else np.nan_to_num(volume)
+    image = np.ascontiguousarray(to_ras(finite, orientation))
+    del finite
     low, high = _window(image, recipe)
     box: tuple[slice, ...] = (slice(None),) * 3
     if recipe.locator is not None:

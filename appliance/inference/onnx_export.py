@@ -10,7 +10,11 @@ import onnx
 import torch
 from torch import nn
 
-from appliance.inference.onnx_graph import foreground_probability, unfold_channel_softmax
+from appliance.inference.onnx_graph import (
+    bound_transposed_columns,
+    foreground_probability,
+    unfold_channel_softmax,
+)
 
 OPSET = 17
 
@@ -26,7 +30,8 @@ def export_onnx(
 ) -> None:
     """Write `model` to `path`; `input_shape` is one item's, without the batch. With
     `foreground`, the model's two-channel softmax output keeps only that channel's
-    probability (`onnx_graph.foreground_probability`)."""
+    probability (`onnx_graph.foreground_probability`). Transposed convolutions whose column
+    buffers would be large are split (`onnx_graph.bound_transposed_columns`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     example = torch.zeros(1, *input_shape)
@@ -49,7 +54,7 @@ def export_onnx(
     exported = onnx.load(str(path))
     if foreground is not None:
         exported = foreground_probability(exported, output_name, foreground)
-    onnx.save(unfold_channel_softmax(exported), str(path))
+    onnx.save(bound_transposed_columns(unfold_channel_softmax(exported)), str(path))
 
 
 def export_torchscript(

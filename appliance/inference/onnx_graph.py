@@ -2,9 +2,16 @@
 Runtime's time or memory. The ONNX package only, no PyTorch: the exporters apply them, and
 the unit tests hold each one to the graph it replaces."""
 
+import math
+
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper, numpy_helper, shape_inference
+
+# ONNX Runtime's ConvTranspose multiplies into one column buffer of (output channels x kernel
+# volume x input voxels) before it scatters it into the output: for deepbet's 16 to 8 channels
+# from 64^3 to 128^3 with a 3^3 kernel, 216 MiB where the output is 64 MiB.
+COLUMN_LIMIT_BYTES = 64 * 2**20
 
 
 def unfold_channel_softmax(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -116,3 +123,92 @@ def _difference_nodes(
         helper.make_node("Gather", [logits, names[1]], [names[3]], axis=1),
         helper.make_node("Sub", [names[2], names[3]], [difference]),
     ]
+
+
+def bound_transposed_columns(
+    model: onnx.ModelProto, limit: int = COLUMN_LIMIT_BYTES
+) -> onnx.ModelProto:
+    """Each ConvTranspose whose column buffer (see `COLUMN_LIMIT_BYTES`) exceeds `limit` and
+    is over twice its output, split along its output channels into the fewest ConvTransposes
+    whose buffers fit, joined by a Concat: every output channel is the same sum as before.
+    The parts and the joined output are held together for a moment, so where the kernels do
+    not overlap (the buffer no larger than the output, as in nnU-Net's upsampling) nothing is
+    split. deepbet at 256^3: ONNX Runtime's peak over one run 360 MiB -> 136 MiB."""
+    graph = model.graph
+    shapes = _static_shapes(model)
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    nodes: list[onnx.NodeProto] = []
+    replaced: set[str] = set()
+    for node in graph.node:
+        parts = _column_parts(node, shapes, constants, limit)
+        if parts <= 1:
+            nodes.append(node)
+            continue
+        replaced.update(node.input[1:])
+        weights = numpy_helper.to_array(constants[node.input[1]])
+        bias = numpy_helper.to_array(constants[node.input[2]]) if len(node.input) > 2 else None
+        pieces, base = [], node.name or node.output[0]
+        for part, channels in enumerate(np.array_split(np.arange(weights.shape[1]), parts)):
+            name = f"{base}/part{part}"
+            inputs = [node.input[0], f"{name}/w"]
+            graph.initializer.append(
+                numpy_helper.from_array(np.ascontiguousarray(weights[:, channels]), inputs[1])
+            )
+            if bias is not None:
+                inputs.append(f"{name}/b")
+                graph.initializer.append(numpy_helper.from_array(bias[channels], inputs[2]))
+            piece = helper.make_node("ConvTranspose", inputs, [f"{name}/y"], name=name)
+            piece.attribute.extend(node.attribute)
+            nodes.append(piece)
+            pieces.append(piece.output[0])
+        nodes.append(helper.make_node("Concat", pieces, list(node.output), f"{base}/join", axis=1))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_unread(graph, replaced)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Each tensor's inferred dimensions (0 where one is not fixed, as the batch)."""
+    inferred = shape_inference.infer_shapes(model).graph
+    return {
+        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        for value in [*inferred.value_info, *inferred.input, *inferred.output]
+    }
+
+
+def _column_parts(
+    node: onnx.NodeProto,
+    shapes: dict[str, list[int]],
+    constants: dict[str, onnx.TensorProto],
+    limit: int,
+) -> int:
+    """Into how many parts `node` is split: 1 where it is left as it is."""
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if node.op_type != "ConvTranspose" or group != 1 or node.input[1] not in constants:
+        return 1
+    if len(node.input) > 2 and node.input[2] not in constants:
+        return 1
+    spatial_in = shapes.get(node.input[0], [0, 0])[2:]
+    spatial_out = shapes.get(node.output[0], [0, 0])[2:]
+    if not spatial_in or not all(spatial_in) or not all(spatial_out):
+        return 1  # a spatial size known only at run time
+    weights = constants[node.input[1]]
+    size = int(np.dtype(helper.tensor_dtype_to_np_dtype(weights.data_type)).itemsize)
+    channels = int(weights.dims[1])
+    column = int(channels * math.prod(weights.dims[2:]) * math.prod(spatial_in) * size)
+    output = channels * math.prod(spatial_out) * size
+    if column <= limit or column <= 2 * output:
+        return 1
+    return min(channels, math.ceil(column / limit))
+
+
+def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+    """The initializers among `names` that no node reads any more."""
+    read = {name for node in graph.node for name in node.input}
+    kept = [
+        tensor for tensor in graph.initializer if tensor.name in read or tensor.name not in names
+    ]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)

@@ -14,6 +14,7 @@ from appliance.inference.fixed_grid import (
     locate,
     nearest_exact,
     quantile,
+    resize,
     to_ras,
 )
 
@@ -24,6 +25,17 @@ def test_nearest_exact_follows_pytorchs_rule() -> None:
     # shrinking: floor((i + 0.5) * 2.5): 1.25, 3.75
     assert nearest_exact(5, 2).tolist() == [1, 3]
     assert nearest_exact(7, 7).tolist() == list(range(7))
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 4), (2, 3, 5), (4, 6, 5)])
+def test_resizing_picks_each_voxel_by_the_rule_on_every_axis(shape: tuple[int, int, int]) -> None:
+    volume = np.arange(4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5)
+    transposed = volume.transpose(2, 0, 1)  # a view in RAS order is what the recipe resizes
+    for source in (volume, transposed):
+        picks = np.ix_(*(nearest_exact(n, m) for n, m in zip(source.shape, shape, strict=True)))
+        resized = resize(source, shape)
+        assert resized.shape == shape
+        assert np.array_equal(resized, source[picks])
 
 
 def test_an_axial_lps_volume_turns_to_ras_and_back() -> None:

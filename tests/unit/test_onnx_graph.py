@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from appliance.inference.onnx_graph import (
     NotRewritable,
+    bound_transposed_columns,
     foreground_probability,
     unfold_channel_softmax,
 )
@@ -109,3 +110,60 @@ def test_the_unfolded_softmax_is_the_softmax() -> None:
 
     assert "Softmax" not in [node.op_type for node in unfolded.graph.node]
     np.testing.assert_allclose(run(unfolded, x), run(model, x), atol=1e-6)
+
+
+def transposed_net(kernel: int, stride: int, bias: bool = True) -> onnx.ModelProto:
+    """Six channels at 8^3 to five by one ConvTranspose (padding 1 where the kernel is 3),
+    then a ReLU, as a decoder's upsampling."""
+    weights = RNG.normal(size=(6, 5, *[kernel] * 3)).astype(np.float32)
+    initializers = [numpy_helper.from_array(weights, "w")]
+    if bias:
+        initializers.append(numpy_helper.from_array(RNG.normal(size=5).astype(np.float32), "b"))
+    pads = [1] * 6 if kernel == 3 else [0] * 6
+    extra = {"output_padding": [1] * 3} if kernel == 3 and stride == 2 else {}
+    layer = helper.make_node(
+        "ConvTranspose", ["x", "w", "b"][: 2 + bias], ["y"], name="/up",
+        strides=[stride] * 3, pads=pads, **extra,
+    )  # fmt: skip
+    size = 8 * stride
+    graph = helper.make_graph(
+        [layer, helper.make_node("Relu", ["y"], ["p"])],
+        "net",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 8, 8, 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 5, *[size] * 3])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def column_bytes(node: onnx.NodeProto, model: onnx.ModelProto, voxels: int) -> int:
+    (weights,) = [t for t in model.graph.initializer if t.name == node.input[1]]
+    return int(np.prod(weights.dims[1:])) * voxels * 4
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_transposed_convolution_split_by_its_column_buffer_computes_the_same(
+    bias: bool, stride: int
+) -> None:
+    model = transposed_net(kernel=3, stride=stride, bias=bias)
+    x = RNG.normal(size=(2, 6, 8, 8, 8)).astype(np.float32)
+    limit = 2 * 27 * 8**3 * 4  # two output channels' buffers
+    rewritten = bound_transposed_columns(copy(model), limit)
+
+    parts = [node for node in rewritten.graph.node if node.op_type == "ConvTranspose"]
+    assert len(parts) == 3  # five channels, at most two a part
+    assert all(column_bytes(part, rewritten, 8**3) <= limit for part in parts)
+    assert [node.op_type for node in rewritten.graph.node][-2:] == ["Concat", "Relu"]
+    assert {t.name for t in rewritten.graph.initializer}.isdisjoint({"w", "b"})
+    np.testing.assert_array_equal(run(rewritten, x), run(model, x))
+
+
+def test_transposed_convolutions_within_the_limit_or_without_overlap_are_left_alone() -> None:
+    small = transposed_net(kernel=3, stride=2)
+    assert bound_transposed_columns(copy(small)) == small  # 5 x 27 x 8^3 floats: far under
+    # Kernel 2, stride 2: the buffer is the output's own size, splitting saves nothing.
+    tiling = transposed_net(kernel=2, stride=2)
+    assert bound_transposed_columns(copy(tiling), limit=1024) == tiling
