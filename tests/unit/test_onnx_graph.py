@@ -161,6 +161,19 @@ def test_a_transposed_convolution_split_by_its_column_buffer_computes_the_same(
     np.testing.assert_array_equal(run(rewritten, x), run(model, x))
 
 
+@pytest.mark.parametrize(("channels", "parts"), [(2.5, 3), (1.5, 5), (0.5, 5)])
+def test_every_part_fits_the_limit_where_one_channel_does(channels: float, parts: int) -> None:
+    model = transposed_net(kernel=3, stride=2)
+    one_channel = 27 * 8**3 * 4
+    rewritten = bound_transposed_columns(copy(model), int(channels * one_channel))
+
+    split = [node for node in rewritten.graph.node if node.op_type == "ConvTranspose"]
+    assert len(split) == parts
+    assert all(
+        column_bytes(part, rewritten, 8**3) <= max(channels, 1) * one_channel for part in split
+    )
+
+
 def test_transposed_convolutions_within_the_limit_or_without_overlap_are_left_alone() -> None:
     small = transposed_net(kernel=3, stride=2)
     assert bound_transposed_columns(copy(small)) == small  # 5 x 27 x 8^3 floats: far under
