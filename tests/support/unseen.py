@@ -25,7 +25,7 @@ from appliance.inference.measurements import number_lesions
 from appliance.inference.ultrasound import Cine, segment_cine
 from appliance.phantoms.ct import CTPhantom, Grid, Phase
 from appliance.phantoms.dicom import write_ct_series
-from tests.support.unseen_ct import LIVER, Study, unseen_study
+from tests.support.unseen_ct import LIVER, Study, detectability, unseen_study
 from tests.support.unseen_ultrasound import PIXEL_MM, unseen_cine
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
@@ -36,6 +36,9 @@ DETECTABLE_MM = 10.0
 # How far a lesion's mean density lies from the liver around it, as the appliance measures a
 # finding's contrast (`pipelines.contrast`), in bands: where the lesions that are missed lie.
 CONTRAST_BANDS_HU = {"30 HU or more": 30.0, "15 to 30 HU": 15.0, "under 15 HU": 0.0}
+# How visible a lesion is at all: the ideal observer's d' (`unseen_ct.detectability`), in bands
+# around Rose's criterion (about 5 for reliable detection).
+DETECTABILITY_BANDS = {"10 or more": 10.0, "5 to 10": 5.0, "under 5": 0.0}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class CTScores:
     false_lesions_stated_per_study: float = 0.0  # not flagged for review: stated as findings
     # per band of CONTRAST_BANDS_HU: (detected, lesions over 10 mm)
     detected_by_contrast: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # per band of DETECTABILITY_BANDS: (detected, lesions over 10 mm)
+    detected_by_detectability: dict[str, tuple[int, int]] = field(default_factory=dict)
     organs_stated_where_absent: int = 0  # found in a study without it, and not flagged
 
 
@@ -93,6 +98,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
     total = dict.fromkeys(ORGANS, 0.0)
     detected = detectable = false = stated = studies = 0
     by_contrast = dict.fromkeys(CONTRAST_BANDS_HU, (0, 0))
+    by_detectability = dict.fromkeys(DETECTABILITY_BANDS, (0, 0))
     absent_stated = 0
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
@@ -126,9 +132,13 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
             detectable += len(outcome.detected)
             false += outcome.false
             for number, hit in outcome.detected.items():
-                band = _band(study, outcome.numbered, number)
-                found_before, total_before = by_contrast[band]
-                by_contrast[band] = (found_before + int(hit), total_before + 1)
+                lesion = outcome.numbered == number
+                for bands, band in (
+                    (by_contrast, _contrast_band(study, outcome.numbered, number)),
+                    (by_detectability, _band(DETECTABILITY_BANDS, detectability(study, lesion))),
+                ):
+                    found_before, total_before = bands[band]
+                    bands[band] = (found_before + int(hit), total_before + 1)
             plain = np.isin(run.findings.labels, [s.number for s in lesions if not s.review])
             stated += _lesions(plain, run.findings.labels, study.lesions, study.spacing).false
     return CTScores(
@@ -138,6 +148,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
         studies,
         stated / max(studies, 1),
         by_contrast,
+        by_detectability,
         absent_stated,
     )
 
@@ -166,12 +177,17 @@ def _lesions(
     return _LesionOutcome(numbered, detected, false)
 
 
-def _band(study: Study, numbered: NDArray[np.uint16], number: int) -> str:
+def _contrast_band(study: Study, numbered: NDArray[np.uint16], number: int) -> str:
     """The band of CONTRAST_BANDS_HU a true lesion's contrast to the liver around it falls in."""
     (box,) = ndimage.find_objects((numbered == number).astype(np.uint8))
     host = Host(study.organs, (LIVER,), 1)  # the liver that no true lesion covers
     measured = contrast(numbered.astype(np.uint8), number, box, study.hu, host)
-    return next(band for band, low in CONTRAST_BANDS_HU.items() if abs(measured or 0.0) >= low)
+    return _band(CONTRAST_BANDS_HU, abs(measured or 0.0))
+
+
+def _band(bands: dict[str, float], value: float) -> str:
+    """The first of `bands` (name: its lowest value, highest first) that `value` reaches."""
+    return next(band for band, low in bands.items() if value >= low)
 
 
 def _card_section(title: str, rows: dict[str, float | str]) -> str:
@@ -228,6 +244,12 @@ def main() -> None:
                             f"{found} of {total}"
                         )
                         for band, (found, total) in ct.detected_by_contrast.items()
+                    },
+                    **{
+                        f"lesions_over_10mm_detected, ideal observer's d' {band}": (
+                            f"{found} of {total}"
+                        )
+                        for band, (found, total) in ct.detected_by_detectability.items()
                     },
                 },
             ),

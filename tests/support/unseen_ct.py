@@ -8,6 +8,9 @@ phantoms' fixed means); bowel loops with gas and fluid lie in the cavity next to
 metastases are lobulated with an enhancing rim; the slice profile blurs more along z than in
 plane; and the noise has a 1/f power spectrum shaped in Fourier space, stronger in the centre
 of the body than at its edge, instead of a blurred white field.
+
+Since it knows its own noise, it can say how visible each lesion is to an ideal observer
+(`detectability`): the most any reader or model could see, where the lesion stands.
 """
 
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 LIVER, SPLEEN, KIDNEY_LEFT, KIDNEY_RIGHT, AORTA, IVC, VERTEBRAE = range(1, 8)
+SLICE_PROFILE = (1.0, 0.5, 0.5)  # the Gaussian blur of the image, in voxels (z, y, x)
+LOWEST_FREQUENCY = 0.02  # cycles per voxel, below which the noise's spectrum is flat
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,8 @@ class Study:
     organs: NDArray[np.uint8]  # values as the organ model's labels
     lesions: NDArray[np.uint16]  # 0, or the lesion's number
     spacing: tuple[float, float, float]
+    lesion_hu: NDArray[np.float32]  # what the lesions changed in `hu` before the slice profile
+    noise_hu: NDArray[np.float32]  # (1, y, x): the noise's standard deviation, by position
 
 
 def _hu(rng: np.random.Generator, enhanced: bool) -> dict[str, float]:
@@ -146,6 +153,7 @@ def unseen_study(
         hu[gas] = hu_of["gas"]
 
     numbered = np.zeros(shape, dtype=np.uint16)
+    without_lesions = hu.copy()
     inside = np.argwhere(ndimage.binary_erosion(organs == LIVER, iterations=3))
     for number in range(1, lesions + 1):
         if len(inside) == 0:
@@ -164,9 +172,42 @@ def unseen_study(
             rim = blob & ~ndimage.binary_erosion(blob)
             hu[rim] = hu_of["liver"] + float(rng.uniform(5, 25))  # an enhancing rim
 
-    hu = ndimage.gaussian_filter(hu, (1.0, 0.5, 0.5))  # a slice profile wider than the pixel
-    hu += _pink_noise(rng, shape, float(rng.uniform(6, 25))) * _centre_weight(x, y, width, depth)
-    return Study(np.clip(np.rint(hu), -1024, 3071).astype(np.int16), organs, numbered, spacing)
+    lesion_hu = hu - without_lesions
+    hu = ndimage.gaussian_filter(hu, SLICE_PROFILE)  # a slice profile wider than the pixel
+    sigma, weight = float(rng.uniform(6, 25)), _centre_weight(x, y, width, depth)
+    hu += _pink_noise(rng, shape, sigma) * weight
+    return Study(
+        np.clip(np.rint(hu), -1024, 3071).astype(np.int16),
+        organs,
+        numbered,
+        spacing,
+        lesion_hu,
+        sigma * weight,
+    )
+
+
+def detectability(study: Study, lesion: NDArray[np.bool_]) -> float:
+    """The ideal observer's d' for the lesion at `lesion`: how far it stands out of the noise
+    to a reader who knows exactly what it looks like and where, and the study without it
+    (signal and background known exactly, after Barrett and Myers). Its signal is what it
+    changed in the image, through the slice profile; the noise, the generator's own at the
+    standard deviation it has at the lesion's centre. d'^2 sums |signal|^2 / noise power over
+    the frequencies. No reader does better; Rose's criterion puts reliable detection at d' of
+    about 5."""
+    signal = ndimage.gaussian_filter(np.where(lesion, study.lesion_hu, 0), SLICE_PROFILE)
+    _, j, i = (round(c) for c in ndimage.center_of_mass(lesion))
+    power = noise_power(signal.shape, float(study.noise_hu[0, j, i]))
+    energy = _hermitian_weights(signal.shape) * np.abs(np.fft.rfftn(signal)) ** 2 / power
+    return float(np.sqrt(energy.sum()))
+
+
+def noise_power(shape: tuple[int, ...], sigma: float) -> NDArray[np.float64]:
+    """The expected |rfftn|^2 of the study's noise over `shape`, per coefficient: `_pink_noise`
+    at `sigma`, and the rounding to whole HU (uniform, 1/12 HU^2)."""
+    share = 1 / np.maximum(_frequencies(shape), LOWEST_FREQUENCY) ** 2
+    share /= float((_hermitian_weights(shape) * share).sum())
+    voxels = int(np.prod(shape))
+    return sigma**2 * voxels**2 * share + voxels / 12
 
 
 def _pink_noise(
@@ -174,7 +215,14 @@ def _pink_noise(
 ) -> NDArray[np.float32]:
     """Gaussian noise with a 1/f amplitude spectrum, scaled to `sigma` HU."""
     spectrum = np.fft.rfftn(rng.normal(size=shape))
-    frequencies = np.sqrt(
+    amplitude = 1 / np.maximum(_frequencies(shape), LOWEST_FREQUENCY)
+    noise = np.fft.irfftn(spectrum * amplitude, s=shape, axes=(0, 1, 2))
+    return (noise * sigma / noise.std()).astype(np.float32)
+
+
+def _frequencies(shape: tuple[int, ...]) -> NDArray[np.float64]:
+    """How many cycles per voxel each coefficient of `np.fft.rfftn` over `shape` stands for."""
+    return np.sqrt(
         sum(
             np.meshgrid(
                 *[np.fft.fftfreq(n) ** 2 for n in shape[:-1]],
@@ -183,8 +231,16 @@ def _pink_noise(
             )
         )
     )
-    noise = np.fft.irfftn(spectrum / np.maximum(frequencies, 0.02), s=shape, axes=(0, 1, 2))
-    return (noise * sigma / noise.std()).astype(np.float32)
+
+
+def _hermitian_weights(shape: tuple[int, ...]) -> NDArray[np.float64]:
+    """How many coefficients of the full spectrum each of `np.fft.rfftn`'s stands for: two
+    where the last axis's mirror image was left out, one at zero and at Nyquist."""
+    last = np.full(shape[-1] // 2 + 1, 2.0)
+    last[0] = 1.0
+    if shape[-1] % 2 == 0:
+        last[-1] = 1.0
+    return np.broadcast_to(last, (*shape[:-1], last.size))
 
 
 def _centre_weight(

@@ -7,7 +7,15 @@ import pytest
 from scipy import ndimage
 
 from tests.support.unseen import CTScores, ct_scores, ultrasound_scores
-from tests.support.unseen_ct import LIVER, unseen_study
+from tests.support.unseen_ct import (
+    LIVER,
+    SLICE_PROFILE,
+    Study,
+    _pink_noise,
+    detectability,
+    noise_power,
+    unseen_study,
+)
 from tests.support.unseen_ultrasound import unseen_cine
 
 
@@ -29,6 +37,37 @@ def test_the_independent_ct_generator_puts_lesions_in_the_liver() -> None:
     assert study.lesions.any()
     assert np.all(study.organs[study.lesions > 0] == LIVER)
     assert np.isin(np.arange(1, 8), study.organs).sum() >= 6  # an organ may be missing
+
+
+def test_detectability_is_how_far_the_ideal_observer_sees_a_lesion_out_of_the_noise() -> None:
+    """The prewhitened matched filter (the ideal observer) answers a lesion with d'^2 and the
+    generator's noise, as the generator draws and rounds it, with a spread of d': d' is then
+    the lesion's distance out of the noise in standard deviations."""
+    shape, sigma = (24, 48, 48), 12.0
+    z, y, x = np.indices(shape)
+    lesion = ((z - 12) / 1.5) ** 2 + (y - 24) ** 2 + (x - 20) ** 2 <= 9
+    study = Study(
+        hu=np.zeros(shape, np.int16),
+        organs=np.zeros(shape, np.uint8),
+        lesions=lesion.astype(np.uint16),
+        spacing=(2.5, 2.2, 2.2),
+        lesion_hu=np.where(lesion, -20.0, 0.0).astype(np.float32),
+        noise_hu=np.full((1, *shape[1:]), sigma, np.float32),
+    )
+    d = detectability(study, lesion)
+    signal = ndimage.gaussian_filter(study.lesion_hu, SLICE_PROFILE)
+    template = np.fft.irfftn(
+        signal.size * np.fft.rfftn(signal) / noise_power(shape, sigma), s=shape, axes=(0, 1, 2)
+    )
+    rng = np.random.default_rng(5)
+    answers = [
+        float((template * (_pink_noise(rng, shape, sigma) + rng.uniform(-0.5, 0.5, shape))).sum())
+        for _ in range(300)
+    ]
+    assert 2 < d < 50
+    assert float((template * signal).sum()) == pytest.approx(d**2, rel=1e-6)
+    assert float(np.std(answers)) == pytest.approx(d, rel=0.15)
+    assert abs(float(np.mean(answers))) < 0.25 * d
 
 
 def test_the_cyst_model_holds_on_cines_it_never_saw() -> None:
