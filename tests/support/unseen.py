@@ -60,6 +60,9 @@ class CTScores:
     # per band of DETECTABILITY_BANDS: (detected, lesions over 10 mm)
     detected_by_detectability: dict[str, tuple[int, int]] = field(default_factory=dict)
     organs_stated_where_absent: int = 0  # found in a study without it, and not flagged
+    # of the lesions over 10 mm, found by a lesion stated as a finding: what a site that
+    # withholds findings for review receives
+    lesions_detected_stated: float = 0.0
 
 
 def ultrasound_scores(
@@ -96,7 +99,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
     backend = OnnxRuntimeBackend(repository, threads=2)
     overlap = dict.fromkeys(ORGANS, 0.0)
     total = dict.fromkeys(ORGANS, 0.0)
-    detected = detectable = false = stated = studies = 0
+    detected = detectable = false = stated = detected_stated = studies = 0
     by_contrast = dict.fromkeys(CONTRAST_BANDS_HU, (0, 0))
     by_detectability = dict.fromkeys(DETECTABILITY_BANDS, (0, 0))
     absent_stated = 0
@@ -140,7 +143,9 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
                     found_before, total_before = bands[band]
                     bands[band] = (found_before + int(hit), total_before + 1)
             plain = np.isin(run.findings.labels, [s.number for s in lesions if not s.review])
-            stated += _lesions(plain, run.findings.labels, study.lesions, study.spacing).false
+            as_stated = _lesions(plain, run.findings.labels, study.lesions, study.spacing)
+            stated += as_stated.false
+            detected_stated += sum(as_stated.detected.values())
     return CTScores(
         {name: overlap[name] / total[name] for name in ORGANS if total[name]},
         detected / max(detectable, 1),
@@ -150,6 +155,7 @@ def ct_scores(seeds: Iterable[int] = CT_SEEDS, repository: Path = REPOSITORY) ->
         by_contrast,
         by_detectability,
         absent_stated,
+        detected_stated / max(detectable, 1),
     )
 
 
@@ -237,6 +243,7 @@ def main() -> None:
                 title,
                 {
                     "lesions_over_10mm_detected": ct.lesions_detected,
+                    "lesions_over_10mm_detected_by_a_stated_lesion": ct.lesions_detected_stated,
                     "false_lesions_per_study": ct.false_lesions_per_study,
                     "false_lesions_stated_per_study": ct.false_lesions_stated_per_study,
                     **{
