@@ -190,10 +190,10 @@ def detectability(study: Study, lesion: NDArray[np.bool_]) -> float:
     """The ideal observer's d' for the lesion at `lesion`: how far it stands out of the noise
     to a reader who knows exactly what it looks like and where, and the study without it
     (signal and background known exactly, after Barrett and Myers). Its signal is what it
-    changed in the image, through the slice profile; the noise, the generator's own at the
-    standard deviation it has at the lesion's centre. d'^2 sums |signal|^2 / noise power over
-    the frequencies. No reader does better; Rose's criterion puts reliable detection at d' of
-    about 5."""
+    changed in the image, through the slice profile; the noise, the generator's own, taken as
+    stationary at the standard deviation it has at the lesion's centre (it varies slowly across
+    the body) and as Gaussian. d'^2 sums |signal|^2 / noise power over the frequencies. No
+    reader does better; Rose's criterion puts reliable detection at d' of about 5."""
     signal = ndimage.gaussian_filter(np.where(lesion, study.lesion_hu, 0), SLICE_PROFILE)
     _, j, i = (round(c) for c in ndimage.center_of_mass(lesion))
     power = noise_power(signal.shape, float(study.noise_hu[0, j, i]))
