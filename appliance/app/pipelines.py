@@ -384,7 +384,11 @@ def volume_findings(
         if Measurement.VOLUME in stage.measurements
     )
     searches = tuple(
-        Search(stage.name, _search_site(pipeline, catalog, stage))
+        Search(
+            stage.name,
+            _search_site(pipeline, catalog, stage),
+            catalog.contract(stage.model).sensitivity,
+        )
         for stage in pipeline.stages
         if stage.findings is Findings.PER_COMPONENT
     )

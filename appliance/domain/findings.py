@@ -5,6 +5,7 @@ makes the same objects). The label maps and masks travel beside these in `result
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 from appliance.domain.concepts import CodedConcept
 from appliance.domain.uids import Uid, derive_uid
@@ -81,12 +82,38 @@ class Withheld:
 
 
 @dataclass(frozen=True)
+class Sensitivity:
+    """What a search that reports nothing is worth: how many of the findings it looks for it
+    reported in studies it never saw, and which studies. A model's contract declares it (CI
+    holds the reference lesion model's to its measurement); the report says it beside the
+    search, so that "none" never reads as "there are none"."""
+
+    __pydantic_config__: ClassVar[dict[str, str]] = {
+        "extra": "forbid"
+    }  # read by pydantic when a contract is parsed
+
+    found: int
+    present: int
+    what: str  # what it looks for: "lesions over 10 mm"
+    studies: str  # where it was measured: "4 studies of an independent synthetic generator"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.found <= self.present or self.present < 1:
+            raise ValueError(f"found {self.found} of {self.present}: not a measured share")
+
+    def describe(self) -> str:
+        return f"found {self.found} of {self.present} {self.what} in {self.studies} it never saw"
+
+
+@dataclass(frozen=True)
 class Search:
     """A stage that looked for separate findings (lesions) and where: the report says what
-    it found, and that it found none, only for what was searched."""
+    it found, and that it found none, only for what was searched, with what the search is
+    known to miss."""
 
     stage: str
     site: CodedConcept | None
+    sensitivity: Sensitivity | None = None
 
 
 @dataclass(frozen=True)

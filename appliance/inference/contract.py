@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from appliance.domain.applicability import Domain
 from appliance.domain.concepts import CodedConcept
+from appliance.domain.findings import Sensitivity
 from appliance.domain.pipelines import ModelRef
 from appliance.domain.plausibility import Plausible
 
@@ -240,6 +241,11 @@ class ModelContract(_Strict):
         default=None,
         description="What the model was made for: series outside it never reach it; a "
         "series that does not state a fact it names gets findings for review.",
+    )
+    sensitivity: Sensitivity | None = Field(
+        default=None,
+        description="A search for separate findings: how many it reported of those present "
+        "in studies it never saw. The report says it beside the search's answer.",
     )
     card: str = "card.md"
 

@@ -4,7 +4,7 @@ what they were made for, that it is for review, and which findings are of low co
 were withheld) and why; then what was found.
 """
 
-from appliance.domain.findings import Withheld
+from appliance.domain.findings import Search, Withheld
 from appliance.results.findings import CTFindings, UltrasoundFindings
 
 _NAMED_DOUBTS = 3  # more separate findings of low confidence are listed by name only
@@ -24,6 +24,13 @@ def _provenance(findings: CTFindings | UltrasoundFindings) -> str:
     if any(model.synthetic for model in findings.identity.models):
         text += " Reference models trained on synthetic phantoms: not for clinical use."
     return text
+
+
+def _misses(search: Search) -> str:
+    """What a search's answer leaves open, where its model declares how much it misses."""
+    if search.sensitivity is None:
+        return ""
+    return f" The search {search.sensitivity.describe()}: what it does not report is not excluded."
 
 
 def _reasons(reasons: tuple[str, ...]) -> str:
@@ -64,7 +71,7 @@ def ct_summary(findings: CTFindings) -> str:
         found = [item for item in separate if item[2].stage == search.stage]
         line = f"{search.stage.capitalize()} findings{where}: "
         if not found:
-            lines.append(line + "none.")
+            lines.append(line + "none." + _misses(search))
             continue
         plain = [item for item in found if not item[2].review]
         if plain:
@@ -76,7 +83,7 @@ def ct_summary(findings: CTFindings) -> str:
             )
         else:
             line += f"{len(found)}, every one of low confidence."
-        lines.append(line)
+        lines.append(line + _misses(search))
         doubtful = [item for _, _, item in found if item.review]
         if len(doubtful) <= _NAMED_DOUBTS:
             lines += [

@@ -64,6 +64,10 @@ def test_contract_shape_mismatch_is_reported(tmp_path: Path) -> None:
             {"labels": [{**CONTRACT["labels"][0], "plausible": {"pair": "kidney"}}]},  # type: ignore[index]
             "cyst's pair kidney is not another of the model's labels",
         ),
+        (
+            {"sensitivity": {"found": 11, "present": 10, "what": "cysts", "studies": "4 studies"}},
+            "found 11 of 10: not a measured share",
+        ),
     ],
 )
 def test_invalid_contracts_are_refused(tmp_path: Path, change: dict, message: str) -> None:  # type: ignore[type-arg]

@@ -26,6 +26,20 @@ def test_a_lesion_stage_that_found_none_says_so_and_one_that_found_some_counts_t
     assert f"Lesion findings in the liver: {count}; the largest is lesion 1 (" in some
 
 
+def test_a_search_says_what_it_is_known_to_miss_whatever_it_found() -> None:
+    """ "None" must not read as "there are none": a search whose model declares how many it
+    reported of those present in studies it never saw says so, found or not."""
+    none = truth_findings(generate_ct(22, GRID, lesion_count=0), ["1.2.3"])
+    (search,) = none.searches
+    assert search.sensitivity is not None  # the reference lesion model declares it
+    misses = f"The search {search.sensitivity.describe()}: what it does not report is not excluded."
+    assert f"Lesion findings in the liver: none. {misses}" in ct_summary(none)
+    some = ct_summary(truth_findings(generate_ct(23, GRID, lesion_count=3), ["1.2.3"]))
+    assert f" mL. {misses}" in some
+    undeclared = replace(none, searches=(replace(search, sensitivity=None),))
+    assert "not excluded" not in ct_summary(undeclared)
+
+
 def test_many_doubtful_lesions_are_named_not_explained_and_never_called_the_largest() -> None:
     findings = truth_findings(generate_ct(23, GRID, lesion_count=3), ["1.2.3"])
     lesions = [s for s in findings.segments if s.finding_site is not None]

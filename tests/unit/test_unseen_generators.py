@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tests.support.unseen import CTScores, ct_scores, ultrasound_scores
+from appliance.inference.catalog import load_catalog
+from tests.support.unseen import REPOSITORY, CTScores, ct_scores, ultrasound_scores
 from tests.support.unseen_ct import (
     LIVER,
     SLICE_PROFILE,
@@ -101,6 +102,19 @@ def test_the_lesion_model_states_at_most_one_false_lesion_per_study(ct: CTScores
     """A false lesion may be reported only flagged for review (the mirrored pass disagrees,
     too little contrast, too small to characterise): stated as a finding, at most one a study."""
     assert ct.false_lesions_stated_per_study <= 1.0, ct
+
+
+def test_the_lesion_model_declares_what_it_finds_on_studies_it_never_saw(ct: CTScores) -> None:
+    """The sensitivity its contract declares, which every report states beside the lesion
+    search's answer, is what it found here: a retrained model must declare its own."""
+    catalog = load_catalog(REPOSITORY)
+    declared = catalog.contract(catalog.pipelines["ct"].stages[1].model).sensitivity
+    assert declared is not None
+    found = sum(found for found, _ in ct.detected_by_contrast.values())
+    present = sum(total for _, total in ct.detected_by_contrast.values())
+    assert (declared.found, declared.present) == (found, present), ct
+    assert declared.what == "lesions over 10 mm"
+    assert declared.studies.startswith(f"{ct.studies} studies of an independent")
 
 
 def test_the_lesion_model_finds_the_lesions_that_stand_out_from_the_liver(ct: CTScores) -> None:
