@@ -27,10 +27,15 @@ def _provenance(findings: CTFindings | UltrasoundFindings) -> str:
 
 
 def _misses(search: Search) -> str:
-    """What a search's answer leaves open, where its model declares how much it misses."""
-    if search.sensitivity is None:
-        return ""
-    return f" The search {search.sensitivity.describe()}: what it does not report is not excluded."
+    """What a search's answer leaves open: how much its model declares it misses, or that it
+    declares nothing (an imported model, unmeasured here), so that "none" never reads as
+    "there are none"."""
+    known = (
+        f"The search {search.sensitivity.describe()}"
+        if search.sensitivity is not None
+        else "The search's model declares no sensitivity"
+    )
+    return f" {known}: what it does not report is not excluded."
 
 
 def _reasons(reasons: tuple[str, ...]) -> str:

@@ -28,7 +28,8 @@ def test_a_lesion_stage_that_found_none_says_so_and_one_that_found_some_counts_t
 
 def test_a_search_says_what_it_is_known_to_miss_whatever_it_found() -> None:
     """ "None" must not read as "there are none": a search whose model declares how many it
-    reported of those present in studies it never saw says so, found or not."""
+    reported of those present in studies it never saw says so, found or not, and one whose
+    model declares nothing (an imported one) says that."""
     none = truth_findings(generate_ct(22, GRID, lesion_count=0), ["1.2.3"])
     (search,) = none.searches
     assert search.sensitivity is not None  # the reference lesion model declares it
@@ -37,7 +38,8 @@ def test_a_search_says_what_it_is_known_to_miss_whatever_it_found() -> None:
     some = ct_summary(truth_findings(generate_ct(23, GRID, lesion_count=3), ["1.2.3"]))
     assert f" mL. {misses}" in some
     undeclared = replace(none, searches=(replace(search, sensitivity=None),))
-    assert "not excluded" not in ct_summary(undeclared)
+    unknown = "The search's model declares no sensitivity: what it does not report is not excluded."
+    assert f"Lesion findings in the liver: none. {unknown}" in ct_summary(undeclared)
 
 
 def test_many_doubtful_lesions_are_named_not_explained_and_never_called_the_largest() -> None:
