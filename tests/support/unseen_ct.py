@@ -194,11 +194,53 @@ def detectability(study: Study, lesion: NDArray[np.bool_]) -> float:
     stationary at the standard deviation it has at the lesion's centre (it varies slowly across
     the body) and as Gaussian. d'^2 sums |signal|^2 / noise power over the frequencies. No
     reader does better; Rose's criterion puts reliable detection at d' of about 5."""
-    signal = ndimage.gaussian_filter(np.where(lesion, study.lesion_hu, 0), SLICE_PROFILE)
-    _, j, i = (round(c) for c in ndimage.center_of_mass(lesion))
-    power = noise_power(signal.shape, float(study.noise_hu[0, j, i]))
-    energy = _hermitian_weights(signal.shape) * np.abs(np.fft.rfftn(signal)) ** 2 / power
-    return float(np.sqrt(energy.sum()))
+    return MatchedFilter.of(study, lesion).d_prime
+
+
+def centre_voxel(mask: NDArray[np.bool_]) -> tuple[int, ...]:
+    """The voxel nearest `mask`'s centre of mass."""
+    return tuple(round(c) for c in ndimage.center_of_mass(mask))
+
+
+def correlate(
+    first: NDArray[np.complex128], second: NDArray[np.complex128], shape: tuple[int, ...]
+) -> NDArray[np.float64]:
+    """sum_y a(y) b(y + x) at every x, from the spectra of a and b (periodic)."""
+    return np.fft.irfftn(np.conj(first) * second, s=shape, axes=(0, 1, 2))
+
+
+@dataclass(frozen=True)
+class MatchedFilter:
+    """A lesion's prewhitened matched filter over its study, answering at each place how
+    strongly a lesion just like it seems centred there, in standard deviations of the answer
+    to the noise: d' where it is, and 1 for the noise alone."""
+
+    template: NDArray[np.complex128]  # the lesion's signal centred on the origin, its rfftn
+    in_place: NDArray[np.complex128]  # the lesion's signal where it lies, its rfftn
+    power: NDArray[np.float64]  # the noise's, as `noise_power` gives it
+    d_prime: float
+    shape: tuple[int, ...]  # the study's
+
+    @classmethod
+    def of(cls, study: Study, lesion: NDArray[np.bool_]) -> "MatchedFilter":
+        """The filter for `lesion`, the noise taken as at its centre (`unseen_ct.detectability`)."""
+        centre = centre_voxel(lesion)
+        signal = ndimage.gaussian_filter(np.where(lesion, study.lesion_hu, 0), SLICE_PROFILE)
+        shape = signal.shape
+        template = np.fft.rfftn(np.roll(signal, tuple(-c for c in centre), axis=(0, 1, 2)))
+        power = noise_power(shape, float(study.noise_hu[0, centre[1], centre[2]]))
+        energy = (_hermitian_weights(shape) * np.abs(template) ** 2 / power).sum()
+        return cls(template, np.fft.rfftn(signal), power, float(np.sqrt(energy)), shape)
+
+    def answer(self, spectrum: NDArray[np.complex128]) -> NDArray[np.float64]:
+        """The filter's answer at every place to an image of the study's shape, its rfftn."""
+        scale = np.prod(self.shape) / self.d_prime
+        return scale * correlate(self.template, spectrum / self.power, self.shape)
+
+    def noise(self, rng: np.random.Generator) -> NDArray[np.complex128]:
+        """The rfftn of a draw of the noise (Gaussian, of the filter's power spectrum)."""
+        white = np.fft.rfftn(rng.normal(size=self.shape))
+        return white * np.sqrt(self.power / np.prod(self.shape))
 
 
 def noise_power(shape: tuple[int, ...], sigma: float) -> NDArray[np.float64]:

@@ -7,10 +7,12 @@ import pytest
 from scipy import ndimage
 
 from appliance.inference.catalog import load_catalog
+from tests.support.search_bound import search_lesion
 from tests.support.unseen import REPOSITORY, CTScores, ct_scores, ultrasound_scores
 from tests.support.unseen_ct import (
     LIVER,
     SLICE_PROFILE,
+    MatchedFilter,
     Study,
     _pink_noise,
     detectability,
@@ -69,6 +71,65 @@ def test_detectability_is_how_far_the_ideal_observer_sees_a_lesion_out_of_the_no
     assert float((template * signal).sum()) == pytest.approx(d**2, rel=1e-6)
     assert float(np.std(answers)) == pytest.approx(d, rel=0.15)
     assert abs(float(np.mean(answers))) < 0.25 * d
+
+
+def _one_lesion_study(shape: tuple[int, int, int], sigma: float, contrast: float) -> Study:
+    """A liver filling the middle of `shape` with one lesion, 2 voxels in radius, off-centre."""
+    z, y, x = np.indices(shape)
+    lesion = ((z - 12) / 1.5) ** 2 + (y - 24) ** 2 + (x - 20) ** 2 <= 4
+    organs = np.zeros(shape, np.uint8)
+    organs[4:-4, 6:-6, 6:-6] = LIVER
+    return Study(
+        hu=np.zeros(shape, np.int16), organs=organs, lesions=lesion.astype(np.uint16),
+        spacing=(2.5, 2.2, 2.2),
+        lesion_hu=np.where(lesion, contrast, 0.0).astype(np.float32),
+        noise_hu=np.full((1, *shape[1:]), sigma, np.float32),
+    )  # fmt: skip
+
+
+def test_the_searching_observer_answers_in_standard_deviations_of_the_generators_noise() -> None:
+    """The matched filter slid over the study answers d' where the lesion lies and, to the
+    generator's own noise as it draws and rounds it, with a spread of 1 everywhere: so its
+    threshold is in standard deviations, and the noise it draws for itself is the generator's."""
+    shape, sigma = (24, 48, 48), 12.0
+    study = _one_lesion_study(shape, sigma, -20.0)
+    matched = MatchedFilter.of(study, study.lesions > 0)
+    answer = matched.answer(matched.in_place)
+    assert float(answer.max()) == pytest.approx(matched.d_prime, rel=1e-6)
+    assert np.unravel_index(int(answer.argmax()), shape) == (12, 24, 20)
+    rng = np.random.default_rng(6)
+    generators = [
+        matched.answer(
+            np.fft.rfftn(_pink_noise(rng, shape, sigma) + rng.uniform(-0.5, 0.5, shape))
+        ).std()
+        for _ in range(5)
+    ]
+    own = [matched.answer(matched.noise(rng)).std() for _ in range(5)]
+    assert float(np.mean(generators)) == pytest.approx(1.0, abs=0.05)
+    assert float(np.mean(own)) == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_searching_observers_threshold_allows_the_false_lesions_asked_for() -> None:
+    """Fresh draws of the noise, searched at the threshold found for one false lesion a study,
+    give one a study on average; a lesion far out of the noise is always found and one at
+    d' near 1 seldom."""
+    shape, sigma = (24, 48, 48), 12.0
+    clear, faint = (_one_lesion_study(shape, sigma, c) for c in (-60.0, -1.5))
+    searched = search_lesion(clear, clear.lesions, 1, 1.0, 30, np.random.default_rng(7))
+    assert searched.d_prime > 10
+    assert searched.found == 1.0
+    assert 2.5 < searched.threshold < 5.0
+    matched = MatchedFilter.of(clear, clear.lesions > 0)
+    away = (clear.organs == LIVER) & ~ndimage.binary_dilation(clear.lesions > 0, iterations=3)
+    rng = np.random.default_rng(8)
+    false = [
+        ndimage.label((matched.answer(matched.noise(rng)) > searched.threshold) & away)[1]
+        for _ in range(100)
+    ]
+    assert 0.5 < float(np.mean(false)) < 1.6  # 30 draws set the threshold: it is not exact
+    weak = search_lesion(faint, faint.lesions, 1, 1.0, 30, np.random.default_rng(9))
+    assert weak.d_prime < 2
+    assert weak.found < 0.3
 
 
 def test_the_cyst_model_holds_on_cines_it_never_saw() -> None:
