@@ -117,7 +117,9 @@ def main(seeds: Iterable[int], false_per_study: float, draws: int) -> None:
                 flush=True,
             )
         searched += lesions
-    print(f"\n{len(searched)} lesions over 10 mm, {false_per_study:g} false lesion a study allowed")
+    print(
+        f"\n{len(searched)} lesions over 10 mm; false lesions a study allowed: {false_per_study:g}"
+    )
     for band in DETECTABILITY_BANDS:
         inside = [s for s in searched if _band(DETECTABILITY_BANDS, s.d_prime) == band]
         print(f"d' {band}: {sum(s.found for s in inside):.1f} of {len(inside)} expected found")
