@@ -11,7 +11,7 @@ statistic), calls a lesion wherever the filter's output (in standard deviations 
 passes a threshold, one connected region a call, and gets each lesion's threshold to itself, set
 so that the noise alone gives `false_per_study` calls where no true lesion lies. Its chance of
 finding each lesion is a bound no reader passes, human or model, up to the Monte Carlo's
-spread. Run: `python -m tests.support.search_bound` (20 studies, 12 min on 2 cores).
+spread. Run: `python -m tests.support.search_bound` (20 studies, 12 to 14 min on one core).
 """
 
 import argparse
@@ -66,12 +66,12 @@ def search_lesion(
     elsewhere = (study.organs == LIVER) & ~touches
     (box,) = ndimage.find_objects(elsewhere.astype(np.uint8))
     lesion_answer = matched.answer(matched.in_place)[own]
+    where = elsewhere[box]
     false = np.zeros(THRESHOLDS.size)
     peaks = np.empty(draws)
     for draw in range(draws):
         noise = matched.answer(matched.noise(rng))
         above = noise[box][..., None] > THRESHOLDS
-        where = elsewhere[box]
         for index in range(THRESHOLDS.size):
             false[index] += ndimage.label(above[..., index] & where)[1]
         peaks[draw] = float((noise[own] + lesion_answer).max())
