@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from appliance.app.pipelines import number_lesions
+from appliance.inference.measurements import number_lesions
 from tests.support.unseen import DETECTABILITY_BANDS, DETECTABLE_MM, _band
 from tests.support.unseen_ct import (
     LIVER,
