@@ -2,8 +2,11 @@
 .ci/run) a missing PostgreSQL, dcmtk, Orthanc or broker fails the tests instead of skipping
 them. And free loopback ports for the servers the tests start."""
 
+import itertools
 import os
+import random
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,7 +22,33 @@ def missing_service(reason: str) -> None:
     pytest.skip(reason)
 
 
+# Ports for the servers tests start come from below the kernel's ephemeral range (32768 and
+# up on Linux), so that no outgoing connection takes one between a test choosing it and its
+# server binding it (seen: the listener refused with "Address already in use"); from a block
+# of each pytest-xdist worker's own, so that two workers never choose the same; and not twice
+# from one process until its block wraps round.
+FIRST_PORT, PORTS_PER_WORKER, WORKER_BLOCKS = 21_000, 1_000, 4
+
+
+def _port_candidates() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = FIRST_PORT + (int(worker) if worker.isdigit() else 0) % WORKER_BLOCKS * PORTS_PER_WORKER
+    offset = random.randrange(PORTS_PER_WORKER)  # two runs side by side seldom meet
+    while True:
+        yield start + offset
+        offset = (offset + 1) % PORTS_PER_WORKER
+
+
+_candidates = _port_candidates()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port nothing holds now, and that this process has not handed out lately."""
+    for port in itertools.islice(_candidates, PORTS_PER_WORKER):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in this worker's block of {PORTS_PER_WORKER}")
