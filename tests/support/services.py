@@ -32,7 +32,8 @@ FIRST_PORT, PORTS_PER_WORKER, WORKER_BLOCKS = 21_000, 1_000, 4
 
 def _port_candidates() -> Iterator[int]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    start = FIRST_PORT + (int(worker) if worker.isdigit() else 0) % WORKER_BLOCKS * PORTS_PER_WORKER
+    block = (int(worker) if worker.isdigit() else 0) % WORKER_BLOCKS
+    start = FIRST_PORT + block * PORTS_PER_WORKER
     offset = random.randrange(PORTS_PER_WORKER)  # two runs side by side seldom meet
     while True:
         yield start + offset

@@ -3,7 +3,7 @@
 
 import socket
 
-from tests.support.services import PORTS_PER_WORKER, free_port
+from tests.support.services import FIRST_PORT, PORTS_PER_WORKER, free_port
 
 
 def ephemeral_range() -> range:
@@ -20,6 +20,8 @@ def test_free_ports_lie_outside_the_ephemeral_range_and_do_not_repeat() -> None:
 
 def test_a_port_someone_holds_is_passed_over() -> None:
     first = free_port()
+    start = first - (first - FIRST_PORT) % PORTS_PER_WORKER  # this worker's block
+    following = start + (first - start + 1) % PORTS_PER_WORKER  # the next candidate
     with socket.socket() as holder:
-        holder.bind(("127.0.0.1", first + 1))  # the next candidate, taken meanwhile
-        assert free_port() not in (first, first + 1)
+        holder.bind(("127.0.0.1", following))  # taken meanwhile
+        assert free_port() not in (first, following)
